@@ -1,0 +1,7 @@
+"""Reward models: the `Reward` protocol, its output, the VLM families and `ZRewardModel`."""
+
+from .families import FAMILIES, VLMFamily, get_family
+from .output import Reward, RewardOutput
+from .zreward import ZRewardConfig, ZRewardModel
+
+__all__ = ["FAMILIES", "Reward", "RewardOutput", "VLMFamily", "ZRewardConfig", "ZRewardModel", "get_family"]

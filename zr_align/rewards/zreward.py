@@ -1,0 +1,301 @@
+"""`ZRewardModel`: a frozen VLM that returns a score distribution per rubric dimension (SPEC §2, §5).
+
+For each image and each rubric dimension the VLM reads a prompt that ends at the score slot; the distribution
+over bins is the softmax of the slot's logits restricted to the bin tokens. Only those `K` rows of the LM head
+are computed. The reward `r = sum_d w_d (E_d - kappa * sigma_d)` keeps its graph to the input pixels: weights
+are frozen (`requires_grad_(False)`), the activations are not detached.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..preprocess import VisionInputs
+from ..rubrics import Rubric, resolve_bin_token_ids
+from ..scores import ScoreDistribution
+from .families import MODEL_TYPES, get_family
+from .output import RewardOutput
+
+CONFIG_NAME = "zreward_config.json"
+PREPROCESSOR_NAME = "preprocessor_config.json"
+
+
+@dataclass
+class ZRewardConfig:
+    """Everything besides the backbone that a reward-model folder stores (`zreward_config.json`).
+
+    Args:
+        family: key of `zr_align.rewards.families.FAMILIES`.
+        rubric: criteria, template, bins and bin texts (see `Rubric`).
+        bin_token_ids: the resolved token id of each bin (checked against the tokenizer on load).
+        weights: per-dimension weights of the reward; default equal weights summing to one.
+        temperature: softmax temperature at the score slot.
+        kappa: risk aversion; the reward subtracts `kappa * sigma_d` (0 = plain expected score).
+        clamp: pixel clamp mode, "hard" | "straight_through" | "none".
+        min_image_tokens, max_image_tokens: image-token budget (families with dynamic resolution).
+        quantize: round resized pixels to 8-bit levels like the HF processor (straight-through gradient).
+    """
+
+    family: str
+    rubric: dict = field(default_factory=lambda: Rubric().to_dict())
+    bin_token_ids: list[int] | None = None
+    weights: dict[str, float] | None = None
+    temperature: float = 1.0
+    kappa: float = 0.0
+    clamp: str = "straight_through"
+    min_image_tokens: int | None = None
+    max_image_tokens: int | None = None
+    quantize: bool = False
+
+    def __post_init__(self):
+        get_family(self.family)
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.kappa < 0:
+            raise ValueError(f"kappa must be >= 0 (a risk penalty), got {self.kappa}")
+
+
+def _read_processor_config(path: Path) -> dict:
+    """The image-processor settings of a folder (`preprocessor_config.json`, or nested in `processor_config.json`)."""
+    if (path / PREPROCESSOR_NAME).is_file():
+        return json.loads((path / PREPROCESSOR_NAME).read_text())
+    if (path / "processor_config.json").is_file():
+        config = json.loads((path / "processor_config.json").read_text())
+        if "image_processor" in config:
+            return config["image_processor"]
+    raise ValueError(f"{path} has no {PREPROCESSOR_NAME}; save the model's image processor into the folder")
+
+
+class ZRewardModel(nn.Module):
+    """A frozen VLM scoring images on rubric dimensions as score distributions. A differentiable `Reward`.
+
+    Args:
+        model: a transformers VLM of a supported family (e.g. `Qwen2VLForConditionalGeneration`).
+        tokenizer: its tokenizer; every bin text must be one token.
+        config (`ZRewardConfig`): family, rubric, weights, temperature, kappa, clamp, token budget.
+        processor_config (`dict`): the model's HF image-processor settings.
+
+    Example:
+        ```python
+        reward_model = ZRewardModel.from_pretrained("path/to/student")
+        out = reward_model(images, ["a large red circle on the left"] * len(images))
+        out.reward.sum().backward()  # gradients reach `images`
+        ```
+    """
+
+    differentiable = True
+
+    def __init__(self, model: nn.Module, tokenizer, config: ZRewardConfig, processor_config: dict):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.processor_config = dict(processor_config)
+        self.family = get_family(config.family)
+        self.rubric = Rubric(**config.rubric)
+        ids = resolve_bin_token_ids(tokenizer, self.rubric.bin_texts)
+        if config.bin_token_ids is not None and list(config.bin_token_ids) != ids:
+            raise ValueError(
+                f"stored bin_token_ids {config.bin_token_ids} differ from the tokenizer's {ids}; "
+                "the tokenizer does not belong to this reward model"
+            )
+        config.bin_token_ids = ids
+        self.register_buffer("bin_token_ids", torch.tensor(ids), persistent=False)
+        self.register_buffer("bin_values", torch.tensor(self.rubric.bins), persistent=False)
+        dims = self.rubric.dimensions
+        weights = config.weights or {d: 1.0 / len(dims) for d in dims}
+        missing = set(dims) - set(weights)
+        if missing or set(weights) - set(dims):
+            raise ValueError(f"weights must name exactly the rubric dimensions {dims}, got {sorted(weights)}")
+        self.register_buffer("dimension_weights", torch.tensor([float(weights[d]) for d in dims]), persistent=False)
+        self.preprocessor = self.family.build_preprocessor(
+            processor_config,
+            clamp=config.clamp,
+            min_image_tokens=config.min_image_tokens,
+            max_image_tokens=config.max_image_tokens,
+            quantize=config.quantize,
+        )
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.family.image_token)
+        self.tokenizer.padding_side = "right"  # the score slot is then found from the attention mask
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model.requires_grad_(False)
+        model.eval()
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, torch_dtype: torch.dtype | None = None, **overrides):
+        """Load a reward-model folder written by `save_pretrained` (local folders only; nothing is downloaded).
+
+        `overrides` replace fields of the stored `ZRewardConfig` (e.g. `kappa=0.5`, `clamp="hard"`).
+        """
+        path = Path(path)
+        if not path.is_dir():
+            raise ValueError(f"reward model folder {path} does not exist; pass a folder written by save_pretrained")
+        if not (path / CONFIG_NAME).is_file():
+            raise ValueError(
+                f"{path} has no {CONFIG_NAME}; wrap a plain VLM folder with ZRewardModel.from_vlm(path) "
+                "and save it with save_pretrained"
+            )
+        stored = json.loads((path / CONFIG_NAME).read_text())
+        stored.update(overrides)
+        config = ZRewardConfig(**stored)
+        return cls._load(path, config, torch_dtype)
+
+    @classmethod
+    def from_vlm(
+        cls,
+        path: str | os.PathLike,
+        family: str | None = None,
+        rubric: Rubric | None = None,
+        torch_dtype: torch.dtype | None = None,
+        **config_fields,
+    ) -> "ZRewardModel":
+        """Wrap a plain HF VLM folder; the family is read from its `config.json` when not given."""
+        path = Path(path)
+        if family is None:
+            model_type = json.loads((path / "config.json").read_text()).get("model_type")
+            if model_type not in MODEL_TYPES:
+                raise ValueError(f"model_type {model_type!r} of {path} is not a supported family; pass family=")
+            family = MODEL_TYPES[model_type]
+        rubric = rubric or Rubric(template=get_family(family).template)
+        config = ZRewardConfig(family=family, rubric=rubric.to_dict(), **config_fields)
+        return cls._load(path, config, torch_dtype)
+
+    @classmethod
+    def _load(cls, path: Path, config: ZRewardConfig, torch_dtype):
+        from transformers import AutoTokenizer
+
+        family = get_family(config.family)
+        model = family.model_class().from_pretrained(path, dtype=torch_dtype or torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return cls(model, tokenizer, config, _read_processor_config(path))
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write backbone, tokenizer, image-processor settings and `zreward_config.json` into one folder."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+        (path / PREPROCESSOR_NAME).write_text(json.dumps(self.processor_config, indent=2))
+        # Written last: a folder without it is recognisably incomplete.
+        (path / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2))
+
+    # ------------------------------------------------------------------ gradient checkpointing
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the VLM's layer activations in backward instead of storing them.
+
+        transformers checkpoints a layer only when it is in `train()` mode, and a frozen reward model sits in
+        `eval()`, so enabling it the usual way would silently do nothing. We set the `training` flag of the
+        checkpointed layers only (not of their children), so dropout and other train-time behaviour stay off.
+        """
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        self.model.activation_checkpointing_enable({"use_reentrant": False})
+        for module in self.model.modules():
+            if isinstance(module, GradientCheckpointingLayer):
+                module.training = True
+
+    def disable_gradient_checkpointing(self) -> None:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+
+        self.model.gradient_checkpointing_disable()
+        for module in self.model.modules():
+            if isinstance(module, GradientCheckpointingLayer):
+                module.training = False
+
+    def train(self, mode: bool = True):
+        # The backbone stays frozen and in eval mode whatever the caller's module tree does.
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    # ------------------------------------------------------------------ scoring
+    @property
+    def dimensions(self) -> tuple[str, ...]:
+        return self.rubric.dimensions
+
+    def build_texts(self, prompts: list[str], image_text: str) -> list[str]:
+        """Prompt texts in (image, dimension) order: row `b * D + d`."""
+        image = self.family.image_prompt.format(image_text)
+        return [self.rubric.render(p, d, image) for p in prompts for d in self.dimensions]
+
+    def slot_logits(self, **model_inputs) -> torch.Tensor:
+        """Bin logits `(N, K)` at the score slot (the last attended token of each right-padded row).
+
+        `model_inputs` are what the VLM forward takes (`input_ids`, `attention_mask`, pixel tensors...), e.g. a
+        Hugging Face processor's output. Differentiable w.r.t. the pixel inputs.
+        """
+        attention_mask = model_inputs["attention_mask"]
+        hidden = self.model.model(**model_inputs).last_hidden_state  # (N, L, H)
+        slot = attention_mask.sum(dim=1) - 1
+        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), slot]  # (N, H)
+        head = self.model.get_output_embeddings()
+        logits = h @ head.weight[self.bin_token_ids].T  # only the K bin rows of the LM head
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[self.bin_token_ids]
+        return logits.float()
+
+    def _check_prompts(self, prompts, batch: int) -> list[str]:
+        if isinstance(prompts, str):
+            prompts = [prompts] * batch
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError("prompts is empty; pass one prompt per image")
+        if len(prompts) != batch:
+            raise ValueError(f"got {len(prompts)} prompts for {batch} images; pass one prompt per image")
+        if not all(isinstance(p, str) for p in prompts):
+            raise ValueError("prompts must be strings")
+        return prompts
+
+    def forward(self, images: torch.Tensor, prompts: list[str] | str) -> RewardOutput:
+        """Score `images` `(B, 3, H, W)` in [0, 1] against `prompts`. Differentiable w.r.t. `images`."""
+        if isinstance(images, torch.Tensor) and images.ndim == 4 and not isinstance(prompts, str) and not prompts:
+            raise ValueError("prompts is empty; pass one prompt per image")
+        vision: VisionInputs = self.preprocessor(images)
+        batch, dims = images.shape[0], len(self.dimensions)
+        prompts = self._check_prompts(prompts, batch)
+        device = images.device
+        text = self.tokenizer(self.build_texts(prompts, vision.image_text), padding=True, return_tensors="pt")
+        input_ids = text["input_ids"].to(device)
+        index = torch.arange(batch, device=device).repeat_interleave(dims)  # each image once per dimension
+        pixel_inputs = vision.model_inputs(index)
+        dtype = self.model.dtype
+        pixel_inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in pixel_inputs.items()}
+        logits = self.slot_logits(
+            input_ids=input_ids,
+            attention_mask=text["attention_mask"].to(device),
+            **pixel_inputs,
+            **self.family.extra_text_inputs(input_ids, self.image_token_id),
+        )
+        dist = ScoreDistribution.from_logits(
+            logits.view(batch, dims, -1), self.bin_values.float(), self.config.temperature
+        )  # (B, D, K)
+        per_dim = dist.mean - self.config.kappa * dist.std if self.config.kappa else dist.mean  # (B, D)
+        reward = per_dim @ self.dimension_weights.to(per_dim.dtype)
+        scores = {name: dist[:, d] for d, name in enumerate(self.dimensions)}
+        return RewardOutput(reward=reward, scores=scores)
+
+    reward = forward
+
+    @torch.inference_mode()
+    def score(self, images, prompts, batch_size: int = 8) -> RewardOutput:
+        """Batch scoring without a graph. `images`: a `(B, 3, H, W)` tensor, or a list of PIL images / paths."""
+        from .loading import images_to_batches
+
+        outputs = []
+        device = self.bin_values.device
+        for batch, batch_prompts in images_to_batches(images, prompts, batch_size):
+            outputs.append(self.forward(batch.to(device), batch_prompts))
+        reward = torch.cat([o.reward for o in outputs])
+        scores = {
+            d: ScoreDistribution(torch.cat([o.scores[d].probs for o in outputs]), outputs[0].scores[d].values)
+            for d in self.dimensions
+        }
+        return RewardOutput(reward=reward, scores=scores)

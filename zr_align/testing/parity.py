@@ -1,0 +1,41 @@
+"""Hugging Face processors for the tiny models: the parity oracle our torch preprocessing is tested against."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _qwen_processor(path: Path):
+    from transformers import AutoTokenizer, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    class _StillImageProcessor(Qwen2VLProcessor):
+        # Without torchvision there is no video processor, and the stock class check rejects None
+        # (transformers 5.x, see shared/PITFALLS.md). Images need none.
+        def check_argument_for_proper_class(self, argument_name, argument):
+            return type(argument)
+
+    config = json.loads((path / "preprocessor_config.json").read_text())
+    config = {k: v for k, v in config.items() if k != "image_processor_type"}
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return _StillImageProcessor(image_processor=Qwen2VLImageProcessorPil(**config), tokenizer=tokenizer,
+                                video_processor=None)
+
+
+# family -> builder(folder) of the HF processor matching a tiny reward-model folder
+HF_PROCESSORS = {
+    "qwen2_vl": _qwen_processor,
+    "qwen2_5_vl": _qwen_processor,
+    "qwen3_vl": _qwen_processor,
+    "qwen3_5": _qwen_processor,
+}
+
+
+def hf_processor(path):
+    """The stock HF processor for the reward-model folder `path` (the tiny models of `zr_align.testing`)."""
+    path = Path(path)
+    family = json.loads((path / "zreward_config.json").read_text())["family"]
+    if family not in HF_PROCESSORS:
+        raise ValueError(f"no HF processor oracle for family {family!r}; available: {', '.join(HF_PROCESSORS)}")
+    return HF_PROCESSORS[family](path)
