@@ -106,6 +106,11 @@ def resolve_bin_token_ids(tokenizer, bin_texts) -> list[int]:
                 f"bin {text!r} is {len(tokens)} tokens {pieces} for {type(tokenizer).__name__}, not one; add the bins "
                 "as tokens (tokenizer.add_tokens + model.resize_token_embeddings) or choose single-token bin_texts"
             )
+        if tokens[0] == tokenizer.unk_token_id:
+            raise ValueError(
+                f"bin {text!r} is the unknown token of {type(tokenizer).__name__}; add it with tokenizer.add_tokens "
+                "or choose bin_texts the vocabulary has"
+            )
         ids.append(tokens[0])
     if len(set(ids)) != len(ids):
         raise ValueError(f"bins {list(bin_texts)} map to repeated token ids {ids} in {type(tokenizer).__name__}")

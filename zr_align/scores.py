@@ -173,8 +173,9 @@ class ScoreDistribution:
         Weights are `exp(-(s_k - mu')^2 / (2 std^2))`. Truncation to the bin range pulls the expectation towards
         the centre, so the centre `mu'` is solved for instead of using `mean`: the expectation is strictly
         increasing in `mu'` (derivative `Var / std^2`), so a bracketed Newton iteration (bisection whenever a step
-        leaves the bracket) converges, vectorised over the batch. Where float64 cannot resolve `mu'` (std below
-        ~1e-4), a final mix of <= ~1e-5 mass into an end bin removes the residual. The solve runs in float64
+        leaves the bracket) converges, vectorised over the batch. Where float64 cannot resolve `mu'` finely enough, a
+        final mix of a sliver of mass into an end bin removes the residual (< 1e-5 mass, and only above 1e-9 when
+        std < ~1e-4). The solve runs in float64
         without autograd, so the result is not differentiable w.r.t. `mean`/`std`.
 
         Args:

@@ -76,12 +76,14 @@ def _coefficients(in_size: int, out_size: int, resample: str) -> tuple[tuple[flo
     scale = in_size / out_size
     filter_scale = max(scale, 1.0)  # widen the kernel when downscaling (anti-aliasing)
     support = support * filter_scale
+    inv_scale = 1.0 / filter_scale
     rows = []
     for i in range(out_size):
         center = (i + 0.5) * scale
         lo = max(int(center - support + 0.5), 0)
         hi = min(int(center + support + 0.5), in_size)
-        weights = [kernel((x - center + 0.5) / filter_scale) for x in range(lo, hi)]
+        # Same floating-point order as Pillow, so kernels with a discontinuity (box) break ties alike.
+        weights = [kernel((x + lo - center + 0.5) * inv_scale) for x in range(hi - lo)]
         total = sum(weights)
         row = [0.0] * in_size
         for x, w in zip(range(lo, hi), weights):
@@ -90,22 +92,34 @@ def _coefficients(in_size: int, out_size: int, resample: str) -> tuple[tuple[flo
     return tuple(rows)
 
 
+PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit images (32 - 8 - 2)
+
+
 def resample_matrix(
-    in_size: int, out_size: int, resample: str = "bicubic", dtype=torch.float32, device=None
+    in_size: int, out_size: int, resample: str = "bicubic", dtype=torch.float32, device=None, fixed_point=False
 ) -> torch.Tensor:
-    """The ``(out_size, in_size)`` matrix ``M`` such that ``M @ signal`` resamples a 1-D signal like Pillow."""
+    """The ``(out_size, in_size)`` matrix ``M`` such that ``M @ signal`` resamples a 1-D signal like Pillow.
+
+    With `fixed_point`, weights are rounded (half away from zero) to multiples of 2**-22 as Pillow does for
+    8-bit images; use float64 then, or the products are not exact.
+    """
     if resample not in RESAMPLE_FILTERS:
         # NEAREST has no gradient worth the name and Pillow computes it with float accumulation we do not copy.
         allowed = ", ".join(RESAMPLE_FILTERS)
         raise ValueError(f"unsupported resample filter {resample!r}; use one of: {allowed}")
     if in_size < 1 or out_size < 1:
         raise ValueError(f"cannot resample {in_size} pixels to {out_size}; both sizes must be >= 1")
-    return torch.tensor(_coefficients(in_size, out_size, resample), dtype=dtype, device=device)
+    m = torch.tensor(_coefficients(in_size, out_size, resample), dtype=torch.float64)
+    if fixed_point:
+        scale = float(1 << PRECISION_BITS)
+        m = torch.trunc(m * scale + torch.where(m < 0, -0.5, 0.5)) / scale
+    return m.to(dtype=dtype, device=device)
 
 
 def _round_straight_through(x: torch.Tensor) -> torch.Tensor:
-    # Forward: Pillow's rounding to 8 bits. Backward: identity, so the gradient is not zeroed.
-    return x + (torch.round(x) - x).detach()
+    # Forward: Pillow's rounding to 8 bits, floor(x + 1/2) (its accumulator starts at half a unit).
+    # Backward: identity, so the gradient is not zeroed.
+    return x + (torch.floor(x + 0.5) - x).detach()
 
 
 def pil_resize(
@@ -123,9 +137,10 @@ def pil_resize(
         resample (`str` or `int`): a name of `RESAMPLE_FILTERS` or a `PIL.Image.Resampling` code.
         clip (`bool`): clip each pass to [0, 1] as Pillow clips to 8 bits. A clip zeroes the gradient of the
             overshooting pixels only (cubic and Lanczos kernels overshoot at sharp edges).
-        quantize (`bool`): also round each pass to 8-bit levels, with a straight-through gradient. Bit-exact
-            with Pillow up to its fixed-point coefficients; off by default (a rounding makes the function
-            piecewise constant, which numerical gradient checks cannot follow).
+        quantize (`bool`): emulate Pillow's 8-bit arithmetic: input rounded to 8-bit levels, fixed-point weights,
+            each pass rounded, computed in float64; all roundings with a straight-through gradient. Bit-exact
+            with Pillow in our tests; off by default (a rounding makes the function piecewise constant, which
+            numerical gradient checks cannot follow).
 
     Returns:
         `torch.Tensor` of shape `(B, C, height, width)`.
@@ -134,17 +149,22 @@ def pil_resize(
         resample = PIL_CODES[resample]
     out_h, out_w = int(size[0]), int(size[1])
     in_h, in_w = images.shape[-2:]
+    dtype = images.dtype
+    # With `quantize`, work on the 0..255 scale in float64, where Pillow's integer arithmetic is exact.
+    peak = 255.0 if quantize else 1.0
+    if quantize:
+        images = _round_straight_through(images.double() * 255.0)
 
     def finish(x: torch.Tensor) -> torch.Tensor:
         if quantize:
-            x = _round_straight_through(x * 255.0) / 255.0
-        return x.clamp(0.0, 1.0) if clip else x
+            x = _round_straight_through(x)
+        return x.clamp(0.0, peak) if clip else x
 
     # Pillow runs the horizontal pass first, then the vertical one, and skips a pass whose size is unchanged.
     if out_w != in_w:
-        m = resample_matrix(in_w, out_w, resample, images.dtype, images.device)
+        m = resample_matrix(in_w, out_w, resample, images.dtype, images.device, fixed_point=quantize)
         images = finish(images @ m.T)  # (B, C, H, W) @ (W, W') -> (B, C, H, W')
     if out_h != in_h:
-        m = resample_matrix(in_h, out_h, resample, images.dtype, images.device)
+        m = resample_matrix(in_h, out_h, resample, images.dtype, images.device, fixed_point=quantize)
         images = finish(m @ images)  # (H', H) @ (B, C, H, W') -> (B, C, H', W')
-    return images
+    return (images / peak).to(dtype)

@@ -88,6 +88,60 @@ def tiny_qwen_model(family: str, tokenizer, seed: int = 0):
             **ids,
         )
         model = transformers.Qwen2VLForConditionalGeneration(config)
+    elif family == "qwen2_5_vl":
+        config = transformers.Qwen2_5_VLConfig(
+            text_config=_text_config(tokenizer, initializer_range=0.1),
+            vision_config={
+                "depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                "out_hidden_size": TEXT_HIDDEN, "patch_size": PATCH, "spatial_merge_size": MERGE,
+                "temporal_patch_size": 2,
+                # window attention in pixels: 32 // merge // patch = 2x2 merged tokens per window, so a 64x64
+                # image spans 4 windows; block 0 is windowed, block 1 attends over the whole image.
+                "window_size": 32, "fullatt_block_indexes": [1],
+                "initializer_range": 0.1,
+            },
+            **ids,
+        )
+        model = transformers.Qwen2_5_VLForConditionalGeneration(config)
+    elif family == "qwen3_vl":
+        config = transformers.Qwen3VLConfig(
+            text_config=_text_config(
+                tokenizer, initializer_range=0.1,
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2],
+                                 "mrope_interleaved": True},
+            ),
+            vision_config={
+                "depth": 3, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                "out_hidden_size": TEXT_HIDDEN, "patch_size": PATCH, "spatial_merge_size": MERGE,
+                "temporal_patch_size": 2, "num_position_embeddings": 256,  # a 16x16 learned grid, interpolated
+                # DeepStack: features after vision blocks 0 and 1 are added to text layers 0 and 1.
+                "deepstack_visual_indexes": [0, 1],
+                "initializer_range": 0.1,
+            },
+            **ids,
+        )
+        model = transformers.Qwen3VLForConditionalGeneration(config)
+    elif family == "qwen3_5":
+        config = transformers.Qwen3_5Config(
+            text_config=_text_config(
+                tokenizer, initializer_range=0.1, head_dim=32,
+                # partial rotary (0.25 of head_dim 32 = 8 dims = 4 frequencies): mrope_section sums to 4
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1],
+                                 "mrope_interleaved": True, "partial_rotary_factor": 0.25},
+                # one Gated DeltaNet (linear attention) layer and one gated full-attention layer
+                layer_types=["linear_attention", "full_attention"],
+                linear_conv_kernel_dim=4, linear_key_head_dim=16, linear_value_head_dim=16,
+                linear_num_key_heads=2, linear_num_value_heads=4,
+            ),
+            vision_config={
+                "depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                "out_hidden_size": TEXT_HIDDEN, "patch_size": PATCH, "spatial_merge_size": MERGE,
+                "temporal_patch_size": 2, "num_position_embeddings": 256,
+                "initializer_range": 0.1,
+            },
+            **ids,
+        )
+        model = transformers.Qwen3_5ForConditionalGeneration(config)
     else:
         raise ValueError(f"no tiny builder for Qwen family {family!r}")
     return model.eval()
