@@ -3,12 +3,10 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from zr_align.rewards import ZRewardModel
-from zr_align.scores import ScoreDistribution
 from zr_align.testing import TINY_BUILDERS
-from zr_align.testing.parity import hf_processor
+from zr_align.testing.parity import hf_processor, parity_gap
 
 FAMILIES = sorted(TINY_BUILDERS)
 PROMPTS = ["a large red circle on the left", "a small blue square at the top", "a green triangle"]
@@ -75,15 +73,7 @@ def test_preprocessing_gradcheck_float64(reward_model):
 @pytest.mark.parametrize("size", [(64, 64), (48, 80), (50, 70), (90, 33)])
 def test_parity_with_hf_processor(reward_model, tiny_reward_dirs, size):
     processor = hf_processor(tiny_reward_dirs(reward_model.config.family))
-    array = smooth_image(*size, seed=size[0])
-    texts = reward_model.build_texts(PROMPTS[:1], reward_model.family.image_token)
-    encoded = processor(text=texts, images=[[Image.fromarray(array)] for _ in texts], return_tensors="pt",
-                        padding=True)
-    with torch.no_grad():
-        ours = reward_model(to_tensor(array)[None], PROMPTS[:1])
-        theirs = ScoreDistribution.from_logits(reward_model.slot_logits(**encoded), reward_model.bin_values)
-    ours_means = torch.stack([ours.scores[d].mean[0] for d in reward_model.dimensions])
-    diff = (ours_means - theirs.mean).abs().max().item()
+    diff = parity_gap(reward_model, processor, smooth_image(*size, seed=size[0]), PROMPTS[0])
     print(f"parity {reward_model.config.family} {size}: max |dE| = {diff:.2e}")
     assert diff <= 0.01
 

@@ -32,7 +32,8 @@ class RewardOutput:
         for i, value in enumerate(reward):
             dims = {}
             for name, dist in self.scores.items():
-                probs = dist.probs[i].detach().cpu()
+                dist = dist.detach()
+                probs = dist.probs[i].cpu()
                 dims[name] = {
                     "mean": float(dist.mean[i]),
                     "std": float(dist.std[i]),

@@ -39,3 +39,26 @@ def hf_processor(path):
     if family not in HF_PROCESSORS:
         raise ValueError(f"no HF processor oracle for family {family!r}; available: {', '.join(HF_PROCESSORS)}")
     return HF_PROCESSORS[family](path)
+
+
+def parity_gap(reward_model, processor, image, prompt: str) -> float:
+    """Largest |E_ours - E_hf| over the rubric dimensions for one uint8 `(H, W, 3)` image.
+
+    Ours: the float tensor through `reward_model` (torch preprocessing). Theirs: the PIL image through the
+    stock HF `processor`, then the same score-slot read-out.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ..scores import ScoreDistribution
+
+    texts = reward_model.build_texts([prompt], reward_model.family.image_token)
+    pil = Image.fromarray(np.asarray(image))
+    encoded = processor(text=texts, images=[[pil] for _ in texts], return_tensors="pt", padding=True)
+    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float() / 255.0
+    with torch.no_grad():
+        ours = reward_model(pixels, [prompt])
+        theirs = ScoreDistribution.from_logits(reward_model.slot_logits(**encoded), reward_model.bin_values)
+    ours_means = torch.stack([ours.scores[d].mean[0] for d in reward_model.dimensions])
+    return (ours_means - theirs.mean).abs().max().item()
