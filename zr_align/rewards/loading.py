@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -41,3 +42,22 @@ def images_to_batches(images, prompts, batch_size: int):
             end += 1
         yield torch.stack(items[start:end]), list(prompts[start:end])
         start = end
+
+
+def load_tokenizer(path):
+    """The tokenizer saved in `path`, exactly as saved.
+
+    `AutoTokenizer` ignores the saved tokenizer class for some model types (e.g. `qwen3_5` in transformers 5.x)
+    and rebuilds the family's own pre-tokenizer around the vocabulary, which can split our single-token score
+    bins. A folder whose tokenizer is a plain `tokenizer.json` is therefore loaded as such.
+    """
+    from transformers import AutoTokenizer
+    from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+    path = Path(path)
+    config_file = path / "tokenizer_config.json"
+    if config_file.is_file() and (path / "tokenizer.json").is_file():
+        declared = json.loads(config_file.read_text()).get("tokenizer_class")
+        if declared in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+            return TokenizersBackend.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path)

@@ -170,11 +170,11 @@ class ZRewardModel(nn.Module):
 
     @classmethod
     def _load(cls, path: Path, config: ZRewardConfig, torch_dtype):
-        from transformers import AutoTokenizer
+        from .loading import load_tokenizer
 
         family = get_family(config.family)
         model = family.model_class().from_pretrained(path, dtype=torch_dtype or torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = load_tokenizer(path)
         return cls(model, tokenizer, config, _read_processor_config(path))
 
     def save_pretrained(self, path: str | os.PathLike) -> None:

@@ -21,10 +21,12 @@ def _build_qwen(family: str, seed: int):
 
 # family -> builder(seed) returning (model, tokenizer, image-processor config)
 TINY_BUILDERS = {
+    "idefics3": lambda seed: __import__("zr_align.testing.idefics3", fromlist=["build"]).build(seed),
     "qwen2_vl": lambda seed: _build_qwen("qwen2_vl", seed),
     "qwen2_5_vl": lambda seed: _build_qwen("qwen2_5_vl", seed),
     "qwen3_vl": lambda seed: _build_qwen("qwen3_vl", seed),
     "qwen3_5": lambda seed: _build_qwen("qwen3_5", seed),
+    "llava": lambda seed: __import__("zr_align.testing.llava", fromlist=["build"]).build(seed),
 }
 
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..rewards.loading import load_tokenizer
+
+from .idefics3 import _idefics3_processor
+from .llava import _llava_processor
+
 
 def _qwen_processor(path: Path):
-    from transformers import AutoTokenizer, Qwen2VLProcessor
+    from transformers import Qwen2VLProcessor
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     class _StillImageProcessor(Qwen2VLProcessor):
@@ -18,17 +23,19 @@ def _qwen_processor(path: Path):
 
     config = json.loads((path / "preprocessor_config.json").read_text())
     config = {k: v for k, v in config.items() if k != "image_processor_type"}
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = load_tokenizer(path)
     return _StillImageProcessor(image_processor=Qwen2VLImageProcessorPil(**config), tokenizer=tokenizer,
                                 video_processor=None)
 
 
 # family -> builder(folder) of the HF processor matching a tiny reward-model folder
 HF_PROCESSORS = {
+    "idefics3": _idefics3_processor,
     "qwen2_vl": _qwen_processor,
     "qwen2_5_vl": _qwen_processor,
     "qwen3_vl": _qwen_processor,
     "qwen3_5": _qwen_processor,
+    "llava": _llava_processor,
 }
 
 

@@ -1,0 +1,247 @@
+"""Configuration of `train_t2i.py`: one dataclass per component, nested in `TrainConfig` (SPEC §6).
+
+YAML files hold overrides only; `key.sub=value` command-line overrides go on top. Every field says what it
+does and, where it matters, what it costs. Validation happens in `__post_init__` with one-line errors that
+name the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML follows YAML 1.1, which reads `1e-4` as a string; we want the float every user means."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def _yaml_load(text: str):
+    value = yaml.load(text, Loader=_Loader)
+    # integers stay integers: the float resolver above also matches "3"
+    if isinstance(value, float) and re.fullmatch(r"[-+]?\d+", text.strip()):
+        return int(text.strip())
+    return value
+
+METHODS = ("draft_k", "refl", "draft_lv", "full", "sft")
+BACKPROP_METHODS = ("draft_k", "refl", "draft_lv", "full")
+DIFFUSION_FAMILIES = ("sd", "sdxl", "sd3", "pixart", "flux")
+K_DISTRIBUTIONS = ("fixed", "uniform", "gaussian")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def _check_positive(name: str, value, allow_zero: bool = False) -> None:
+    if value is None or (value < 0 if allow_zero else value <= 0):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}; got {value!r}")
+
+
+@dataclass
+class ModelConfig:
+    """The diffusion model to fine-tune."""
+
+    family: str = "sd"  # sd | sdxl | sd3 | pixart | flux: picks pipeline class, denoiser call and LoRA targets
+    path: str = ""  # local diffusers pipeline folder, or "tiny:<family>" for random tiny components (tests)
+    dtype: str = "float32"  # base weights; bfloat16 halves their memory (GPU); LoRA weights stay float32
+    resolution: int = 64  # image side in pixels; must be divisible by the VAE factor
+    prediction_type: str | None = None  # override the scheduler's epsilon / v_prediction (UNet families)
+
+    def __post_init__(self):
+        _check_choice("model.family", self.family, DIFFUSION_FAMILIES)
+        _check_choice("model.dtype", self.dtype, DTYPES)
+        _check_positive("model.resolution", self.resolution)
+        if self.prediction_type is not None:
+            _check_choice("model.prediction_type", self.prediction_type, ("epsilon", "v_prediction"))
+
+
+@dataclass
+class LoraConfig:
+    """The LoRA trained on the denoiser (peft). Only these weights train; the base stays frozen."""
+
+    rank: int = 4  # adapter rank r: parameters and optimizer state grow linearly with it
+    alpha: float | None = None  # scale is alpha / rank; None means alpha = rank (scale 1)
+    dropout: float = 0.0  # LoRA dropout on the adapter input
+    targets: list[str] | None = None  # module names to adapt; None uses the family preset (attention projections)
+
+    def __post_init__(self):
+        _check_positive("lora.rank", self.rank)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"lora.dropout must be in [0, 1); got {self.dropout!r}")
+
+
+@dataclass
+class RewardConfig:
+    """The differentiable reward. Unused by `method: sft`."""
+
+    path: str | None = None  # ZRewardModel folder, or "tiny:<vlm family>" for a random tiny one (tests)
+    weights: dict[str, float] | None = None  # per rubric dimension; None keeps the folder's weights
+    kappa: float | None = None  # risk penalty on the score std; None keeps the folder's value
+    clamp: str = "straight_through"  # hard | straight_through | none; hard zeroes gradients of clipped pixels
+    gradient_checkpointing: bool = False  # recompute the VLM in backward: less memory, ~30% more reward time
+
+    def __post_init__(self):
+        _check_choice("reward.clamp", self.clamp, ("hard", "straight_through", "none"))
+
+
+@dataclass
+class SamplingConfig:
+    """The differentiable sampler (zr_align.sampling)."""
+
+    num_steps: int = 20  # T denoising steps per trajectory; no-grad steps cost time, not memory
+    k: int = 1  # DRaFT-K: steps at the end of the trajectory that build a graph (memory grows with K)
+    k_distribution: str = "fixed"  # fixed | uniform (K ~ U{1..k}) | gaussian (K ~ round|N(k, k_std)|), per trajectory
+    k_std: float = 1.0  # std of the gaussian K draw
+    refl_start: float = 0.75  # ReFL: the grad step is drawn from the last (1 - refl_start) of the trajectory
+    lv_samples: int = 2  # DRaFT-LV: re-noised copies of the final step (each costs one denoiser call + decode)
+    guidance_scale: float = 1.0  # classifier-free guidance; > 1 doubles denoiser cost (inside the graph too)
+    timestep_spacing: str = "trailing"  # DDIM spacing; "trailing" ends near t=0 so K=1 gets a useful gradient
+    checkpoint_steps: bool = True  # torch.utils.checkpoint per grad step: activations of 1 step, ~1 extra forward
+    checkpoint_denoiser: bool = False  # the denoiser's own block checkpointing (more recompute, less memory)
+    checkpoint_vae: bool = False  # VAE-decoder checkpointing
+
+    def __post_init__(self):
+        _check_positive("sampling.num_steps", self.num_steps)
+        _check_positive("sampling.k", self.k)
+        _check_choice("sampling.k_distribution", self.k_distribution, K_DISTRIBUTIONS)
+        _check_choice("sampling.timestep_spacing", self.timestep_spacing, ("trailing", "leading", "linspace"))
+        if self.k > self.num_steps:
+            raise ValueError(f"sampling.k ({self.k}) cannot exceed sampling.num_steps ({self.num_steps})")
+        if not 0.0 <= self.refl_start < 1.0:
+            raise ValueError(f"sampling.refl_start must be in [0, 1); got {self.refl_start!r}")
+        _check_positive("sampling.lv_samples", self.lv_samples)
+        _check_positive("sampling.guidance_scale", self.guidance_scale)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and the guards against reward hacking (SPEC §6)."""
+
+    lr: float = 1e-4  # AdamW learning rate of the LoRA weights
+    weight_decay: float = 1e-2
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0  # linear warm-up of the learning rate
+    max_grad_norm: float = 1.0  # gradient clipping (0 disables)
+    loss_scale: float = 1.0  # multiplies the reward loss: keeps LoRA updates in a sane range
+    reward_normalization: str = "none"  # none | batch (z-score in the batch) | running (running mean/std)
+    kl_weight: float = 0.0  # weight of ||eps_lora - eps_base||^2 at grad steps; > 0 costs a base forward per step
+    sft_weight: float = 0.0  # mix in the SFT denoising loss on data.sft_data (0 = pure reward)
+
+    def __post_init__(self):
+        _check_positive("optim.lr", self.lr)
+        _check_positive("optim.max_grad_norm", self.max_grad_norm, allow_zero=True)
+        _check_choice("optim.reward_normalization", self.reward_normalization, ("none", "batch", "running"))
+        _check_positive("optim.kl_weight", self.kl_weight, allow_zero=True)
+        _check_positive("optim.sft_weight", self.sft_weight, allow_zero=True)
+        self.betas = tuple(self.betas)
+
+
+@dataclass
+class DataConfig:
+    """Prompts for reward training, (prompt, image) pairs for SFT, fixed prompts for validation grids."""
+
+    prompts: str | None = None  # .txt (one per line) or .jsonl with "prompt"; None uses built-in TinyWorld prompts
+    sft_data: str | None = None  # folder with metadata.jsonl, or a .jsonl of {"prompt", "image"} (SFT / mixing)
+    validation_prompts: list[str] = field(
+        default_factory=lambda: ["a large red circle on the left", "a small blue square at the top"]
+    )
+
+
+@dataclass
+class TrainConfig:
+    """Everything `train_t2i.py` needs."""
+
+    method: str = "draft_k"  # draft_k | refl | draft_lv | full | sft
+    output_dir: str = "outputs/run"
+    seed: int = 0  # every random draw of step s on rank r is seeded from (seed, s, r): resume is exact
+    max_steps: int = 100
+    batch_size: int = 2  # prompts per rank per step
+    gradient_accumulation_steps: int = 1
+    checkpoint_every: int = 50  # accelerate state under output_dir/checkpoints/step_N (0 = only at the end)
+    validate_every: int = 0  # validation grid every N steps (0 = only at the end)
+    log_with: str = "none"  # none | tensorboard (needs the `tensorboard` extra)
+    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate autocast; GPU)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self):
+        _check_choice("method", self.method, METHODS)
+        _check_choice("log_with", self.log_with, ("none", "tensorboard"))
+        _check_choice("mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
+        _check_positive("max_steps", self.max_steps)
+        _check_positive("batch_size", self.batch_size)
+        if self.method in BACKPROP_METHODS and not self.reward.path:
+            raise ValueError(f"method {self.method} needs reward.path (a ZRewardModel folder); or use method: sft")
+        if (self.method == "sft" or self.optim.sft_weight > 0) and not self.data.sft_data:
+            raise ValueError("method sft and optim.sft_weight > 0 need data.sft_data (a folder or .jsonl)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    """Instantiate dataclass `cls` from a nested dict; unknown keys are errors that list the known ones."""
+    if not isinstance(values, dict):
+        raise ValueError(f"config section {prefix.rstrip('.') or 'root'} must be a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ValueError(f"unknown config key '{prefix}{key}'; known: {', '.join(fields)}")
+        sub = _SECTIONS.get(key) if cls is TrainConfig else None
+        kwargs[key] = _build(sub, value, f"{prefix}{key}.") if sub else value
+    return cls(**kwargs)
+
+
+_SECTIONS = {"model": ModelConfig, "lora": LoraConfig, "reward": RewardConfig, "sampling": SamplingConfig,
+             "optim": OptimConfig, "data": DataConfig}
+
+
+def apply_override(tree: dict, override: str) -> None:
+    """Apply one `key.sub=value` override to a nested dict; the value is parsed as YAML (numbers, lists...)."""
+    if "=" not in override:
+        raise ValueError(f"override {override!r} is not key=value (e.g. optim.lr=1e-4)")
+    key, raw = override.split("=", 1)
+    node = tree
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {override!r}: {part!r} is not a section")
+    node[parts[-1]] = _yaml_load(raw)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """Read a YAML config (overrides of the defaults), apply `key=value` overrides, validate."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        tree = _yaml_load(path.read_text()) or {}
+    for override in overrides:
+        apply_override(tree, override)
+    return _build(TrainConfig, tree)
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    data = config.to_dict()
+    data["optim"]["betas"] = list(data["optim"]["betas"])
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
