@@ -38,6 +38,8 @@ CONFIGS = {
     "siglip": siglip_processor_config,
     "clip_shortest_longest": _shortest_longest,
     "clip_pad_crop": _small_resize_big_crop,
+    # CLIP/SigLIP `do_pad` pads the normalised image with zeros at the bottom/right to `pad_size`.
+    "siglip_pad_size": lambda: siglip_processor_config() | {"do_pad": True, "pad_size": {"height": 40, "width": 36}},
 }
 
 
@@ -117,8 +119,8 @@ def test_token_counts_per_tower():
     # 32x32 in 8x8 patches: 16 patches; CLIP's CLS token is dropped by the "default" strategy.
     assert clip.num_image_tokens(32, 32) == 16 and siglip.num_image_tokens(32, 32) == 16
     # Without the LlavaProcessor keys: stock patch 14, one token per patch for either tower.
-    bare = {k: v for k, v in clip_processor_config(336).items() if k not in ("patch_size", "num_additional_image_tokens",
-                                                                            "vision_feature_select_strategy")}
+    llava_keys = ("patch_size", "num_additional_image_tokens", "vision_feature_select_strategy")
+    bare = {k: v for k, v in clip_processor_config(336).items() if k not in llava_keys}
     assert LlavaPreprocessor.from_processor_config(bare).num_image_tokens(336, 336) == 576
     legacy = clip_processor_config() | {"num_additional_image_tokens": 0}  # old processors: patches - 1
     assert LlavaPreprocessor.from_processor_config(legacy).num_image_tokens(32, 32) == 15

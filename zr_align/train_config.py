@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from .sampling import SamplingConfig
+
 
 class _Loader(yaml.SafeLoader):
     """PyYAML follows YAML 1.1, which reads `1e-4` as a string; we want the float every user means."""
@@ -36,7 +38,6 @@ def _yaml_load(text: str):
 METHODS = ("draft_k", "refl", "draft_lv", "full", "sft")
 BACKPROP_METHODS = ("draft_k", "refl", "draft_lv", "full")
 DIFFUSION_FAMILIES = ("sd", "sdxl", "sd3", "pixart", "flux")
-K_DISTRIBUTIONS = ("fixed", "uniform", "gaussian")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -95,35 +96,6 @@ class RewardConfig:
 
     def __post_init__(self):
         _check_choice("reward.clamp", self.clamp, ("hard", "straight_through", "none"))
-
-
-@dataclass
-class SamplingConfig:
-    """The differentiable sampler (zr_align.sampling)."""
-
-    num_steps: int = 20  # T denoising steps per trajectory; no-grad steps cost time, not memory
-    k: int = 1  # DRaFT-K: steps at the end of the trajectory that build a graph (memory grows with K)
-    k_distribution: str = "fixed"  # fixed | uniform (K ~ U{1..k}) | gaussian (K ~ round|N(k, k_std)|), per trajectory
-    k_std: float = 1.0  # std of the gaussian K draw
-    refl_start: float = 0.75  # ReFL: the grad step is drawn from the last (1 - refl_start) of the trajectory
-    lv_samples: int = 2  # DRaFT-LV: re-noised copies of the final step (each costs one denoiser call + decode)
-    guidance_scale: float = 1.0  # classifier-free guidance; > 1 doubles denoiser cost (inside the graph too)
-    timestep_spacing: str = "trailing"  # DDIM spacing; "trailing" ends near t=0 so K=1 gets a useful gradient
-    checkpoint_steps: bool = True  # torch.utils.checkpoint per grad step: activations of 1 step, ~1 extra forward
-    checkpoint_denoiser: bool = False  # the denoiser's own block checkpointing (more recompute, less memory)
-    checkpoint_vae: bool = False  # VAE-decoder checkpointing
-
-    def __post_init__(self):
-        _check_positive("sampling.num_steps", self.num_steps)
-        _check_positive("sampling.k", self.k)
-        _check_choice("sampling.k_distribution", self.k_distribution, K_DISTRIBUTIONS)
-        _check_choice("sampling.timestep_spacing", self.timestep_spacing, ("trailing", "leading", "linspace"))
-        if self.k > self.num_steps:
-            raise ValueError(f"sampling.k ({self.k}) cannot exceed sampling.num_steps ({self.num_steps})")
-        if not 0.0 <= self.refl_start < 1.0:
-            raise ValueError(f"sampling.refl_start must be in [0, 1); got {self.refl_start!r}")
-        _check_positive("sampling.lv_samples", self.lv_samples)
-        _check_positive("sampling.guidance_scale", self.guidance_scale)
 
 
 @dataclass

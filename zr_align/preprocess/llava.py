@@ -134,7 +134,7 @@ def center_crop(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return padded[..., max(0, top) : min(new_h, top + height), max(0, left) : min(new_w, left + width)]
 
 
-def pad_to_square(images: torch.Tensor, background: tuple[float, ...]) -> torch.Tensor:
+def pad_square(images: torch.Tensor, background: tuple[float, ...]) -> torch.Tensor:
     """`LlavaImageProcessor.pad_to_square`: centre the image on a square of colour `background` (in [0, 1])."""
     batch, channels, height, width = images.shape
     if height == width:
@@ -224,7 +224,7 @@ class LlavaPreprocessor:
         do_pad = bool(config.get("do_pad", False))
         # LlavaImageProcessor pads to a square before resizing; the CLIP/SigLIP PilBackend pads the processed
         # image at the bottom/right to `pad_size` (without one, to the batch's largest image: a no-op here).
-        pad_square = do_pad and kind == "llava"
+        square_pad = do_pad and kind == "llava"
         pad_size = None
         if do_pad and kind != "llava" and config.get("pad_size") is not None:
             ps = _size_dict(config["pad_size"], True)
@@ -241,7 +241,7 @@ class LlavaPreprocessor:
             size=size,
             crop_size=(int(crop["height"]), int(crop["width"])) if crop else None,
             do_resize=bool(config.get("do_resize", True)),
-            pad_to_square=pad_square,
+            pad_to_square=square_pad,
             background=background,
             pad_size=pad_size,
             resample=PIL_CODES[resample] if isinstance(resample, int) else resample,
@@ -261,9 +261,8 @@ class LlavaPreprocessor:
 
     def __post_init__(self):
         if self.vision_feature_select_strategy not in ("default", "full"):
-            raise ValueError(
-                f"vision_feature_select_strategy must be 'default' or 'full', got {self.vision_feature_select_strategy!r}"
-            )
+            strategy = self.vision_feature_select_strategy
+            raise ValueError(f"vision_feature_select_strategy must be 'default' or 'full', got {strategy!r}")
         if self.min_image_tokens is not None and self.max_image_tokens is not None:
             if self.min_image_tokens > self.max_image_tokens:
                 raise ValueError(
@@ -322,7 +321,7 @@ class LlavaPreprocessor:
         check_images(images, self.clamp)
         images = clamp_pixels(images, self.clamp)
         if self.pad_to_square:
-            images = pad_to_square(images, self.background)
+            images = pad_square(images, self.background)
         if self.do_resize:
             target = resize_output_size(*images.shape[-2:], self.size)
             images = pil_resize(images, target, self.resample, quantize=self.quantize)

@@ -62,14 +62,31 @@ class ZRewardConfig:
 
 
 def _read_processor_config(path: Path) -> dict:
-    """The image-processor settings of a folder (`preprocessor_config.json`, or nested in `processor_config.json`)."""
-    if (path / PREPROCESSOR_NAME).is_file():
-        return json.loads((path / PREPROCESSOR_NAME).read_text())
+    """The image-processor settings of a folder, with the processor-level keys some families need.
+
+    `preprocessor_config.json` holds the image processor; `processor_config.json` may hold it nested and,
+    for LLaVA, `patch_size`, `vision_feature_select_strategy` and `num_additional_image_tokens`, which decide
+    how many image tokens the prompt needs. Missing ones are read from the model's `config.json`.
+    """
+    config, processor = {}, {}
     if (path / "processor_config.json").is_file():
-        config = json.loads((path / "processor_config.json").read_text())
-        if "image_processor" in config:
-            return config["image_processor"]
-    raise ValueError(f"{path} has no {PREPROCESSOR_NAME}; save the model's image processor into the folder")
+        processor = json.loads((path / "processor_config.json").read_text())
+    if (path / PREPROCESSOR_NAME).is_file():
+        config = json.loads((path / PREPROCESSOR_NAME).read_text())
+    elif "image_processor" in processor:
+        config = dict(processor["image_processor"])
+    else:
+        raise ValueError(f"{path} has no {PREPROCESSOR_NAME}; save the model's image processor into the folder")
+    for key in ("patch_size", "vision_feature_select_strategy", "num_additional_image_tokens"):
+        if key not in config and key in processor:
+            config[key] = processor[key]
+    if (path / "config.json").is_file():
+        model_config = json.loads((path / "config.json").read_text())
+        if model_config.get("model_type") == "llava":
+            config.setdefault("vision_feature_select_strategy", model_config.get("vision_feature_select_strategy"))
+            config.setdefault("patch_size", model_config.get("vision_config", {}).get("patch_size"))
+            config = {k: v for k, v in config.items() if v is not None}
+    return config
 
 
 class ZRewardModel(nn.Module):
