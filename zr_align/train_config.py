@@ -88,6 +88,7 @@ class LoraConfig:
 class RewardConfig:
     """The differentiable reward. Unused by `method: sft`."""
 
+    kind: str = "zreward"  # zreward | jpeg_compressibility (not differentiable: refused by backprop methods)
     path: str | None = None  # ZRewardModel folder, or "tiny:<vlm family>" for a random tiny one (tests)
     weights: dict[str, float] | None = None  # per rubric dimension; None keeps the folder's weights
     kappa: float | None = None  # risk penalty on the score std; None keeps the folder's value
@@ -95,6 +96,7 @@ class RewardConfig:
     gradient_checkpointing: bool = False  # recompute the VLM in backward: less memory, ~30% more reward time
 
     def __post_init__(self):
+        _check_choice("reward.kind", self.kind, ("zreward", "jpeg_compressibility"))
         _check_choice("reward.clamp", self.clamp, ("hard", "straight_through", "none"))
 
 
@@ -159,7 +161,7 @@ class TrainConfig:
         _check_choice("mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
         _check_positive("max_steps", self.max_steps)
         _check_positive("batch_size", self.batch_size)
-        if self.method in BACKPROP_METHODS and not self.reward.path:
+        if self.method in BACKPROP_METHODS and self.reward.kind == "zreward" and not self.reward.path:
             raise ValueError(f"method {self.method} needs reward.path (a ZRewardModel folder); or use method: sft")
         if (self.method == "sft" or self.optim.sft_weight > 0) and not self.data.sft_data:
             raise ValueError("method sft and optim.sft_weight > 0 need data.sft_data (a folder or .jsonl)")

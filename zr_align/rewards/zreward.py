@@ -65,8 +65,9 @@ def _read_processor_config(path: Path) -> dict:
     """The image-processor settings of a folder, with the processor-level keys some families need.
 
     `preprocessor_config.json` holds the image processor; `processor_config.json` may hold it nested and,
-    for LLaVA, `patch_size`, `vision_feature_select_strategy` and `num_additional_image_tokens`, which decide
-    how many image tokens the prompt needs. Missing ones are read from the model's `config.json`.
+    for LLaVA, `patch_size`, `vision_feature_select_strategy` and `num_additional_image_tokens`, and for
+    Idefics3 `image_seq_len`, which decide how many image tokens the prompt needs. Missing ones are derived
+    from the model's `config.json`.
     """
     config, processor = {}, {}
     if (path / "processor_config.json").is_file():
@@ -77,11 +78,16 @@ def _read_processor_config(path: Path) -> dict:
         config = dict(processor["image_processor"])
     else:
         raise ValueError(f"{path} has no {PREPROCESSOR_NAME}; save the model's image processor into the folder")
-    for key in ("patch_size", "vision_feature_select_strategy", "num_additional_image_tokens"):
+    for key in ("patch_size", "vision_feature_select_strategy", "num_additional_image_tokens", "image_seq_len"):
         if key not in config and key in processor:
             config[key] = processor[key]
     if (path / "config.json").is_file():
         model_config = json.loads((path / "config.json").read_text())
+        if model_config.get("model_type") in ("idefics3", "smolvlm") and "image_seq_len" not in config:
+            vision = model_config.get("vision_config", {})
+            if "image_size" in vision and "patch_size" in vision:
+                scale = model_config.get("scale_factor", 2)
+                config["image_seq_len"] = (vision["image_size"] // vision["patch_size"]) ** 2 // scale**2
         if model_config.get("model_type") == "llava":
             config.setdefault("vision_feature_select_strategy", model_config.get("vision_feature_select_strategy"))
             config.setdefault("patch_size", model_config.get("vision_config", {}).get("patch_size"))

@@ -55,6 +55,7 @@ def _with_template(base, template: str, specials: list[str], **tokens):
     from transformers import PreTrainedTokenizerFast
 
     backend = base.backend_tokenizer
+    backend.decoder = None  # decode joins words with spaces (readable truncation warnings)
     backend.post_processor = processors.TemplateProcessing(
         single=template, special_tokens=[(token, backend.token_to_id(token)) for token in specials]
     )
@@ -148,6 +149,7 @@ def _ddim(prediction_type: str):
         beta_schedule="scaled_linear",
         clip_sample=False,
         set_alpha_to_one=False,
+        steps_offset=1,  # unused by "trailing"; 0 triggers diffusers' "outdated config" warning at every load
         timestep_spacing="trailing",
         prediction_type=prediction_type,
     )

@@ -1,0 +1,354 @@
+#!/usr/bin/env python
+"""Fine-tune a LoRA on a text-to-image diffusion model: reward backprop (DRaFT-K, DRaFT-LV, ReFL, full) or SFT.
+
+    python train_t2i.py --config configs/tiny_debug.yaml [key.sub=value ...] [--resume latest]
+    accelerate launch --num_processes 2 --cpu train_t2i.py --config configs/tiny_debug.yaml
+
+Output folder (`output_dir`):
+    lora/pytorch_lora_weights.safetensors   diffusers format, loads with `pipe.load_lora_weights(OUT/lora)`
+    checkpoints/step_N/                     accelerate state (LoRA, optimizer, LR schedule, RNG), crash-safe
+    metrics.jsonl                           one JSON object per optimizer step
+    config.yaml                             the resolved config
+    validation/step_N.png                   image grids of the fixed validation prompts
+
+Reads top to bottom: 1 config, 2 accelerator, 3 diffusion model, 4 LoRA, 5 reward, 6 optimiser,
+7 resume, 8 training loop, 9 save. See SPEC §6 and `zr_align/train_config.py` for every option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from zr_align.checkpointing import checkpoint_step, resolve_resume, save_checkpoint
+from zr_align.data import ImagePromptDataset, load_prompts
+from zr_align.denoisers import get_denoiser_family
+from zr_align.lora import add_lora, lora_parameters, save_lora
+from zr_align.sampling import DifferentiableSampler
+from zr_align.sft import denoising_loss, encode_images
+from zr_align.train_config import BACKPROP_METHODS, TrainConfig, load_config, save_config
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file of overrides of the defaults in zr_align/train_config.py")
+    parser.add_argument("--resume", help="'latest' or a checkpoints/step_N folder: continue that run exactly")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=3e-4")
+    return parser.parse_args(argv)
+
+
+def step_generator(config: TrainConfig, step: int, rank: int) -> torch.Generator:
+    """All randomness of optimizer step `step` on `rank` comes from here, so a resumed run replays exactly."""
+    return torch.Generator().manual_seed(config.seed * 1_000_003 + step * 7919 + rank)
+
+
+def load_pipeline(config: TrainConfig, accelerator):
+    """The stock diffusers pipeline of `model.family` from a local folder, or random tiny components."""
+    family = get_denoiser_family(config.model.family)
+    path = config.model.path
+    if path.startswith("tiny:"):
+        from zr_align.testing.diffusion import tiny_pipeline
+
+        cache = Path(config.output_dir) / ".tiny" / path[5:]
+        with accelerator.main_process_first():
+            if not (cache / "model_index.json").is_file():
+                tiny_pipeline(path[5:], out_dir=cache, prediction_type=config.model.prediction_type)
+        path = str(cache)
+    if not Path(path, "model_index.json").is_file():
+        raise ValueError(f"model.path {path!r} is not a diffusers pipeline folder (no model_index.json)")
+    declared = json.loads(Path(path, "model_index.json").read_text())["_class_name"]
+    pipeline_class = family.pipeline_class()
+    if declared != pipeline_class.__name__:
+        raise ValueError(f"model.path holds a {declared}, but model.family {family.name} needs a "
+                         f"{pipeline_class.__name__}; set model.family to match the folder")
+    pipe = pipeline_class.from_pretrained(path, torch_dtype=DTYPES[config.model.dtype])
+    if config.model.prediction_type is not None:
+        pipe.scheduler.register_to_config(prediction_type=config.model.prediction_type)
+    pipe.set_progress_bar_config(disable=True)
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            component.requires_grad_(False).to(accelerator.device)
+    return pipe, pipeline_class
+
+
+def load_reward(config: TrainConfig, accelerator):
+    """The reward named by `reward.kind`; a backprop method refuses a reward that is not differentiable."""
+    if config.reward.kind == "jpeg_compressibility":
+        from zr_align.rewards.compressibility import JpegCompressibility
+
+        reward = JpegCompressibility()
+    else:
+        from zr_align.rewards import ZRewardModel
+
+        path = config.reward.path
+        if path.startswith("tiny:"):
+            from zr_align.testing import tiny_reward_model
+
+            cache = Path(config.output_dir) / ".tiny" / f"reward_{path[5:]}"
+            with accelerator.main_process_first():
+                if not (cache / "zreward_config.json").is_file():
+                    tiny_reward_model(path[5:], cache)
+            path = str(cache)
+        overrides = {"clamp": config.reward.clamp}
+        if config.reward.kappa is not None:
+            overrides["kappa"] = config.reward.kappa
+        if config.reward.weights is not None:
+            overrides["weights"] = config.reward.weights
+        reward = ZRewardModel.from_pretrained(path, **overrides).to(accelerator.device)
+        if config.reward.gradient_checkpointing:
+            reward.enable_gradient_checkpointing()
+    if config.method in BACKPROP_METHODS and not getattr(reward, "differentiable", False):
+        raise ValueError(f"reward {config.reward.kind} is not differentiable, so method {config.method} cannot "
+                         "back-propagate through it; use a differentiable reward (reward.kind: zreward)")
+    return reward
+
+
+class RewardNormalizer:
+    """Scales the reward before the loss. Only the scale matters for the gradient of a mean; a centred value
+    is logged. "running" keeps an exponential mean/variance (saved in checkpoints for exact resume)."""
+
+    def __init__(self, mode: str, momentum: float = 0.9):
+        self.mode, self.momentum = mode, momentum
+        self.mean, self.var, self.count = 0.0, 1.0, 0
+
+    def __call__(self, reward: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            return reward
+        if self.mode == "batch":
+            return (reward - reward.mean().detach()) / (reward.std(unbiased=False).detach() + 1e-6)
+        batch_mean, batch_var = float(reward.detach().mean()), float(reward.detach().var(unbiased=False))
+        m = 0.0 if self.count == 0 else self.momentum
+        self.mean = m * self.mean + (1 - m) * batch_mean
+        self.var = m * self.var + (1 - m) * batch_var
+        self.count += 1
+        return (reward - self.mean) / math.sqrt(self.var + 1e-6)
+
+    def state_dict(self):
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state):
+        self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
+
+
+class LoraState:
+    """The LoRA weights as one checkpointable object (accelerate saves objects with state_dict/load_state_dict)."""
+
+    def __init__(self, denoiser):
+        self.params = {n: p for n, p in denoiser.named_parameters() if p.requires_grad}
+
+    def state_dict(self):
+        return {n: p.detach().clone() for n, p in self.params.items()}
+
+    def load_state_dict(self, state):
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(state[n])
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated CUDA memory, or the process's peak RSS on CPU (ru_maxrss is in kB on Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def save_grid(images: torch.Tensor, path: Path, columns: int = 4) -> None:
+    from PIL import Image
+
+    rows = math.ceil(len(images) / columns)
+    _, h, w = images.shape[1:]
+    grid = torch.ones(3, rows * h, min(columns, len(images)) * w)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[:, r * h : (r + 1) * h, c * w : (c + 1) * w] = image.clamp(0, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        run(parse_args(argv))
+    except ValueError as error:  # bad input: one line, no traceback, nothing saved is touched
+        print(f"train_t2i.py: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run(args) -> Path:
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    from tqdm.auto import tqdm
+
+    # 1. Config ---------------------------------------------------------------------------------------------
+    config = load_config(args.config, args.overrides)
+    out = Path(config.output_dir)
+
+    # 2. Accelerator: processes, mixed precision, trackers --------------------------------------------------
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.log_with == "none" else config.log_with,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
+    rank = accelerator.process_index
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+    if config.log_with != "none":
+        accelerator.init_trackers("train_t2i", config={k: str(v) for k, v in config.to_dict().items()})
+
+    # 3. Diffusion model: stock pipeline, everything frozen -------------------------------------------------
+    pipe, pipeline_class = load_pipeline(config, accelerator)
+    sampler = DifferentiableSampler(pipe, config.model.family, config.sampling, config.model.resolution)
+    denoiser = sampler.denoiser
+
+    # 4. LoRA on the denoiser (trainable weights in fp32) ---------------------------------------------------
+    lora_config = add_lora(denoiser, config.model.family, rank=config.lora.rank, alpha=config.lora.alpha,
+                           dropout=config.lora.dropout, target_modules=config.lora.targets)
+    params = lora_parameters(denoiser)
+
+    # 5. Reward (frozen, differentiable for the backprop methods) and data ----------------------------------
+    reward_fn = load_reward(config, accelerator) if config.method != "sft" else None
+    prompts = load_prompts(config.data.prompts)
+    sft_data = ImagePromptDataset(config.data.sft_data, config.model.resolution) if config.data.sft_data else None
+
+    # 6. Optimiser and LR warm-up ---------------------------------------------------------------------------
+    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=config.optim.betas,
+                                  weight_decay=config.optim.weight_decay)
+    warmup = max(1, config.optim.warmup_steps)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    optimizer, lr_schedule = accelerator.prepare(optimizer, lr_schedule)
+    normalizer = RewardNormalizer(config.optim.reward_normalization)
+    # The denoiser is not wrapped in DDP (the sampler calls it through the pipeline): LoRA gradients are
+    # averaged across ranks by hand below, and the LoRA weights are checkpointed as their own object.
+    accelerator.register_for_checkpointing(LoraState(denoiser), normalizer)
+
+    # 7. Resume ---------------------------------------------------------------------------------------------
+    start = 0
+    resume_from = resolve_resume(args.resume, out / "checkpoints")
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        start = checkpoint_step(resume_from)
+        accelerator.print(f"resumed from {resume_from} at step {start}")
+    metrics_path = out / "metrics.jsonl"
+    if accelerator.is_main_process:
+        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
+                if start and json.loads(line)["step"] <= start]
+        metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    # 8. Training loop --------------------------------------------------------------------------------------
+    progress = tqdm(range(start, config.max_steps), initial=start, total=config.max_steps,
+                    disable=not accelerator.is_local_main_process, desc=config.method)
+    for step in progress:
+        begin = time.perf_counter()
+        generator = step_generator(config, step, rank)
+        loss_total, rewards, skipped = 0.0, [], False
+        for _ in range(config.gradient_accumulation_steps):
+            with accelerator.autocast():
+                if config.method == "sft":
+                    loss = sft_loss(sampler, sft_data, config.batch_size, generator)
+                else:
+                    batch = [prompts[int(i)] for i in torch.randint(len(prompts), (config.batch_size,),
+                                                                    generator=generator)]
+                    trajectory = sampler.sample(batch, config.method, generator, kl=config.optim.kl_weight > 0)
+                    out_reward = reward_fn(trajectory.images, batch * trajectory.repeats)
+                    reward = out_reward.reward.float()
+                    rewards.append(reward.detach())
+                    loss = -config.optim.loss_scale * normalizer(reward).mean()
+                    if trajectory.kl is not None:
+                        loss = loss + config.optim.kl_weight * trajectory.kl
+                    if config.optim.sft_weight > 0:
+                        loss = loss + config.optim.sft_weight * sft_loss(sampler, sft_data, config.batch_size,
+                                                                         generator)
+                loss = loss / config.gradient_accumulation_steps
+            if not torch.isfinite(loss):
+                skipped = True  # a non-finite reward or loss: no backward, the weights stay as they are
+                continue
+            accelerator.backward(loss)
+            loss_total += float(loss.detach())
+
+        # Average LoRA gradients across ranks, then clip; a non-finite gradient on any rank skips the step.
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = torch.cat([g.flatten() for g in grads])
+        flat = accelerator.reduce(flat, reduction="mean") if accelerator.num_processes > 1 else flat
+        skipped_any = accelerator.reduce(torch.tensor([float(skipped)], device=flat.device), reduction="sum")
+        grad_norm = float(flat.norm())
+        if skipped_any.item() > 0 or not math.isfinite(grad_norm):
+            skipped = True
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            offset = 0
+            for p in params:
+                p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
+                offset += p.numel()
+            if config.optim.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, config.optim.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        lr_schedule.step()
+
+        reward_all = accelerator.gather(torch.cat(rewards)) if rewards else torch.zeros(0)
+        record = {
+            "step": step + 1,
+            "loss": loss_total,
+            "reward_mean": float(reward_all.mean()) if len(reward_all) else None,
+            "reward_std": float(reward_all.std(unbiased=False)) if len(reward_all) else None,
+            "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+            "skipped": skipped,
+            "seconds": time.perf_counter() - begin,
+            "peak_mem_mb": peak_memory_mb(accelerator.device),
+        }
+        if accelerator.is_main_process:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            progress.set_postfix(loss=f"{loss_total:.4f}", reward=record["reward_mean"])
+        accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step + 1)
+
+        done = step + 1
+        if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.max_steps:
+            save_checkpoint(accelerator, out / "checkpoints", done)
+        if config.validate_every and done % config.validate_every == 0 and done < config.max_steps:
+            validate(sampler, config, accelerator, done)
+
+    # 9. Save: final checkpoint, LoRA in diffusers format, validation grid ----------------------------------
+    save_checkpoint(accelerator, out / "checkpoints", config.max_steps)
+    if accelerator.is_main_process:
+        save_lora(out / "lora", pipeline_class, denoiser, lora_config)
+    validate(sampler, config, accelerator, config.max_steps)
+    accelerator.end_training()
+    return out
+
+
+def sft_loss(sampler, data, batch_size, generator):
+    if data is None:
+        raise ValueError("the SFT loss needs data.sft_data")
+    indices = torch.randint(len(data), (batch_size,), generator=generator)
+    prompts, images = data.batch(indices)
+    return denoising_loss(sampler, encode_images(sampler, images), prompts, generator)
+
+
+@torch.no_grad()
+def validate(sampler, config, accelerator, step):
+    """A grid of the validation prompts, same seed every time (main process only)."""
+    if not accelerator.is_main_process or not config.data.validation_prompts:
+        return
+    generator = torch.Generator().manual_seed(config.seed)
+    images = sampler.sample(config.data.validation_prompts, "draft_k", generator).images.cpu()
+    save_grid(images, Path(config.output_dir) / "validation" / f"step_{step}.png")
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_images("validation", images, step)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Prompts for reward fine-tuning and (prompt, image) pairs for SFT."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Used when no prompt file is given: TinyWorld's grammar (SPEC §8), "a {size} {color} {shape} {position}".
+SIZES = ("small", "large")
+COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
+SHAPES = ("circle", "square", "triangle")
+POSITIONS = ("on the left", "on the right", "at the top", "at the bottom", "in the center")
+
+
+def tinyworld_prompts() -> list[str]:
+    return [f"a {s} {c} {h} {p}" for s in SIZES for c in COLORS for h in SHAPES for p in POSITIONS]
+
+
+def load_prompts(path: str | None) -> list[str]:
+    """Prompts from a `.txt` (one per line) or `.jsonl` (a "prompt" field) file; TinyWorld's when `path` is None."""
+    if path is None:
+        return tinyworld_prompts()
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"prompt file {path} does not exist")
+    if path.suffix == ".jsonl":
+        prompts = [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
+    else:
+        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompt file {path} has no prompts")
+    return prompts
+
+
+class ImagePromptDataset:
+    """(prompt, image) pairs from a folder with `metadata.jsonl` or from a `.jsonl` file.
+
+    Each line holds `"prompt"` and `"image"` (or `"file_name"`, the Hugging Face imagefolder convention), an
+    image path relative to the file. Images are loaded as `(3, R, R)` float tensors in [0, 1].
+    """
+
+    def __init__(self, path: str | Path, resolution: int):
+        path = Path(path)
+        index = path / "metadata.jsonl" if path.is_dir() else path
+        if not index.is_file():
+            raise ValueError(f"SFT data {path} is neither a .jsonl file nor a folder with metadata.jsonl")
+        self.root = index.parent
+        self.items = []
+        for number, line in enumerate(index.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            image = record.get("image", record.get("file_name"))
+            if "prompt" not in record or image is None:
+                raise ValueError(f"{index} line {number} needs 'prompt' and 'image' (or 'file_name') fields")
+            self.items.append((record["prompt"], self.root / image))
+        if not self.items:
+            raise ValueError(f"SFT data {index} is empty")
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[str, torch.Tensor]:
+        from PIL import Image
+
+        prompt, file = self.items[index]
+        if not file.is_file():
+            raise ValueError(f"SFT image {file} does not exist")
+        with Image.open(file) as image:
+            image = image.convert("RGB")
+            if image.size != (self.resolution, self.resolution):
+                image = image.resize((self.resolution, self.resolution), Image.Resampling.BICUBIC)
+            array = np.asarray(image, dtype=np.uint8).copy()
+        return prompt, torch.from_numpy(array).permute(2, 0, 1).float() / 255.0
+
+    def batch(self, indices) -> tuple[list[str], torch.Tensor]:
+        pairs = [self[int(i)] for i in indices]
+        return [p for p, _ in pairs], torch.stack([x for _, x in pairs])
