@@ -13,6 +13,7 @@ Two traps this module exists to avoid (see PITFALLS):
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +48,16 @@ def _denoiser_name(denoiser: nn.Module) -> str:
     from diffusers import UNet2DConditionModel
 
     return "unet" if isinstance(denoiser, UNet2DConditionModel) else "transformer"
+
+
+def _linear_suffixes(denoiser: nn.Module) -> list[str]:
+    """Short names of the linear layers of `denoiser` ("to_q", "to_out.0", ...): what a target can name."""
+    suffixes = set()
+    for name, module in denoiser.named_modules():
+        if isinstance(module, nn.Linear):
+            parts = name.split(".")
+            suffixes.add(".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1])
+    return sorted(suffixes)
 
 
 def add_lora(
@@ -89,7 +100,7 @@ def add_lora(
         if not any(name == target or name.endswith("." + target) for name in names):
             raise ValueError(
                 f"LoRA target {target!r} matches no module of {type(denoiser).__name__}; "
-                f"the {family} defaults are: {', '.join(LORA_TARGETS[family])}"
+                f"its linear layers: {', '.join(_linear_suffixes(denoiser))}"
             )
 
     config = LoraConfig(
@@ -183,19 +194,16 @@ def load_lora(denoiser: nn.Module, lora_dir) -> None:
     Stock pipelines do this with `load_lora_weights`; this is for denoisers whose pipeline has no LoRA loader
     (PixArtTransformer2DModel). The weights load as they were saved; no parameter is frozen or unfrozen.
     """
-    import safetensors.torch
-    from diffusers.utils.state_dict_utils import _load_sft_state_dict_metadata
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors import safe_open
 
     component = _denoiser_name(denoiser)
     path = Path(lora_dir) / LORA_WEIGHT_NAME
     prefix = f"{component}."
-    state_dict = {
-        key[len(prefix):]: value
-        for key, value in safetensors.torch.load_file(path).items()
-        if key.startswith(prefix)
-    }
-    metadata = _load_sft_state_dict_metadata(str(path)) or {}
+    with safe_open(path, framework="pt") as file:
+        state_dict = {key[len(prefix):]: file.get_tensor(key) for key in file.keys() if key.startswith(prefix)}
+        metadata = json.loads((file.metadata() or {}).get(LORA_ADAPTER_METADATA_KEY, "{}"))
     config = {key[len(prefix):]: value for key, value in metadata.items() if key.startswith(prefix)}
     if not state_dict or not config:
         raise ValueError(f"{path} holds no {component} LoRA with adapter metadata")
