@@ -66,12 +66,15 @@ def load_pipeline(config: TrainConfig, accelerator):
         path = str(cache)
     if not Path(path, "model_index.json").is_file():
         raise ValueError(f"model.path {path!r} is not a diffusers pipeline folder (no model_index.json)")
-    declared = json.loads(Path(path, "model_index.json").read_text())["_class_name"]
+    index = json.loads(Path(path, "model_index.json").read_text())
+    declared = index["_class_name"]
     pipeline_class = family.pipeline_class()
     if declared != pipeline_class.__name__:
         raise ValueError(f"model.path holds a {declared}, but model.family {family.name} needs a "
                          f"{pipeline_class.__name__}; set model.family to match the folder")
-    pipe = pipeline_class.from_pretrained(path, torch_dtype=DTYPES[config.model.dtype])
+    # Components saved as absent (e.g. SD3 without its T5 encoder) must be passed as None explicitly.
+    absent = {name: None for name, spec in index.items() if isinstance(spec, list) and spec == [None, None]}
+    pipe = pipeline_class.from_pretrained(path, dtype=DTYPES[config.model.dtype], **absent)
     if config.model.prediction_type is not None:
         pipe.scheduler.register_to_config(prediction_type=config.model.prediction_type)
     pipe.set_progress_bar_config(disable=True)
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args) -> Path:
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
 
     # 1. Config ---------------------------------------------------------------------------------------------
@@ -212,6 +215,8 @@ def run(args) -> Path:
     denoiser = sampler.denoiser
 
     # 4. LoRA on the denoiser (trainable weights in fp32) ---------------------------------------------------
+    # Same seed on every rank: the LoRA starts identical everywhere (gradients are averaged, not weights).
+    set_seed(config.seed)
     lora_config = add_lora(denoiser, config.model.family, rank=config.lora.rank, alpha=config.lora.alpha,
                            dropout=config.lora.dropout, target_modules=config.lora.targets)
     params = lora_parameters(denoiser)
@@ -232,6 +237,7 @@ def run(args) -> Path:
     # averaged across ranks by hand below, and the LoRA weights are checkpointed as their own object.
     accelerator.register_for_checkpointing(LoraState(denoiser), normalizer)
 
+    set_seed(config.seed + rank)  # global RNGs (e.g. LoRA dropout) differ per rank; the step generators too
     # 7. Resume ---------------------------------------------------------------------------------------------
     start = 0
     resume_from = resolve_resume(args.resume, out / "checkpoints")

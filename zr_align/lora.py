@@ -84,7 +84,8 @@ def add_lora(
     Returns:
         The `peft.LoraConfig` of the adapter (pass it to `save_lora`).
 
-    The LoRA weights are float32 and the only parameters with `requires_grad`, whatever the base dtype.
+    The LoRA weights are float32 and the only parameters with `requires_grad`, whatever the base dtype; call this
+    after moving the denoiser to its final dtype (a later `.to(torch.bfloat16)` would cast the adapter too).
     Denoisers without diffusers' `add_adapter` (PixArtTransformer2DModel) get the adapter through
     `peft.inject_adapter_in_model`.
     """

@@ -2,10 +2,10 @@
 
 `tiny_pipeline(family)` returns a stock diffusers pipeline whose components are the real library classes at
 toy sizes: 64x64 images, an `AutoencoderKL` with three levels (downsampling factor 4, so latents are 16x16x4),
-a denoiser of well under a million parameters, CLIP / T5 text encoders of hidden size 32 and the offline
-word-level tokenizer of `zr_align.testing.tokenizer` (every TinyWorld word is one token). A 4-step stock
-`pipe(prompt, num_inference_steps=4, height=64, width=64, output_type="pt")` call takes well under a second
-on one CPU core.
+denoisers of ~1M (UNets) or 50-80k (DiTs) parameters, CLIP / T5 text encoders of hidden size 32 and the offline
+word-level tokenizer of `zr_align.testing.tokenizer` (every TinyWorld word is one token); under 1.4M parameters per
+pipeline. A 4-step stock `pipe(prompt, num_inference_steps=4, height=64, width=64, output_type="pt")` call takes
+about 0.02-0.05 s on one CPU core.
 
 | family | pipeline                    | denoiser                 | scheduler                   | text encoders        |
 |--------|-----------------------------|--------------------------|-----------------------------|----------------------|
@@ -19,7 +19,8 @@ on one CPU core.
 Quirks of the stock pipelines at this size:
 - PixArt-Sigma only knows resolution bins for transformer sample sizes 32/64/128/256 (256 px and up); call it with
   `use_resolution_binning=False` (the default raises "Invalid sample size" here). Its transformer predicts a
-  learned variance like the real model (`out_channels=8`); the pipeline keeps the first 4 channels.
+  learned variance like the real model (`out_channels=8`); the pipeline keeps the first 4 channels. Pass
+  `clean_caption=False` unless beautifulsoup4 and ftfy are installed (else a warning on every call).
 - SD3 runs without its T5 encoder (`text_encoder_3=None`): the pipeline then fills the T5 part of the prompt with
   zeros of length `max_sequence_length` (default 256); pass a small `max_sequence_length` to save time. Re-loading
   the saved folder needs `StableDiffusion3Pipeline.from_pretrained(path, text_encoder_3=None, tokenizer_3=None)`.
@@ -209,7 +210,7 @@ def _sdxl(prediction_type: str) -> dict:
     )
 
 
-def _sd3(prediction_type: str | None) -> dict:
+def _sd3() -> dict:
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 
     tokenizer = clip_tokenizer()
@@ -267,7 +268,7 @@ def _pixart(prediction_type: str) -> dict:
     )
 
 
-def _flux(prediction_type: str | None) -> dict:
+def _flux() -> dict:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
     tokenizer, tokenizer_2 = clip_tokenizer(), t5_tokenizer()
@@ -311,7 +312,7 @@ def _pipeline_class(family: str):
     }[family]
 
 
-# family -> builder(prediction_type) returning the pipeline's components
+# family -> builder returning the pipeline's components (the DDIM families take the prediction type)
 _COMPONENTS = {"sd": _sd, "sdxl": _sdxl, "sd3": _sd3, "pixart": _pixart, "flux": _flux}
 _DDIM_FAMILIES = ("sd", "sdxl", "pixart")
 # A saved SD3 folder without its T5 encoder records `text_encoder_3: [null, null]`, but these two are not among
@@ -341,7 +342,8 @@ def tiny_pipeline(family: str, out_dir=None, seed: int = 0, prediction_type: str
     pipeline_class = _pipeline_class(family)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        pipeline = pipeline_class(**_COMPONENTS[family](prediction_type))
+        builder = _COMPONENTS[family]
+        pipeline = pipeline_class(**(builder(prediction_type) if family in _DDIM_FAMILIES else builder()))
     pipeline.set_progress_bar_config(disable=True)
     if out_dir is None:
         return pipeline
