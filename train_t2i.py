@@ -6,7 +6,8 @@
 
 Output folder (`output_dir`):
     lora/pytorch_lora_weights.safetensors   diffusers format, loads with `pipe.load_lora_weights(OUT/lora)`
-    checkpoints/step_N/                     accelerate state (LoRA, optimizer, LR schedule, RNG), crash-safe
+    pipeline/                               instead of lora/ with model.trainable: full (a stock pipeline folder)
+    checkpoints/step_N/                     accelerate state (trained weights, optimizer, LR, RNG), crash-safe
     metrics.jsonl                           one JSON object per optimizer step
     config.yaml                             the resolved config
     validation/step_N.png                   image grids of the fixed validation prompts
@@ -143,11 +144,12 @@ class RewardNormalizer:
         self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
 
 
-class LoraState:
-    """The LoRA weights as one checkpointable object (accelerate saves objects with state_dict/load_state_dict)."""
+class TrainableState:
+    """The trained weights (LoRA, or whole modules) as one checkpointable object for accelerate."""
 
-    def __init__(self, denoiser):
-        self.params = {n: p for n, p in denoiser.named_parameters() if p.requires_grad}
+    def __init__(self, modules: dict):
+        self.params = {f"{prefix}.{n}": p for prefix, module in modules.items()
+                       for n, p in module.named_parameters() if p.requires_grad}
 
     def state_dict(self):
         return {n: p.detach().clone() for n, p in self.params.items()}
@@ -214,12 +216,20 @@ def run(args) -> Path:
     sampler = DifferentiableSampler(pipe, config.model.family, config.sampling, config.model.resolution)
     denoiser = sampler.denoiser
 
-    # 4. LoRA on the denoiser (trainable weights in fp32) ---------------------------------------------------
-    # Same seed on every rank: the LoRA starts identical everywhere (gradients are averaged, not weights).
+    # 4. Trainable weights: a LoRA on the denoiser (fp32), or whole modules with model.trainable: full ---------
+    # Same seed on every rank: the weights start identical everywhere (gradients are averaged, not weights).
     set_seed(config.seed)
-    lora_config = add_lora(denoiser, config.model.family, rank=config.lora.rank, alpha=config.lora.alpha,
-                           dropout=config.lora.dropout, target_modules=config.lora.targets)
-    params = lora_parameters(denoiser)
+    trained = {"denoiser": denoiser}
+    if config.model.trainable == "lora":
+        lora_config = add_lora(denoiser, config.model.family, rank=config.lora.rank, alpha=config.lora.alpha,
+                               dropout=config.lora.dropout, target_modules=config.lora.targets)
+    else:
+        lora_config = None
+        if config.model.train_text_encoder:
+            trained["text_encoder"] = pipe.text_encoder
+        for module in trained.values():
+            module.to(torch.float32).requires_grad_(True).train()
+    params = [p for module in trained.values() for p in module.parameters() if p.requires_grad]
 
     # 5. Reward (frozen, differentiable for the backprop methods) and data ----------------------------------
     reward_fn = load_reward(config, accelerator) if config.method != "sft" else None
@@ -233,9 +243,9 @@ def run(args) -> Path:
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     optimizer, lr_schedule = accelerator.prepare(optimizer, lr_schedule)
     normalizer = RewardNormalizer(config.optim.reward_normalization)
-    # The denoiser is not wrapped in DDP (the sampler calls it through the pipeline): LoRA gradients are
-    # averaged across ranks by hand below, and the LoRA weights are checkpointed as their own object.
-    accelerator.register_for_checkpointing(LoraState(denoiser), normalizer)
+    # The denoiser is not wrapped in DDP (the sampler calls it through the pipeline): gradients are averaged
+    # across ranks by hand below, and the trained weights are checkpointed as their own object.
+    accelerator.register_for_checkpointing(TrainableState(trained), normalizer)
 
     set_seed(config.seed + rank)  # global RNGs (e.g. LoRA dropout) differ per rank; the step generators too
     # 7. Resume ---------------------------------------------------------------------------------------------
@@ -282,7 +292,7 @@ def run(args) -> Path:
             accelerator.backward(loss)
             loss_total += float(loss.detach())
 
-        # Average LoRA gradients across ranks, then clip; a non-finite gradient on any rank skips the step.
+        # Average gradients across ranks, then clip; a non-finite gradient on any rank skips the step.
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.flatten() for g in grads])
         flat = accelerator.reduce(flat, reduction="mean") if accelerator.num_processes > 1 else flat
@@ -325,10 +335,15 @@ def run(args) -> Path:
         if config.validate_every and done % config.validate_every == 0 and done < config.max_steps:
             validate(sampler, config, accelerator, done)
 
-    # 9. Save: final checkpoint, LoRA in diffusers format, validation grid ----------------------------------
+    # 9. Save: final checkpoint, LoRA in diffusers format (or the whole pipeline), validation grid -----------
     save_checkpoint(accelerator, out / "checkpoints", config.max_steps)
+    for module in trained.values():
+        module.eval()
     if accelerator.is_main_process:
-        save_lora(out / "lora", pipeline_class, denoiser, lora_config)
+        if lora_config is not None:
+            save_lora(out / "lora", pipeline_class, denoiser, lora_config)
+        else:
+            pipe.save_pretrained(out / "pipeline")
     validate(sampler, config, accelerator, config.max_steps)
     accelerator.end_training()
     return out

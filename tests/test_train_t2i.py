@@ -77,7 +77,7 @@ def test_saved_lora_reproduces_the_trained_model_in_a_stock_pipeline(tmp_path, t
     named = dict(trained.unet.named_parameters())
     with torch.no_grad():
         for name, value in state.items():
-            named[name].copy_(value)
+            named[name.removeprefix("denoiser.")].copy_(value)
     # A stock pipeline that only knows the diffusers-format file.
     stock = StableDiffusionPipeline.from_pretrained(out / ".tiny" / "sd")
     stock.load_lora_weights(out / "lora")
@@ -132,6 +132,22 @@ def test_sft_method_and_sft_mixing(tmp_path, tiny_cache):
     assert run(mixed, tiny_cache, f"data.sft_data={data}", "optim.sft_weight=0.5", "max_steps=1") == 0
 
 
+def test_full_sft_with_text_encoder_writes_a_stock_pipeline(tmp_path, tiny_cache):
+    from diffusers import StableDiffusionPipeline
+
+    data = make_sft_data(tmp_path / "data")
+    out = tmp_path / "full"
+    assert run(out, tiny_cache, "method=sft", f"data.sft_data={data}", "max_steps=2", "model.trainable=full",
+               "model.train_text_encoder=true", "optim.lr=1e-3") == 0
+    assert not (out / "lora").exists()
+    trained = StableDiffusionPipeline.from_pretrained(out / "pipeline")
+    base = StableDiffusionPipeline.from_pretrained(out / ".tiny" / "sd")
+    for name in ("unet", "text_encoder"):
+        a, b = getattr(trained, name).state_dict(), getattr(base, name).state_dict()
+        assert any(not torch.equal(a[k], b[k]) for k in a), name
+    assert all(torch.equal(a, b) for a, b in zip(trained.vae.state_dict().values(), base.vae.state_dict().values()))
+
+
 def test_non_finite_reward_skips_the_step_and_keeps_the_weights(tmp_path, tiny_cache, monkeypatch):
     from zr_align.rewards import ZRewardModel
 
@@ -166,6 +182,7 @@ def test_non_finite_reward_skips_the_step_and_keeps_the_weights(tmp_path, tiny_c
         (["model.path=/nonexistent/sd15"], "model.path '/nonexistent/sd15' is not a diffusers pipeline folder"),
         (["model.family=sdxl"], "model.path holds a StableDiffusionPipeline, but model.family sdxl needs"),
         (["optim.lrr=1"], "unknown config key 'optim.lrr'"),
+        (["model.train_text_encoder=true"], "model.train_text_encoder needs model.trainable: full"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, tiny_cache, capsys, overrides, message):

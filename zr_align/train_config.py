@@ -60,9 +60,15 @@ class ModelConfig:
     dtype: str = "float32"  # base weights; bfloat16 halves their memory (GPU); LoRA weights stay float32
     resolution: int = 64  # image side in pixels; must be divisible by the VAE factor
     prediction_type: str | None = None  # override the scheduler's epsilon / v_prediction (UNet families)
+    trainable: str = "lora"  # lora | full: "full" trains every denoiser weight (e.g. pre-training TinyWorld's
+    # small model); its memory is that of full fine-tuning, and the output is OUT/pipeline instead of OUT/lora
+    train_text_encoder: bool = False  # with trainable: full and method: sft, also train the (first) text encoder
 
     def __post_init__(self):
         _check_choice("model.family", self.family, DIFFUSION_FAMILIES)
+        _check_choice("model.trainable", self.trainable, ("lora", "full"))
+        if self.train_text_encoder and self.trainable != "full":
+            raise ValueError("model.train_text_encoder needs model.trainable: full")
         _check_choice("model.dtype", self.dtype, DTYPES)
         _check_positive("model.resolution", self.resolution)
         if self.prediction_type is not None:
@@ -163,6 +169,8 @@ class TrainConfig:
         _check_positive("batch_size", self.batch_size)
         if self.method in BACKPROP_METHODS and self.reward.kind == "zreward" and not self.reward.path:
             raise ValueError(f"method {self.method} needs reward.path (a ZRewardModel folder); or use method: sft")
+        if self.model.train_text_encoder and self.method != "sft":
+            raise ValueError("model.train_text_encoder is only supported with method: sft")
         if (self.method == "sft" or self.optim.sft_weight > 0) and not self.data.sft_data:
             raise ValueError("method sft and optim.sft_weight > 0 need data.sft_data (a folder or .jsonl)")
 

@@ -1,0 +1,107 @@
+"""Step time and memory of a DRaFT-K training step on the tiny stack (CPU, 64 px, batch 2).
+
+    python benchmarks/draft_memory.py [--ks 1 2 4 all] [--ts 8 20 50] [--family sd]
+
+One fresh process per configuration (peak RSS is per process). A step = sample T steps (the last K with
+grad) + decode + tiny Qwen2-VL reward + backward + AdamW. Columns:
+  s/step      median over 3 timed steps (after 1 warm-up)
+  peak dRSS   peak resident memory during the steps minus that after a no-grad warm-up trajectory (MB)
+  saved act   bytes autograd holds for backward at the end of the forward (deterministic; MB)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def child(family: str, k: int, steps: int, ckpt: bool, cache: str) -> dict:
+    import torch
+
+    from zr_align.lora import add_lora, lora_parameters
+    from zr_align.rewards import ZRewardModel
+    from zr_align.sampling import DifferentiableSampler, SamplingConfig
+    from zr_align.testing import tiny_reward_model
+    from zr_align.testing.diffusion import tiny_pipeline
+
+    torch.manual_seed(0)
+    pipe = tiny_pipeline(family)
+    reward_dir = os.path.join(cache, "reward")
+    if not os.path.isdir(reward_dir):
+        tiny_reward_model("qwen2_vl", reward_dir)
+    reward = ZRewardModel.from_pretrained(reward_dir)
+    sampler = DifferentiableSampler(pipe, family, SamplingConfig(num_steps=steps, k=k, checkpoint_steps=ckpt), 64)
+    add_lora(sampler.denoiser, family, rank=4)
+    params = lora_parameters(sampler.denoiser)
+    optimizer = torch.optim.AdamW(params, lr=1e-4)
+    prompts = ["a large red circle on the left", "a small blue square at the top"]
+    with torch.no_grad():
+        reward(sampler.sample(prompts, "draft_k", torch.Generator().manual_seed(0)).images, prompts)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def train_step(seed: int, count_saved: bool = False) -> int:
+        saved = {"bytes": 0}
+
+        def pack(t):
+            saved["bytes"] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack if count_saved else (lambda t: t), lambda t: t):
+            trajectory = sampler.sample(prompts, "draft_k", torch.Generator().manual_seed(seed))
+            loss = -reward(trajectory.images, prompts).reward.mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return saved["bytes"]
+
+    saved = train_step(0, count_saved=True)
+    times = []
+    for seed in range(1, 4):
+        start = time.perf_counter()
+        train_step(seed)
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"s_per_step": statistics.median(times), "peak_delta_mb": peak - baseline,
+            "saved_mb": saved / 2**20}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ks", nargs="*", default=["1", "2", "4", "all"])
+    parser.add_argument("--ts", nargs="*", type=int, default=[8, 20, 50])
+    parser.add_argument("--family", default="sd")
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        k, steps, ckpt, cache = args.child
+        print(json.dumps(child(args.family, int(k), int(steps), ckpt == "1", cache)))
+        return
+    import torch
+
+    print(f"family {args.family}, 64 px, batch 2, torch {torch.__version__}, OMP_NUM_THREADS="
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    print(f"{'K':>4}{'T':>5}{'step ckpt':>11}{'s/step':>9}{'peak dRSS MB':>14}{'saved act MB':>14}")
+    with tempfile.TemporaryDirectory() as cache:
+        for steps in args.ts:
+            for k_name in args.ks:
+                k = steps if k_name == "all" else int(k_name)
+                for ckpt in (True, False):
+                    cmd = [sys.executable, __file__, "--family", args.family, "--child", str(k), str(steps),
+                           "1" if ckpt else "0", cache]
+                    result = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                    r = json.loads(result.stdout.strip().splitlines()[-1])
+                    print(f"{k_name:>4}{steps:>5}{'on' if ckpt else 'off':>11}{r['s_per_step']:>9.3f}"
+                          f"{r['peak_delta_mb']:>14.1f}{r['saved_mb']:>14.1f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
