@@ -7,6 +7,7 @@ grad) + decode + tiny Qwen2-VL reward + backward + AdamW. Columns:
   s/step      median over 3 timed steps (after 1 warm-up)
   peak dRSS   peak resident memory during the steps minus that after a no-grad warm-up trajectory (MB)
   saved act   bytes autograd holds for backward at the end of the forward (deterministic; MB)
+With --all-ckpt, "on" also checkpoints the VAE decoder and the reward model (only the step inputs stay saved).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def child(family: str, k: int, steps: int, ckpt: bool, cache: str) -> dict:
+def child(family: str, k: int, steps: int, ckpt: bool, cache: str, all_ckpt: bool = False) -> dict:
     import torch
 
     from zr_align.lora import add_lora, lora_parameters
@@ -39,7 +40,10 @@ def child(family: str, k: int, steps: int, ckpt: bool, cache: str) -> dict:
     if not os.path.isdir(reward_dir):
         tiny_reward_model("qwen2_vl", reward_dir)
     reward = ZRewardModel.from_pretrained(reward_dir)
-    sampler = DifferentiableSampler(pipe, family, SamplingConfig(num_steps=steps, k=k, checkpoint_steps=ckpt), 64)
+    config = SamplingConfig(num_steps=steps, k=k, checkpoint_steps=ckpt, checkpoint_vae=ckpt and all_ckpt)
+    sampler = DifferentiableSampler(pipe, family, config, 64)
+    if ckpt and all_ckpt:
+        reward.enable_gradient_checkpointing()
     add_lora(sampler.denoiser, family, rank=4)
     params = lora_parameters(sampler.denoiser)
     optimizer = torch.optim.AdamW(params, lr=1e-4)
@@ -79,16 +83,19 @@ def main():
     parser.add_argument("--ks", nargs="*", default=["1", "2", "4", "all"])
     parser.add_argument("--ts", nargs="*", type=int, default=[8, 20, 50])
     parser.add_argument("--family", default="sd")
+    parser.add_argument("--all-ckpt", action="store_true",
+                        help="with step checkpointing on, also checkpoint the VAE decoder and the reward model")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         k, steps, ckpt, cache = args.child
-        print(json.dumps(child(args.family, int(k), int(steps), ckpt == "1", cache)))
+        print(json.dumps(child(args.family, int(k), int(steps), ckpt == "1", cache, args.all_ckpt)))
         return
     import torch
 
     print(f"family {args.family}, 64 px, batch 2, torch {torch.__version__}, OMP_NUM_THREADS="
-          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}")
+          f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, ckpt 'on' = steps"
+          f"{' + VAE decoder + reward model' if args.all_ckpt else ''}")
     print(f"{'K':>4}{'T':>5}{'step ckpt':>11}{'s/step':>9}{'peak dRSS MB':>14}{'saved act MB':>14}")
     with tempfile.TemporaryDirectory() as cache:
         for steps in args.ts:
@@ -96,7 +103,7 @@ def main():
                 k = steps if k_name == "all" else int(k_name)
                 for ckpt in (True, False):
                     cmd = [sys.executable, __file__, "--family", args.family, "--child", str(k), str(steps),
-                           "1" if ckpt else "0", cache]
+                           "1" if ckpt else "0", cache] + (["--all-ckpt"] if args.all_ckpt else [])
                     result = subprocess.run(cmd, capture_output=True, text=True, check=True)
                     r = json.loads(result.stdout.strip().splitlines()[-1])
                     print(f"{k_name:>4}{steps:>5}{'on' if ckpt else 'off':>11}{r['s_per_step']:>9.3f}"
