@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from zr_align.checkpointing import checkpoint_step, resolve_resume, save_checkpoint
-from zr_align.data import ImagePromptDataset, load_prompts
+from zr_align.data import load_prompts, load_sft_data
 from zr_align.denoisers import get_denoiser_family
 from zr_align.lora import add_lora, lora_parameters, save_lora
 from zr_align.sampling import DifferentiableSampler
@@ -234,7 +234,7 @@ def run(args) -> Path:
     # 5. Reward (frozen, differentiable for the backprop methods) and data ----------------------------------
     reward_fn = load_reward(config, accelerator) if config.method != "sft" else None
     prompts = load_prompts(config.data.prompts)
-    sft_data = ImagePromptDataset(config.data.sft_data, config.model.resolution) if config.data.sft_data else None
+    sft_data = load_sft_data(config.data.sft_data, config.model.resolution) if config.data.sft_data else None
 
     # 6. Optimiser and LR warm-up ---------------------------------------------------------------------------
     optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=config.optim.betas,

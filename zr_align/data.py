@@ -80,3 +80,41 @@ class ImagePromptDataset:
     def batch(self, indices) -> tuple[list[str], torch.Tensor]:
         pairs = [self[int(i)] for i in indices]
         return [p for p, _ in pairs], torch.stack([x for _, x in pairs])
+
+
+class TinyWorldRenders:
+    """Endless (prompt, image) pairs rendered on the fly from a TinyWorld prompt split (`"tinyworld:train"`).
+
+    Item `i` is prompt `split[i % len(split)]` drawn with layout seed `i`: deterministic, so a resumed run sees
+    the same data. `len` is nominal (10**9): indices are drawn at random by the trainer.
+    """
+
+    def __init__(self, split: str, resolution: int, seed: int = 0):
+        from .tinyworld.grammar import split_prompts
+
+        splits = split_prompts(seed).as_dict()
+        if split not in splits:
+            raise ValueError(f"unknown TinyWorld split {split!r}; use one of {', '.join(splits)}")
+        if resolution != 64:
+            raise ValueError(f"TinyWorld renders are 64x64, got model.resolution {resolution}; set it to 64")
+        self.prompts = splits[split]
+
+    def __len__(self) -> int:
+        return 10**9
+
+    def batch(self, indices) -> tuple[list[str], torch.Tensor]:
+        from .tinyworld.render import render
+
+        prompts, images = [], []
+        for i in (int(i) for i in indices):
+            prompt = self.prompts[i % len(self.prompts)]
+            prompts.append(prompt)
+            images.append(torch.from_numpy(render(prompt, seed=i).image.copy()).permute(2, 0, 1))
+        return prompts, torch.stack(images).float() / 255.0
+
+
+def load_sft_data(spec: str, resolution: int):
+    """`tinyworld:<split>` (renders on the fly) or a folder / .jsonl of (prompt, image) pairs."""
+    if spec.startswith("tinyworld:"):
+        return TinyWorldRenders(spec.split(":", 1)[1], resolution)
+    return ImagePromptDataset(spec, resolution)

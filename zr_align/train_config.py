@@ -134,7 +134,7 @@ class DataConfig:
     """Prompts for reward training, (prompt, image) pairs for SFT, fixed prompts for validation grids."""
 
     prompts: str | None = None  # .txt (one per line) or .jsonl with "prompt"; None uses built-in TinyWorld prompts
-    sft_data: str | None = None  # folder with metadata.jsonl, or a .jsonl of {"prompt", "image"} (SFT / mixing)
+    sft_data: str | None = None  # folder with metadata.jsonl, a .jsonl of {"prompt", "image"}, or "tinyworld:train"
     validation_prompts: list[str] = field(
         default_factory=lambda: ["a large red circle on the left", "a small blue square at the top"]
     )

@@ -118,7 +118,7 @@ def train_vae(
         optimizer.step()
         schedule.step()
         if step % 200 == 0 or step == steps - 1:
-            log(f"vae step {step + 1}/{steps} loss {float(loss):.4f} ({time.perf_counter() - start:.0f}s)")
+            log(f"vae step {step + 1}/{steps} loss {loss.item():.4f} ({time.perf_counter() - start:.0f}s)")
     vae.eval()
     with torch.no_grad():
         x = torch.from_numpy(batch_fn(np.random.default_rng(seed + 1), 64)).permute(0, 3, 1, 2).float() / 127.5 - 1

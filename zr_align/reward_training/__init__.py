@@ -1,0 +1,47 @@
+"""Training objectives and metrics for score-distribution reward models: GDSO, RISD and baselines (SPEC §3–4)."""
+
+from .losses import (
+    PolicyLossOutput,
+    bradley_terry,
+    clipped_policy_loss,
+    distribution_reward,
+    gap_regression,
+    group_advantages,
+    grpo_score_token_loss,
+    marginalize,
+    opd_reverse_kl,
+    pointwise_kl,
+    reward_dance_loss,
+    reward_dance_reward,
+    risd_loss,
+    sample_score_tokens,
+    score_accuracy_reward,
+    sft_cross_entropy,
+    thurstone_fidelity,
+)
+from .metrics import distribution_nll, expected_calibration_error, pairwise_accuracy, spearman, throughput
+
+__all__ = [
+    "PolicyLossOutput",
+    "bradley_terry",
+    "clipped_policy_loss",
+    "distribution_nll",
+    "distribution_reward",
+    "expected_calibration_error",
+    "gap_regression",
+    "group_advantages",
+    "grpo_score_token_loss",
+    "marginalize",
+    "opd_reverse_kl",
+    "pairwise_accuracy",
+    "pointwise_kl",
+    "reward_dance_loss",
+    "reward_dance_reward",
+    "risd_loss",
+    "sample_score_tokens",
+    "score_accuracy_reward",
+    "sft_cross_entropy",
+    "spearman",
+    "thurstone_fidelity",
+    "throughput",
+]

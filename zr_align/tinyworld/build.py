@@ -1,0 +1,105 @@
+"""Rebuild TinyWorld's SFT baseline from scratch: VAE on renders, then the denoiser and text encoder by SFT.
+
+    zr-align tinyworld build --out models/tinyworld/sft [--vae-steps 700 --sft-steps 2500 --seed 0]
+
+Steps (all seeded; the same seed on the same machine gives the same weights):
+1. Train the VAE on clean renders of the train split (`model.train_vae`).
+2. Assemble a stock `StableDiffusionPipeline` folder: that VAE, a random CLIP text encoder over the grammar's
+   word-level tokenizer, a random UNet, DDIM v-prediction scheduler (see `model.py` for why).
+3. `train_t2i.py method: sft model.trainable: full model.train_text_encoder: true data.sft_data:
+   tinyworld:train`: the denoiser and text encoder learn from renders drawn on the fly.
+4. Save the trained pipeline with float16 weights (half the size; it loads as float32) to `--out`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .grammar import split_prompts
+from .model import tinyworld_scheduler, tinyworld_text_encoder, tinyworld_tokenizer, tinyworld_unet, tinyworld_vae
+from .model import train_vae
+from .render import render
+
+
+def _render_batch(prompts: list[str]):
+    def batch_fn(rng: np.random.Generator, n: int) -> np.ndarray:
+        return np.stack([render(prompts[rng.integers(len(prompts))], seed=rng).image for _ in range(n)])
+
+    return batch_fn
+
+
+def assemble_pipeline(vae, seed: int = 0, unet_width: int = 48):
+    """A stock StableDiffusionPipeline of TinyWorld's components (random text encoder and UNet)."""
+    from diffusers import StableDiffusionPipeline
+
+    torch.manual_seed(seed)
+    tokenizer = tinyworld_tokenizer()
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=tinyworld_text_encoder(tokenizer), tokenizer=tokenizer, unet=tinyworld_unet(unet_width),
+        scheduler=tinyworld_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def save_half(source: Path, out: Path) -> None:
+    """Copy the pipeline folder `source` to `out` with float16 weights: the shipped files are half the size, and
+    `from_pretrained(dtype=torch.float32)` restores float32 modules. Written to a temporary folder, then renamed."""
+    from diffusers import StableDiffusionPipeline
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    StableDiffusionPipeline.from_pretrained(source, dtype=torch.float16).save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def build_sft_model(
+    out: str | Path,
+    work_dir: str | Path,
+    vae_steps: int = 700,
+    sft_steps: int = 2500,
+    batch_size: int = 32,
+    lr: float = 5e-4,
+    seed: int = 0,
+    unet_width: int = 48,
+    log=print,
+) -> dict:
+    """Run the whole recipe; returns figures (VAE PSNR, SFT loss, wall time)."""
+    import train_t2i
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    train = split_prompts(seed).train
+    vae = tinyworld_vae()
+    vae_report = train_vae(vae, _render_batch(train), vae_steps, batch_size=batch_size, seed=seed, log=log)
+    log(f"VAE: {vae_report}")
+    pipe = assemble_pipeline(vae, seed, unet_width)
+    pipe.save_pretrained(work_dir / "init")
+    argv = [
+        f"output_dir={work_dir / 'sft'}", "method=sft", f"seed={seed}", f"max_steps={sft_steps}",
+        f"batch_size={batch_size}", f"checkpoint_every={max(sft_steps // 4, 1)}", "model.family=sd",
+        f"model.path={work_dir / 'init'}", "model.trainable=full", "model.train_text_encoder=true",
+        "data.sft_data=tinyworld:train", f"optim.lr={lr}", f"optim.warmup_steps={min(100, sft_steps // 10)}",
+        "optim.max_grad_norm=1.0", "optim.weight_decay=0.0", "sampling.num_steps=20",
+    ]
+    if train_t2i.main(argv) != 0:
+        raise RuntimeError("SFT training failed; see the error above")
+    save_half(work_dir / "sft" / "pipeline", Path(out))
+    losses = [json.loads(line)["loss"] for line in (work_dir / "sft" / "metrics.jsonl").read_text().splitlines()]
+    report = {
+        "vae_psnr_db": round(vae_report["psnr_db"], 2),
+        "latent_std": round(vae_report["latent_std"], 4),
+        "sft_loss_first_100": float(np.mean(losses[:100])),
+        "sft_loss_last_100": float(np.mean(losses[-100:])),
+        "vae_steps": vae_steps, "sft_steps": sft_steps, "batch_size": batch_size, "seed": seed,
+        "minutes": round((time.perf_counter() - start) / 60, 1),
+    }
+    (Path(out) / "build_report.json").write_text(json.dumps(report, indent=2))
+    return report

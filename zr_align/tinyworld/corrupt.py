@@ -1,0 +1,216 @@
+"""Seeded corruptions of rendered scenes, the controlled negatives of reward-model training data (SPEC §8).
+
+Each corruption declares the rubric dimension it is meant to lower (the judge's rules in `judge.py` are written
+so that it does):
+
+| kind             | dimension    | what it does                                                                  |
+|------------------|--------------|-------------------------------------------------------------------------------|
+| `wrong_color`    | alignment    | re-draw the same geometry in another palette colour                          |
+| `wrong_shape`    | alignment    | re-draw the same box as another shape                                        |
+| `wrong_size`     | alignment    | re-draw at the other size (same jitter scale; centre moved only to fit)      |
+| `wrong_position` | alignment    | re-draw at a random centre of another position                               |
+| `blur`           | realism      | Gaussian blur, sigma 1.2-2.0 px                                              |
+| `noise`          | realism      | additive Gaussian pixel noise, sigma 8-16 (of 255)                           |
+| `color_shift`    | realism      | the whole image offset by an RGB vector of length 30-45 (a colour cast)       |
+| `fragments`      | plausibility | 1-3 small discs (3.5-5 px) of the object colour, detached from the object    |
+| `crop`           | plausibility | the object moved so that 30-50% of it lies outside the canvas                |
+| `low_contrast`   | aesthetics   | the object faded towards the background (45-60% of its contrast kept)        |
+| `clutter`        | aesthetics   | 3-5 small distractor shapes (5-8 px) in other palette colours                |
+
+Aesthetics here means a *clear subject*: a washed-out object or a background cluttered with unrelated shapes.
+Re-drawn scenes keep the prompt's attributes in `Corrupted.scene` except the changed one, so
+`Corrupted.scene.prompt` describes what is actually shown while the original prompt describes what was asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable
+
+import numpy as np
+
+from .grammar import BACKGROUND, CANVAS, COLORS, SHAPES, SIZE_PIXELS, VALUES, Scene
+from .render import Rendered, as_generator, center_range, composite, coverage, draw, sample_center, to_uint8
+
+
+@dataclass
+class Corrupted:
+    """A corrupted image.
+
+    Args:
+        image (`np.ndarray` of shape `(64, 64, 3)`, uint8): the corrupted pixels.
+        scene ([`Scene`]): the main object as now drawn (a wrong attribute shows here; pixel corruptions keep it).
+        kind (`str`): the corruption's name in `CORRUPTIONS`.
+        dimension (`str`): the rubric dimension it is meant to lower.
+        detail (`str`): what was done, e.g. "color red -> blue" or "blur sigma 1.53".
+    """
+
+    image: np.ndarray
+    scene: Scene
+    kind: str
+    dimension: str
+    detail: str
+
+
+# A corruption function maps (image, scene, rng) to (new image, scene now drawn, detail); the image is uint8.
+CorruptionFn = Callable[[np.ndarray, Scene, np.random.Generator], "tuple[np.ndarray, Scene, str]"]
+
+
+def _other(values: tuple[str, ...], current: str, rng: np.random.Generator) -> str:
+    choices = [v for v in values if v != current]
+    return choices[rng.integers(len(choices))]
+
+
+def _wrong_attribute(attribute: str) -> CorruptionFn:
+    def apply(image: np.ndarray, scene: Scene, rng: np.random.Generator):
+        new = _other(VALUES[attribute], getattr(scene, attribute), rng)
+        if attribute == "size":
+            # Keep the jitter scale; move the centre only as far as the new extent needs to fit its third.
+            extent = scene.extent * SIZE_PIXELS[new] / SIZE_PIXELS[scene.size]
+            center = tuple(float(np.clip(c, *center_range(scene.position, extent, axis)))
+                           for axis, c in enumerate(scene.center))
+            changed = replace(scene, size=new, extent=extent, center=center)
+        elif attribute == "position":
+            changed = replace(scene, position=new, center=sample_center(new, scene.extent, rng))
+        else:
+            changed = replace(scene, **{attribute: new})
+        return draw(changed), changed, f"{attribute} {getattr(scene, attribute)} -> {new}"
+
+    return apply
+
+
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of a float `(H, W, C)` image with edge padding (radius ceil(3 sigma))."""
+    radius = int(np.ceil(3 * sigma))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    out = image
+    for axis in (0, 1):
+        pad = [(0, 0)] * image.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="edge")
+        n = out.shape[axis]
+        out = sum(w * np.take(padded, np.arange(k, k + n), axis=axis) for k, w in enumerate(taps))
+    return out
+
+
+def _blur(image, scene, rng):
+    sigma = rng.uniform(1.2, 2.0)
+    return to_uint8(gaussian_blur(image.astype(np.float64), sigma)), scene, f"blur sigma {sigma:.2f}"
+
+
+def _noise(image, scene, rng):
+    sigma = rng.uniform(8.0, 16.0)
+    noisy = image.astype(np.float64) + rng.normal(0.0, sigma, image.shape)
+    return to_uint8(noisy), scene, f"noise sigma {sigma:.1f}"
+
+
+def _color_shift(image, scene, rng):
+    direction = rng.normal(size=3)
+    offset = direction / np.linalg.norm(direction) * rng.uniform(30.0, 45.0)
+    shifted = to_uint8(image.astype(np.float64) + offset)
+    return shifted, scene, "color shift " + " ".join(f"{v:+.0f}" for v in offset)
+
+
+def _free_spot(taken: list[tuple[float, float, float]], extent: float, gap: float,
+               rng: np.random.Generator) -> tuple[float, float] | None:
+    """A centre for a box of side `extent` inside the canvas, `gap` px clear of every taken (x, y, side) box."""
+    half = extent / 2
+    for _ in range(500):
+        x, y = rng.uniform(half + 1, CANVAS - half - 1, size=2)
+        if all(max(abs(x - tx), abs(y - ty)) >= half + side / 2 + gap for tx, ty, side in taken):
+            return float(x), float(y)
+    return None
+
+
+def _add_blobs(image: np.ndarray, scene: Scene, rng: np.random.Generator, count: int, extents: tuple[float, float],
+               colors: list[str], shapes: tuple[str, ...]) -> tuple[np.ndarray, int]:
+    """Paint up to `count` small shapes clear of the object and of each other; returns the image and the number."""
+    taken = [(*scene.center, scene.extent)]
+    canvas = image.astype(np.float64)
+    painted = 0
+    for _ in range(count):
+        extent = rng.uniform(*extents)
+        spot = _free_spot(taken, extent, gap=3.0, rng=rng)
+        if spot is None:
+            break
+        shape, color = shapes[rng.integers(len(shapes))], colors[rng.integers(len(colors))]
+        canvas = composite(canvas, coverage(shape, spot, extent), COLORS[color])
+        taken.append((*spot, extent))
+        painted += 1
+    return to_uint8(canvas), painted
+
+
+def _fragments(image, scene, rng):
+    image, n = _add_blobs(image, scene, rng, int(rng.integers(1, 4)), (3.5, 5.0), [scene.color], ("circle",))
+    return image, scene, f"{n} fragment(s) of {scene.color}"
+
+
+def _clutter(image, scene, rng):
+    others = [c for c in COLORS if c != scene.color]
+    image, n = _add_blobs(image, scene, rng, int(rng.integers(3, 6)), (5.0, 8.0), others, SHAPES)
+    return image, scene, f"{n} distractor(s)"
+
+
+def _crop(image, scene, rng):
+    # Push the object out through the border its position is nearest to (a random one for the center).
+    side = {"on the left": "left", "on the right": "right", "at the top": "top", "at the bottom": "bottom"}.get(
+        scene.position) or ("left", "right", "top", "bottom")[rng.integers(4)]
+    visible = rng.uniform(0.5, 0.7)
+    offset = scene.extent * (visible - 0.5)  # centre distance from the border, inside the canvas
+    x, y = scene.center
+    x = offset if side == "left" else CANVAS - offset if side == "right" else x
+    y = offset if side == "top" else CANVAS - offset if side == "bottom" else y
+    moved = replace(scene, center=(float(x), float(y)))
+    return draw(moved), moved, f"crop {side}, {1 - visible:.0%} outside"
+
+
+def _low_contrast(image, scene, rng):
+    keep = rng.uniform(0.45, 0.6)
+    background = np.asarray(BACKGROUND, dtype=np.float64)
+    faded = background + keep * (image.astype(np.float64) - background)
+    return to_uint8(faded), scene, f"contrast x{keep:.2f}"
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """A registered corruption: the rubric `dimension` it lowers and the function that applies it."""
+
+    dimension: str
+    apply: CorruptionFn
+
+
+CORRUPTIONS: dict[str, Corruption] = {
+    "wrong_color": Corruption("alignment", _wrong_attribute("color")),
+    "wrong_shape": Corruption("alignment", _wrong_attribute("shape")),
+    "wrong_size": Corruption("alignment", _wrong_attribute("size")),
+    "wrong_position": Corruption("alignment", _wrong_attribute("position")),
+    "blur": Corruption("realism", _blur),
+    "noise": Corruption("realism", _noise),
+    "color_shift": Corruption("realism", _color_shift),
+    "fragments": Corruption("plausibility", _fragments),
+    "crop": Corruption("plausibility", _crop),
+    "low_contrast": Corruption("aesthetics", _low_contrast),
+    "clutter": Corruption("aesthetics", _clutter),
+}
+# The attribute each wrong-attribute corruption changes.
+WRONG_ATTRIBUTE: dict[str, str] = {f"wrong_{a}": a for a in ("color", "shape", "size", "position")}
+
+
+def corrupt(rendered: Rendered, kind: str, seed: int | np.random.Generator | None = None) -> Corrupted:
+    """Apply the corruption `kind` to a clean rendering.
+
+    Args:
+        rendered ([`Rendered`]): output of `render.render` (the scene is needed to re-draw it).
+        kind (`str`): a key of `CORRUPTIONS`.
+        seed (`int`, `np.random.Generator` or `None`): the corruption's randomness (a Generator is advanced).
+
+    Raises:
+        `ValueError`: for an unknown `kind`.
+    """
+    if kind not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {kind!r}; allowed: {', '.join(CORRUPTIONS)}")
+    corruption = CORRUPTIONS[kind]
+    image, scene, detail = corruption.apply(rendered.image, rendered.scene, as_generator(seed))
+    return Corrupted(image, scene, kind, corruption.dimension, detail)
+
