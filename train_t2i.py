@@ -2,7 +2,8 @@
 """Fine-tune a LoRA on a text-to-image diffusion model: reward backprop (DRaFT-K, DRaFT-LV, ReFL, full) or SFT.
 
     python train_t2i.py --config configs/tiny_debug.yaml [key.sub=value ...] [--resume latest]
-    accelerate launch --num_processes 2 --cpu train_t2i.py --config configs/tiny_debug.yaml
+    accelerate launch --multi_gpu --num_processes 8 train_t2i.py --config configs/sdxl.yaml
+    ACCELERATE_USE_CPU=1 python -m torch.distributed.run --nproc_per_node 2 train_t2i.py --config ...  # 2 CPU ranks
 
 Output folder (`output_dir`):
     lora/pytorch_lora_weights.safetensors   diffusers format, loads with `pipe.load_lora_weights(OUT/lora)`
@@ -108,7 +109,8 @@ def load_reward(config: TrainConfig, accelerator):
             overrides["kappa"] = config.reward.kappa
         if config.reward.weights is not None:
             overrides["weights"] = config.reward.weights
-        reward = ZRewardModel.from_pretrained(path, **overrides).to(accelerator.device)
+        reward = ZRewardModel.from_pretrained(path, torch_dtype=DTYPES[config.reward.dtype], **overrides)
+        reward = reward.to(accelerator.device)
         if config.reward.gradient_checkpointing:
             reward.enable_gradient_checkpointing()
     if config.method in BACKPROP_METHODS and not getattr(reward, "differentiable", False):

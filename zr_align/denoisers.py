@@ -50,8 +50,9 @@ def _sd3_predict(pipe, latents, t, cond):
 
 
 def _pixart_encode(pipe, prompts, device):
+    # the stock PixArt-Sigma pipeline encodes 300 T5 tokens
     embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=device,
-                                            max_sequence_length=pipe.tokenizer.model_max_length)
+                                            max_sequence_length=min(300, pipe.tokenizer.model_max_length))
     return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask}
 
 
@@ -69,7 +70,7 @@ def _flux_encode(pipe, prompts, device):
     return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 
 
-def _flux_predict(pipe, latents, t, cond, guidance: float = 3.5):
+def _flux_predict(pipe, latents, t, cond):
     b, c, h, w = latents.shape
     # Flux works on 2x2 patches: (B, C, H, W) -> (B, H/2 * W/2, 4C), with (0, row, col) position ids.
     packed = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w // 4, c * 4)
@@ -78,9 +79,12 @@ def _flux_predict(pipe, latents, t, cond, guidance: float = 3.5):
     img_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=1).to(latents.dtype)
     txt_ids = torch.zeros(cond["encoder_hidden_states"].shape[1], 3, device=latents.device, dtype=latents.dtype)
     timestep = (t.expand(b) if t.ndim else t.repeat(b)).to(latents.dtype) / 1000.0
+    cond = dict(cond)
+    guidance = cond.pop("guidance", None)  # Flux-dev's embedded guidance, set by the sampler
     extra = {}
     if pipe.transformer.config.guidance_embeds:
-        extra["guidance"] = torch.full((b,), guidance, device=latents.device, dtype=latents.dtype)
+        value = guidance if guidance is not None else torch.full((b,), 3.5, device=latents.device)
+        extra["guidance"] = value[:b].to(latents.dtype)
     out = pipe.transformer(hidden_states=packed, timestep=timestep, img_ids=img_ids, txt_ids=txt_ids,
                            return_dict=False, **cond, **extra)[0]
     return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)

@@ -51,7 +51,8 @@ class SamplingConfig:
     refl_start: float = 0.75  # ReFL: the grad step is drawn from the last (1 - refl_start) of the trajectory
     lv_samples: int = 2  # DRaFT-LV: re-noised copies of the final step (each costs one denoiser call + decode)
     guidance_scale: float = 1.0  # classifier-free guidance; > 1 doubles denoiser cost (inside the graph too)
-    timestep_spacing: str = "trailing"  # DDIM spacing; "trailing" ends near t=0 so K=1 gets a useful gradient
+    timestep_spacing: str = "trailing"  # DDIM spacing (not used by flow families); "trailing" ends at t=1000/T-1
+    embedded_guidance: float = 3.5  # Flux-dev's distilled guidance input (flux only; separate from CFG)
     checkpoint_steps: bool = True  # torch.utils.checkpoint per grad step: activations of 1 step, ~1 extra forward
     checkpoint_denoiser: bool = False  # the denoiser's own block checkpointing (more recompute, less memory)
     checkpoint_vae: bool = False  # VAE-decoder checkpointing
@@ -113,11 +114,13 @@ class DifferentiableSampler:
         self.family = get_denoiser_family(family)
         self.config = config
         self.denoiser = pipe.unet if self.family.denoiser == "unet" else pipe.transformer
-        factor = pipe.vae_scale_factor * self.family.latent_multiple
+        # DiTs cut latents into patches (SD3, PixArt: patch_size 2; Flux packs 2x2): the latent side must divide.
+        patch = max(self.family.latent_multiple, getattr(self.denoiser.config, "patch_size", 1) or 1)
+        factor = pipe.vae_scale_factor * patch
         if resolution % factor:
             raise ValueError(
                 f"image size {resolution} is not divisible by {factor} (VAE factor {pipe.vae_scale_factor}"
-                f"{' x 2 for packed latents' if self.family.latent_multiple > 1 else ''}); use a multiple of it"
+                f"{f' x latent patch {patch}' if patch > 1 else ''}); use a multiple of it"
             )
         self.resolution = resolution
         if config.checkpoint_denoiser:
@@ -157,8 +160,14 @@ class DifferentiableSampler:
         device = self.denoiser.device
         cond = self.family.encode(self.pipe, list(prompts), device)
         if self.config.guidance_scale > 1.0:
-            uncond = self.family.encode(self.pipe, [""] * len(prompts), device)
+            if self.family.name == "sdxl" and self.pipe.config.get("force_zeros_for_empty_prompt", False):
+                uncond = {k: torch.zeros_like(v) for k, v in cond.items()}  # as the stock SDXL pipeline does
+            else:
+                uncond = self.family.encode(self.pipe, [""] * len(prompts), device)
             cond = {k: torch.cat([uncond[k], cond[k]]) for k in cond}
+        if self.family.name == "flux":
+            batch = next(iter(cond.values())).shape[0]
+            cond["guidance"] = torch.full((batch,), self.config.embedded_guidance, device=device)
         return cond
 
     def initial_latents(self, batch: int, generator: torch.Generator) -> torch.Tensor:

@@ -28,6 +28,16 @@ _Loader.add_implicit_resolver(
 )
 
 
+# YAML 1.1 also reads yes/no/on/off as booleans, which turns `mixed_precision: no` into False: keep only
+# true/false (YAML 1.2).
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
 def _yaml_load(text: str):
     value = yaml.load(text, Loader=_Loader)
     # integers stay integers: the float resolver above also matches "3"
@@ -58,8 +68,8 @@ class ModelConfig:
     family: str = "sd"  # sd | sdxl | sd3 | pixart | flux: picks pipeline class, denoiser call and LoRA targets
     path: str = ""  # local diffusers pipeline folder, or "tiny:<family>" for random tiny components (tests)
     dtype: str = "float32"  # base weights; bfloat16 halves their memory (GPU); LoRA weights stay float32
-    resolution: int = 64  # image side in pixels; must be divisible by the VAE factor
-    prediction_type: str | None = None  # override the scheduler's epsilon / v_prediction (UNet families)
+    resolution: int = 64  # image side in pixels; a multiple of the VAE factor x the latent patch size (16 for DiTs)
+    prediction_type: str | None = None  # override epsilon / v_prediction (DDIM families: sd, sdxl, pixart)
     trainable: str = "lora"  # lora | full: "full" trains every denoiser weight (e.g. pre-training TinyWorld's
     # small model); its memory is that of full fine-tuning, and the output is OUT/pipeline instead of OUT/lora
     train_text_encoder: bool = False  # with trainable: full and method: sft, also train the (first) text encoder
@@ -96,13 +106,15 @@ class RewardConfig:
 
     kind: str = "zreward"  # zreward | jpeg_compressibility (not differentiable: refused by backprop methods)
     path: str | None = None  # ZRewardModel folder, or "tiny:<vlm family>" for a random tiny one (tests)
-    weights: dict[str, float] | None = None  # per rubric dimension; None keeps the folder's weights
+    weights: dict[str, float] | None = None  # one per rubric dimension (all of them); None keeps the folder's
     kappa: float | None = None  # risk penalty on the score std; None keeps the folder's value
     clamp: str = "straight_through"  # hard | straight_through | none; hard zeroes gradients of clipped pixels
+    dtype: str = "float32"  # float32 | bfloat16 | float16: the frozen VLM's weights (bf16 halves their memory)
     gradient_checkpointing: bool = False  # recompute the VLM in backward: less memory, ~30% more reward time
 
     def __post_init__(self):
         _check_choice("reward.kind", self.kind, ("zreward", "jpeg_compressibility"))
+        _check_choice("reward.dtype", self.dtype, DTYPES)
         _check_choice("reward.clamp", self.clamp, ("hard", "straight_through", "none"))
 
 
@@ -111,8 +123,8 @@ class OptimConfig:
     """Optimiser and the guards against reward hacking (SPEC §6)."""
 
     lr: float = 1e-4  # AdamW learning rate of the LoRA weights
-    weight_decay: float = 1e-2
-    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-2  # AdamW decoupled weight decay (also moves lora_A on the first step, when B = 0)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW moment decay rates
     warmup_steps: int = 0  # linear warm-up of the learning rate
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     loss_scale: float = 1.0  # multiplies the reward loss: keeps LoRA updates in a sane range
@@ -135,6 +147,7 @@ class DataConfig:
 
     prompts: str | None = None  # .txt (one per line) or .jsonl with "prompt"; None uses built-in TinyWorld prompts
     sft_data: str | None = None  # folder with metadata.jsonl, a .jsonl of {"prompt", "image"}, or "tinyworld:train"
+    # fixed prompts rendered into OUT/validation/step_N.png with the same seed every time
     validation_prompts: list[str] = field(
         default_factory=lambda: ["a large red circle on the left", "a small blue square at the top"]
     )
@@ -145,15 +158,15 @@ class TrainConfig:
     """Everything `train_t2i.py` needs."""
 
     method: str = "draft_k"  # draft_k | refl | draft_lv | full | sft
-    output_dir: str = "outputs/run"
+    output_dir: str = "outputs/run"  # everything the run writes (see train_t2i.py's docstring)
     seed: int = 0  # every random draw of step s on rank r is seeded from (seed, s, r): resume is exact
-    max_steps: int = 100
+    max_steps: int = 100  # optimizer steps in total (a resumed run continues up to this number)
     batch_size: int = 2  # prompts per rank per step
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step: batch_size x this x ranks per step
     checkpoint_every: int = 50  # accelerate state under output_dir/checkpoints/step_N (0 = only at the end)
     validate_every: int = 0  # validation grid every N steps (0 = only at the end)
     log_with: str = "none"  # none | tensorboard (needs the `tensorboard` extra)
-    mixed_precision: str = "no"  # no | bf16 | fp16 (accelerate autocast; GPU)
+    mixed_precision: str = "no"  # no | bf16 (accelerate autocast; GPU). fp16 needs a loss scaler: not supported
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -164,11 +177,15 @@ class TrainConfig:
     def __post_init__(self):
         _check_choice("method", self.method, METHODS)
         _check_choice("log_with", self.log_with, ("none", "tensorboard"))
-        _check_choice("mixed_precision", self.mixed_precision, ("no", "bf16", "fp16"))
+        _check_choice("mixed_precision", self.mixed_precision, ("no", "bf16"))
         _check_positive("max_steps", self.max_steps)
         _check_positive("batch_size", self.batch_size)
         if self.method in BACKPROP_METHODS and self.reward.kind == "zreward" and not self.reward.path:
             raise ValueError(f"method {self.method} needs reward.path (a ZRewardModel folder); or use method: sft")
+        if self.optim.reward_normalization == "batch" and self.batch_size < 2:
+            raise ValueError("optim.reward_normalization: batch needs batch_size >= 2 (a std of one value is 0)")
+        if self.model.prediction_type is not None and self.model.family in ("sd3", "flux"):
+            raise ValueError(f"model.prediction_type does not apply to the flow-matching family {self.model.family}")
         if self.model.train_text_encoder and self.method != "sft":
             raise ValueError("model.train_text_encoder is only supported with method: sft")
         if (self.method == "sft" or self.optim.sft_weight > 0) and not self.data.sft_data:

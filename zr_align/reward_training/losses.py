@@ -29,6 +29,12 @@ def _safe_log(p: torch.Tensor) -> torch.Tensor:
     return torch.where(p > 0, p, torch.ones_like(p)).log()
 
 
+def _safe_sqrt(x: torch.Tensor) -> torch.Tensor:
+    # sqrt(x) for x >= 0 that is 0 at x = 0 with a zero (not infinite) gradient.
+    positive = x > 0
+    return torch.where(positive, torch.where(positive, x, torch.ones_like(x)).sqrt(), torch.zeros_like(x))
+
+
 def _check_same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{name_a} shape {tuple(a.shape)} must equal {name_b} shape {tuple(b.shape)}.")
@@ -85,17 +91,20 @@ def thurstone_fidelity(
     and the fidelity loss (Tsai et al., 2007, "FRank"; used for IQA by UNIQUE, Zhang et al. 2021, and DeQA-Score)
     compares it with the human preference probability `y`:
 
-        L = 1/N sum_n [1 - sqrt(P_n y_n + eps) - sqrt((1 - P_n)(1 - y_n) + eps)]
+        L = 1/N sum_n [1 - sqrt(P_n y_n) - sqrt((1 - P_n)(1 - y_n))]
 
-    The `eps` inside the square roots (as in the UNIQUE code) keeps the gradient finite at `P y = 0`; it shifts the
-    loss by O(sqrt(eps)) = 1e-4 at most. `L = 0` iff `P = y` (up to that shift), so a tie (`y = 0.5`) asks for
-    `E_a = E_b`. Unlike a logistic loss, it is bounded and does not push `|E_a - E_b|` to infinity.
+    `L = 0` iff `P = y`, so a tie (`y = 0.5`) asks for `E_a = E_b`. Unlike a logistic loss it is bounded in [0, 1]
+    and does not push `|E_a - E_b|` to infinity. The UNIQUE code adds 1e-8 inside the square roots, which shifts
+    the loss by 1e-4 wherever a product is 0 (every hard label); instead a zero product here takes the value 0 with
+    a zero gradient (the exact derivative of `sqrt(P * 0)`; for `y > 0` a product is only 0 where `Phi` has
+    saturated and its own derivative is already 0).
 
     Args:
         mean_a, std_a, mean_b, std_b (`torch.Tensor` of shape `(N,)`): Expected score and std of each image.
         target (`torch.Tensor` of shape `(N,)`): Human `P(a preferred)` in [0, 1]; 1 = a better, 0 = b better,
             0.5 = tie (or a vote fraction).
-        eps (`float`, *optional*, defaults to 1e-8): Stabiliser of the two square roots.
+        eps (`float`, *optional*, defaults to 1e-8): Added to the variance, so two one-hot (zero-std) distributions
+            give a finite `z`.
 
     Returns:
         `torch.Tensor`: scalar loss in [0, 1].
@@ -105,7 +114,7 @@ def thurstone_fidelity(
     y = target.to(mean_a.dtype)
     z = (mean_a - mean_b) / (std_a.square() + std_b.square() + eps).sqrt()  # (N,)
     p = torch.special.ndtr(z)  # standard normal CDF, accurate in the tails
-    return (1.0 - (p * y + eps).sqrt() - ((1.0 - p) * (1.0 - y) + eps).sqrt()).mean()
+    return (1.0 - _safe_sqrt(p * y) - _safe_sqrt((1.0 - p) * (1.0 - y))).mean()
 
 
 def gap_regression(mean_a: torch.Tensor, mean_b: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
@@ -129,7 +138,8 @@ def distribution_reward(expected: torch.Tensor, target: torch.Tensor) -> torch.T
         `torch.Tensor` of shape `(M, G)`: rewards (<= 0). Differentiable, but used as a constant by the policy loss.
     """
     if expected.dim() != 2 or target.shape != expected.shape[:1]:
-        raise ValueError(f"expected must be (M, G) and target (M,), got {tuple(expected.shape)} and {tuple(target.shape)}.")
+        raise ValueError(f"expected must be (M, G) and target (M,), got {tuple(expected.shape)} and "
+                         f"{tuple(target.shape)}.")
     return -(expected - target.to(expected.dtype).unsqueeze(-1)).abs()
 
 

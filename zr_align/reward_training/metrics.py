@@ -29,9 +29,9 @@ def pairwise_accuracy(
     counts 1 if the prediction orders it as the humans did, and 1/2 if the two predictions are exactly equal (the
     expected accuracy of breaking that tie at random, so a constant predictor scores 0.5 rather than 0 or 1).
 
-    `tie_aware=True`: all pairs are kept and the prediction is a 3-way label: a tie when `|pred_a - pred_b| < tie_eps`,
-    otherwise the order of the two scores. A pair counts 1 when that label equals the human's (a predicted tie
-    on a human tie is correct). `tie_eps` is a fixed argument, set before looking at the data (default 0.05, i.e.
+    `tie_aware=True`: all pairs are kept and the prediction is a 3-way label: a tie when `|pred_a - pred_b| < tie_eps`
+    (or the two are exactly equal, which no order can describe), otherwise the order of the two scores. A pair
+    counts 1 when that label equals the human's (a predicted tie on a human tie is correct). `tie_eps` is a fixed argument, set before looking at the data (default 0.05, i.e.
     a tenth of a half-point bin on the 1-5 scale). Tie calibration in the style of Deutsch et al. (2023) picks the
     eps that maximises accuracy on the evaluated set; that tunes on the test set, so it is deliberately not done
     here — calibrate on a validation split if at all and pass the value in.
@@ -59,7 +59,8 @@ def pairwise_accuracy(
     if tie_aware:
         if len(h) == 0:
             raise ValueError("pairwise_accuracy needs at least one pair.")
-        pred = torch.where(diff.abs() < tie_eps, 0.5, (diff > 0).double())  # 3-way label, same coding as human
+        is_tie = (diff.abs() < tie_eps) | (diff == 0)
+        pred = torch.where(is_tie, 0.5, (diff > 0).double())  # 3-way label, same coding as human
         return (pred == h).double().mean().item()
     keep = h != 0.5
     if not keep.any():
