@@ -59,6 +59,19 @@ def save_half(source: Path, out: Path) -> None:
     tmp.rename(out)
 
 
+def load_training_script():
+    """`train_t2i.py` of the source checkout (the recipe trains with the same script users run)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "train_t2i.py"
+    if not path.is_file():
+        raise ValueError(f"{path} not found: rebuilding TinyWorld needs a source checkout of zr_align")
+    spec = importlib.util.spec_from_file_location("train_t2i", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def build_sft_model(
     out: str | Path,
     work_dir: str | Path,
@@ -71,12 +84,12 @@ def build_sft_model(
     log=print,
 ) -> dict:
     """Run the whole recipe; returns figures (VAE PSNR, SFT loss, wall time)."""
-    import train_t2i
-
+    train_t2i = load_training_script()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     train = split_prompts(seed).train
+    torch.manual_seed(seed)  # the VAE's initial weights
     vae = tinyworld_vae()
     vae_report = train_vae(vae, _render_batch(train), vae_steps, batch_size=batch_size, seed=seed, log=log)
     log(f"VAE: {vae_report}")

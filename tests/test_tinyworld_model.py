@@ -1,0 +1,73 @@
+"""TinyWorld's generator: the build recipe at a tiny budget, stock loading, sampling CLI, determinism."""
+
+import json
+
+import pytest
+import torch
+
+from zr_align.cli import main as cli_main
+from zr_align.tinyworld.build import build_sft_model
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tw")
+    report = build_sft_model(root / "model", root / "work", vae_steps=2, sft_steps=2, batch_size=4,
+                             log=lambda *_: None)
+    return root, report
+
+
+def test_build_writes_a_stock_pipeline_folder(built):
+    from diffusers import StableDiffusionPipeline
+
+    root, report = built
+    pipe = StableDiffusionPipeline.from_pretrained(root / "model", dtype=torch.float32)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
+    assert pipe.unet.dtype == torch.float32
+    assert {"vae_psnr_db", "sft_loss_last_100", "minutes"} <= set(report)
+    # shipped in float16: half the bytes
+    weights = root / "model" / "unet" / "diffusion_pytorch_model.safetensors"
+    params = sum(p.numel() for p in pipe.unet.parameters())
+    assert weights.stat().st_size < 2.2 * params
+    image = pipe("a large red circle on the left", num_inference_steps=2, output_type="np", height=64,
+                 width=64).images[0]
+    assert image.shape == (64, 64, 3)
+
+
+def test_rebuild_is_deterministic(built, tmp_path):
+    from safetensors.torch import load_file
+
+    root, _ = built
+    build_sft_model(tmp_path / "model", tmp_path / "work", vae_steps=2, sft_steps=2, batch_size=4,
+                    log=lambda *_: None)
+    for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
+                 "text_encoder/model.safetensors"):
+        a, b = load_file(root / "model" / part), load_file(tmp_path / "model" / part)
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+
+
+def test_sample_and_judge_cli(built, tmp_path, capsys):
+    root, _ = built
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a large red circle on the left\na small blue square at the top\n")
+    out = tmp_path / "samples"
+    assert cli_main(["tinyworld", "sample", "--model", str(root / "model"), "--prompts", str(prompts),
+                     "--out", str(out), "--steps", "2"]) == 0
+    index = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in index] == prompts.read_text().split("\n")[:2]
+    assert all((out / r["image"]).is_file() for r in index)
+    capsys.readouterr()
+    assert cli_main(["tinyworld", "judge", "--prompts", str(out / "samples.jsonl")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3 and "summary" in json.loads(lines[-1])
+
+
+def test_sample_rejects_prompts_outside_the_grammar(built, tmp_path, capsys):
+    root, _ = built
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a large red circle on the left\na huge red circle on the left\n")
+    assert cli_main(["tinyworld", "sample", "--model", str(root / "model"), "--prompts", str(prompts),
+                     "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown size 'huge'" in err and "\n" not in err

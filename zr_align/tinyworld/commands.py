@@ -1,0 +1,104 @@
+"""`zr-align tinyworld ...`: judge images, sample a model, rebuild the shipped weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _add_judge(sub) -> None:
+    p = sub.add_parser("judge", help="judge images with TinyWorld's ground-truth judge; one JSON line per image, "
+                                     "then a summary line")
+    p.add_argument("--prompts", required=True, help='JSONL file, one {"image": file name, "prompt": ...} per line')
+    p.add_argument("--images", default=None, help="folder the image names are relative to (default: the JSONL's)")
+
+
+def _run_judge(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from .evaluate import summarize
+    from .judge import judge
+
+    index = Path(args.prompts)
+    if not index.is_file():
+        raise ValueError(f"prompt file {index} does not exist")
+    root = Path(args.images) if args.images is not None else index.parent
+    records = [(n, json.loads(line)) for n, line in enumerate(index.read_text().splitlines(), 1) if line.strip()]
+    if not records:
+        raise ValueError(f"prompt file {index} has no lines")
+    verdicts = []
+    for number, record in records:
+        name = record.get("image", record.get("file_name"))
+        if name is None or "prompt" not in record:
+            raise ValueError(f"{index} line {number} needs 'image' and 'prompt' fields")
+        if not (root / name).is_file():
+            raise ValueError(f"{index} line {number}: image {root / name} does not exist")
+        with Image.open(root / name) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        verdict = judge(pixels, record["prompt"])
+        verdicts.append(verdict)
+        print(json.dumps({"image": name, **verdict.to_record()}))
+    print(json.dumps({"summary": summarize(verdicts)}))
+    return 0
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate one PNG per prompt with a TinyWorld model (optionally + LoRA)")
+    p.add_argument("--model", required=True, help="TinyWorld pipeline folder (e.g. models/tinyworld/sft)")
+    p.add_argument("--lora", default=None, help="folder with pytorch_lora_weights.safetensors (train_t2i output)")
+    p.add_argument("--prompts", required=True, help=".txt (one per line) or .jsonl with a 'prompt' field")
+    p.add_argument("--out", required=True, help="output folder: 00000.png, ... and samples.jsonl")
+    p.add_argument("--seed", type=int, default=0, help="image i uses noise seed seed + i")
+    p.add_argument("--steps", type=int, default=20)
+
+
+def _run_sample(args) -> int:
+    from .grammar import parse_prompt
+    from .sample import generate, load_pipeline, read_prompts, write_samples
+
+    prompts = read_prompts(args.prompts)
+    for prompt in prompts:
+        parse_prompt(prompt)  # a prompt outside the grammar: one-line error naming the word
+    pipe = load_pipeline(args.model, args.lora)
+    index = write_samples(generate(pipe, prompts, seed=args.seed, steps=args.steps), prompts, args.out)
+    print(json.dumps({"samples": len(prompts), "index": str(index)}))
+    return 0
+
+
+def _add_build(sub) -> None:
+    p = sub.add_parser("build", help="rebuild the SFT baseline from scratch (VAE, then SFT with train_t2i.py)")
+    p.add_argument("--out", default="models/tinyworld/sft")
+    p.add_argument("--work-dir", default="outputs/tinyworld_build")
+    p.add_argument("--vae-steps", type=int, default=700)
+    p.add_argument("--sft-steps", type=int, default=2500)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _run_build(args) -> int:
+    from .build import build_sft_model
+
+    report = build_sft_model(args.out, args.work_dir, vae_steps=args.vae_steps, sft_steps=args.sft_steps,
+                             batch_size=args.batch_size, seed=args.seed)
+    print(json.dumps(report))
+    return 0
+
+
+# `zr-align tinyworld NAME ...`: name -> (add arguments, run)
+TINYWORLD_COMMANDS = {
+    "judge": (_add_judge, _run_judge),
+    "sample": (_add_sample, _run_sample),
+    "build": (_add_build, _run_build),
+}
+
+
+def add_tinyworld(sub) -> None:
+    p = sub.add_parser("tinyworld", help="TinyWorld, the built-in miniature world (SPEC §8)")
+    tinyworld = p.add_subparsers(dest="tinyworld_command", required=True)
+    for add, _ in TINYWORLD_COMMANDS.values():
+        add(tinyworld)
+
+
+def run_tinyworld(args) -> int:
+    return TINYWORLD_COMMANDS[args.tinyworld_command][1](args)
