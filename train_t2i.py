@@ -30,9 +30,10 @@ from pathlib import Path
 
 import torch
 
-from zr_align.checkpointing import checkpoint_step, resolve_resume, save_checkpoint
+from zr_align.checkpointing import TrainableState, checkpoint_step, resolve_resume, save_checkpoint
 from zr_align.data import load_prompts, load_sft_data
 from zr_align.denoisers import get_denoiser_family
+from zr_align.distributed import guarded_step
 from zr_align.lora import add_lora, lora_parameters, save_lora
 from zr_align.sampling import DifferentiableSampler
 from zr_align.sft import denoising_loss, encode_images
@@ -144,22 +145,6 @@ class RewardNormalizer:
 
     def load_state_dict(self, state):
         self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
-
-
-class TrainableState:
-    """The trained weights (LoRA, or whole modules) as one checkpointable object for accelerate."""
-
-    def __init__(self, modules: dict):
-        self.params = {f"{prefix}.{n}": p for prefix, module in modules.items()
-                       for n, p in module.named_parameters() if p.requires_grad}
-
-    def state_dict(self):
-        return {n: p.detach().clone() for n, p in self.params.items()}
-
-    def load_state_dict(self, state):
-        with torch.no_grad():
-            for n, p in self.params.items():
-                p.copy_(state[n])
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -294,24 +279,8 @@ def run(args) -> Path:
             accelerator.backward(loss)
             loss_total += float(loss.detach())
 
-        # Average gradients across ranks, then clip; a non-finite gradient on any rank skips the step.
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = torch.cat([g.flatten() for g in grads])
-        flat = accelerator.reduce(flat, reduction="mean") if accelerator.num_processes > 1 else flat
-        skipped_any = accelerator.reduce(torch.tensor([float(skipped)], device=flat.device), reduction="sum")
-        grad_norm = float(flat.norm())
-        if skipped_any.item() > 0 or not math.isfinite(grad_norm):
-            skipped = True
-            optimizer.zero_grad(set_to_none=True)
-        else:
-            offset = 0
-            for p in params:
-                p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
-                offset += p.numel()
-            if config.optim.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, config.optim.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        # Average gradients across ranks, clip, step; a non-finite loss or gradient on any rank skips the step.
+        grad_norm, skipped = guarded_step(accelerator, params, optimizer, config.optim.max_grad_norm, skipped)
         lr_schedule.step()
 
         reward_all = accelerator.gather(torch.cat(rewards)) if rewards else torch.zeros(0)

@@ -67,3 +67,22 @@ def resolve_resume(resume: str | None, checkpoints_dir: Path) -> Path | None:
 
 def checkpoint_step(path: Path) -> int:
     return json.loads((Path(path) / MARKER).read_text())["step"]
+
+
+class TrainableState:
+    """The trained weights (a LoRA, or whole modules) as one checkpointable object: accelerate saves and restores
+    objects with `state_dict` / `load_state_dict` (`accelerator.register_for_checkpointing`)."""
+
+    def __init__(self, modules: dict):
+        self.params = {f"{prefix}.{n}": p for prefix, module in modules.items()
+                       for n, p in module.named_parameters() if p.requires_grad}
+
+    def state_dict(self):
+        return {n: p.detach().clone() for n, p in self.params.items()}
+
+    def load_state_dict(self, state):
+        import torch
+
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(state[n])

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from .reward_training.commands import add_reward, run_reward
 from .tinyworld.commands import add_tinyworld, run_tinyworld
 
 
@@ -33,6 +34,7 @@ def _run_score(args) -> int:
 COMMANDS = {
     "score": (_add_score, _run_score),
     "tinyworld": (add_tinyworld, run_tinyworld),
+    "reward": (add_reward, run_reward),
 }
 
 

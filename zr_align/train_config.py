@@ -196,7 +196,8 @@ class TrainConfig:
 
 
 def _build(cls, values: dict, prefix: str = ""):
-    """Instantiate dataclass `cls` from a nested dict; unknown keys are errors that list the known ones."""
+    """Instantiate dataclass `cls` from a nested dict; unknown keys are errors that list the known ones.
+    A field whose default is a dataclass is a section, built recursively."""
     if not isinstance(values, dict):
         raise ValueError(f"config section {prefix.rstrip('.') or 'root'} must be a mapping, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -204,13 +205,13 @@ def _build(cls, values: dict, prefix: str = ""):
     for key, value in values.items():
         if key not in fields:
             raise ValueError(f"unknown config key '{prefix}{key}'; known: {', '.join(fields)}")
-        sub = _SECTIONS.get(key) if cls is TrainConfig else None
-        kwargs[key] = _build(sub, value, f"{prefix}{key}.") if sub else value
+        factory = fields[key].default_factory
+        section = factory() if factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(section):
+            kwargs[key] = _build(type(section), value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = value
     return cls(**kwargs)
-
-
-_SECTIONS = {"model": ModelConfig, "lora": LoraConfig, "reward": RewardConfig, "sampling": SamplingConfig,
-             "optim": OptimConfig, "data": DataConfig}
 
 
 def apply_override(tree: dict, override: str) -> None:
@@ -227,8 +228,10 @@ def apply_override(tree: dict, override: str) -> None:
     node[parts[-1]] = _yaml_load(raw)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
-    """Read a YAML config (overrides of the defaults), apply `key=value` overrides, validate."""
+def load_config(path: str | Path | None = None, overrides: list[str] = (), cls=None):
+    """Read a YAML config (overrides of the defaults), apply `key=value` overrides, validate.
+
+    `cls` is the config dataclass (default `TrainConfig`)."""
     tree: dict = {}
     if path is not None:
         path = Path(path)
@@ -237,10 +240,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Tr
         tree = _yaml_load(path.read_text()) or {}
     for override in overrides:
         apply_override(tree, override)
-    return _build(TrainConfig, tree)
+    return _build(cls or TrainConfig, tree)
 
 
-def save_config(config: TrainConfig, path: str | Path) -> None:
-    data = config.to_dict()
-    data["optim"]["betas"] = list(data["optim"]["betas"])
+def save_config(config, path: str | Path) -> None:
+    """Write a config dataclass as YAML (tuples as lists)."""
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    data = plain(dataclasses.asdict(config))
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

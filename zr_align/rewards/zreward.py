@@ -40,6 +40,10 @@ class ZRewardConfig:
         clamp: pixel clamp mode, "hard" | "straight_through" | "none".
         min_image_tokens, max_image_tokens: image-token budget (families with dynamic resolution).
         quantize: round resized pixels to 8-bit levels like the HF processor (straight-through gradient).
+        teacher: set for a *reasoning teacher* (`zr_align.reward_training.teacher.ReasoningTeacher`): the model
+            writes a rationale after the prompt, then `score_marker`, and the score slot follows the marker.
+            Keys: "score_marker" (e.g. "Score:"), "max_rationale_tokens". None for a student (score slot at
+            the end of the prompt).
     """
 
     family: str
@@ -52,6 +56,7 @@ class ZRewardConfig:
     min_image_tokens: int | None = None
     max_image_tokens: int | None = None
     quantize: bool = False
+    teacher: dict | None = None
 
     def __post_init__(self):
         get_family(self.family)
@@ -279,6 +284,13 @@ class ZRewardModel(nn.Module):
 
     def forward(self, images: torch.Tensor, prompts: list[str] | str) -> RewardOutput:
         """Score `images` `(B, 3, H, W)` in [0, 1] against `prompts`. Differentiable w.r.t. `images`."""
+        logits = self.forward_logits(images, prompts)  # (B, D, K)
+        dist = ScoreDistribution.from_logits(logits, self.bin_values.float(), self.config.temperature)
+        return self.output_from_distribution(dist)
+
+    def forward_logits(self, images: torch.Tensor, prompts: list[str] | str) -> torch.Tensor:
+        """Bin logits `(B, D, K)` at the score slot of every (image, dimension). Differentiable w.r.t. `images`
+        and, when they require grad, the VLM's weights (reward-model training)."""
         if isinstance(images, torch.Tensor) and images.ndim == 4 and not isinstance(prompts, str) and not prompts:
             raise ValueError("prompts is empty; pass one prompt per image")
         vision: VisionInputs = self.preprocessor(images)
@@ -297,9 +309,10 @@ class ZRewardModel(nn.Module):
             **pixel_inputs,
             **self.family.extra_text_inputs(input_ids, self.image_token_id),
         )
-        dist = ScoreDistribution.from_logits(
-            logits.view(batch, dims, -1), self.bin_values.float(), self.config.temperature
-        )  # (B, D, K)
+        return logits.view(batch, dims, -1)
+
+    def output_from_distribution(self, dist: ScoreDistribution) -> RewardOutput:
+        """`RewardOutput` of `(B, D, K)` distributions: `r = sum_d w_d (E_d - kappa * sigma_d)`. Differentiable."""
         per_dim = dist.mean - self.config.kappa * dist.std if self.config.kappa else dist.mean  # (B, D)
         reward = per_dim @ self.dimension_weights.to(per_dim.dtype)
         scores = {name: dist[:, d] for d, name in enumerate(self.dimensions)}

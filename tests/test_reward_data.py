@@ -1,0 +1,295 @@
+"""Reward-model data (JSONL formats, soft labels, bad input), the TinyWorld generator and reward evaluation."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from zr_align.cli import main
+from zr_align.reward_training.data import PreferencePairs, RatedImages, collate
+from zr_align.reward_training.evaluate import evaluate_scorer, format_table, load_scorer
+from zr_align.rewards import RewardOutput
+from zr_align.scores import DEFAULT_BINS, ScoreDistribution
+from zr_align.tinyworld.grammar import split_prompts
+from zr_align.tinyworld.judge import judge
+from zr_align.tinyworld.reward_data import RATIONALE_WORDS, make_reward_data, rationale_text
+from zr_align.tinyworld.render import render
+
+DIMS = ("alignment", "realism", "aesthetics", "plausibility")
+
+
+def write_jsonl(path, lines):
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    """Two 64x64 PNGs next to where the JSONL files go."""
+    for name, prompt in (("a.png", "a large red circle on the left"), ("b.png", "a small blue square at the top")):
+        Image.fromarray(render(prompt, seed=0).image).save(tmp_path / name)
+    return tmp_path
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """A small generated TinyWorld test split: 6 prompts x 6 images, 6 pairs per prompt."""
+    out = tmp_path_factory.mktemp("reward_data")
+    stats = make_reward_data(out, "test", images_per_prompt=6, seed=0, num_prompts=6)
+    return out, stats
+
+
+# ----- formats and soft labels -------------------------------------------------------------------------------------
+def test_soft_labels_from_ratings_mean_std_and_score(image_dir):
+    path = write_jsonl(image_dir / "rated.jsonl", [
+        {"image": "a.png", "prompt": "a large red circle on the left", "ratings": {"alignment": [3, 3, 4]},
+         "mean": {"realism": 3.3}, "std": {"realism": 0.5}, "score": {"aesthetics": 4.25},
+         "rationale": {"alignment": "color red yes"}, "source": "render", "split": "train"},
+    ])
+    data = RatedImages(path)
+    assert data.dimensions == ("alignment", "realism", "aesthetics")
+    item = data[0]
+    assert item["image"].shape == (3, 64, 64) and item["image"].dtype == torch.float32
+    assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
+    bins = list(DEFAULT_BINS)
+    expected = torch.zeros(9)
+    expected[bins.index(3.0)], expected[bins.index(4.0)] = 2 / 3, 1 / 3
+    torch.testing.assert_close(item["labels"]["alignment"], expected)
+    assert item["mean"]["alignment"] == pytest.approx(10 / 3)
+    # mean + std: a discretised Gaussian whose mean is exactly the given mean
+    realism = ScoreDistribution(item["labels"]["realism"].double(), DEFAULT_BINS)
+    assert realism.mean.item() == pytest.approx(3.3, abs=1e-5) and realism.std.item() > 0.3
+    # one score: two-bin interpolation, 4.25 -> half on 4.0, half on 4.5
+    aesthetics = item["labels"]["aesthetics"]
+    assert aesthetics[bins.index(4.0)] == pytest.approx(0.5) and aesthetics[bins.index(4.5)] == pytest.approx(0.5)
+    assert item["rationale"] == {"alignment": "color red yes"} and item["source"] == "render"
+
+
+def test_pairs_round_trip_and_collate(image_dir):
+    path = write_jsonl(image_dir / "pairs.jsonl", [
+        {"prompt": "p", "image_a": "a.png", "image_b": "b.png", "preference": "a", "margin": 0.75,
+         "mean_a": {"alignment": 5.0}, "mean_b": {"alignment": 4.0}},
+        {"prompt": "p", "image_a": "b.png", "image_b": "a.png", "preference": "tie", "margin": 0.1,
+         "mean_a": {"alignment": 4.0}, "mean_b": {"alignment": 4.1}},
+        {"prompt": "q", "image_a": "b.png", "image_b": "a.png", "preference": "b"},
+    ])
+    pairs = PreferencePairs(path)
+    assert len(pairs) == 3
+    torch.testing.assert_close(pairs.labels, torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64))
+    assert math.isnan(pairs[2]["margin"]) and pairs[2]["mean_a"] is None
+    batch = collate([pairs[0], pairs[1]])
+    assert batch["images_a"].shape == (2, 3, 64, 64)
+    torch.testing.assert_close(batch["labels"], torch.tensor([1.0, 0.5]))
+    torch.testing.assert_close(batch["mean_a"]["alignment"], torch.tensor([5.0, 4.0]))
+    assert collate([pairs[0], pairs[2]])["mean_a"] is None  # not every pair has human means
+
+
+def test_generated_files_round_trip(generated):
+    out, stats = generated
+    rated = RatedImages(out / "rated.jsonl")
+    pairs = PreferencePairs(out / "pairs.jsonl")
+    assert len(rated) == stats["images"] == 36 and len(pairs) == stats["pairs"] == 36
+    assert rated.dimensions == DIMS
+    batch = collate([rated[i] for i in range(4)])
+    assert batch["images"].shape == (4, 3, 64, 64)
+    assert set(batch["labels"]) == set(DIMS) and batch["labels"]["alignment"].shape == (4, 9)
+    torch.testing.assert_close(batch["labels"]["realism"].sum(-1), torch.ones(4))
+    # The soft label is the histogram of the 5 ratings, the human mean their mean.
+    line = json.loads((out / "rated.jsonl").read_text().splitlines()[0])
+    ratings = line["ratings"]["aesthetics"]
+    torch.testing.assert_close(rated[0]["labels"]["aesthetics"],
+                               ScoreDistribution.from_ratings(ratings).probs.float())
+    assert rated[0]["mean"]["aesthetics"] == pytest.approx(np.mean(ratings))
+    assert set(rated[0]["rationale"]) == set(DIMS)
+
+
+# ----- bad input -----------------------------------------------------------------------------------------------------
+GOOD_RATED = {"image": "a.png", "prompt": "p", "ratings": {"alignment": [4.0, 4.5]}}
+
+
+@pytest.mark.parametrize("line, match", [
+    ({**GOOD_RATED, "ratings": {"alignment": [4.0, 4.2]}}, r"line 2: rating 4.2 of alignment is not one of the bins "
+                                                         r"\[1.0, 1.5, .*5.0\]"),
+    ({**GOOD_RATED, "ratings": {"alignment": [4.0, 6.0]}}, "line 2: rating 6 of alignment is not one of the bins"),
+    ({**GOOD_RATED, "image": "missing.png"}, r"line 2: image file .*missing.png does not exist"),
+    ({"image": "a.png", "ratings": {"alignment": [4.0]}}, r"line 2 lacks field\(s\) \['prompt'\]"),
+    ({"image": "a.png", "prompt": "p", "score": {"realism": 3.0}}, "line 2 has no label for dimension 'alignment'"),
+    ({"image": "a.png", "prompt": "p", "mean": {"alignment": 3.0}}, "line 2: 'mean' of alignment needs a 'std'"),
+    ({"image": "a.png", "prompt": "p", "score": {"alignment": 7.0}}, "line 2: alignment: score 7 is outside"),
+    ("{not json", "line 2 is not valid JSON"),
+])
+def test_rated_bad_input(image_dir, line, match):
+    path = write_jsonl(image_dir / "rated.jsonl", [GOOD_RATED, line])
+    with pytest.raises(ValueError, match=match):
+        RatedImages(path)
+
+
+GOOD_PAIR = {"prompt": "p", "image_a": "a.png", "image_b": "b.png", "preference": "a", "margin": 0.5}
+
+
+@pytest.mark.parametrize("line, match", [
+    ({**GOOD_PAIR, "image_b": "gone.png"}, r"line 2: image_b file .*gone.png does not exist"),
+    ({k: v for k, v in GOOD_PAIR.items() if k != "preference"}, r"line 2 lacks field\(s\) \['preference'\]"),
+    ({**GOOD_PAIR, "preference": "A"}, r"line 2: preference must be one of \['a', 'b', 'tie'\], got 'A'"),
+    ({**GOOD_PAIR, "margin": "big"}, "line 2: margin must be a finite number"),
+])
+def test_pairs_bad_input(image_dir, line, match):
+    path = write_jsonl(image_dir / "pairs.jsonl", [GOOD_PAIR, line])
+    with pytest.raises(ValueError, match=match):
+        PreferencePairs(path)
+
+
+@pytest.mark.parametrize("dataset", [RatedImages, PreferencePairs])
+def test_empty_or_missing_file(tmp_path, dataset):
+    (tmp_path / "empty.jsonl").write_text("\n  \n")
+    with pytest.raises(ValueError, match="empty.jsonl is empty"):
+        dataset(tmp_path / "empty.jsonl")
+    with pytest.raises(ValueError, match="nope.jsonl does not exist"):
+        dataset(tmp_path / "nope.jsonl")
+
+
+def test_collate_rejects_mixed_sizes(image_dir):
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image_dir / "small.png")
+    path = write_jsonl(image_dir / "rated.jsonl", [GOOD_RATED, {**GOOD_RATED, "image": "small.png"}])
+    data = RatedImages(path)
+    with pytest.raises(ValueError, match="must share one size"):
+        collate([data[0], data[1]])
+
+
+# ----- the TinyWorld generator ------------------------------------------------------------------------------------
+def test_generator_is_deterministic(generated, tmp_path):
+    out, stats = generated
+    again = make_reward_data(tmp_path, "test", images_per_prompt=6, seed=0, num_prompts=6)
+    assert again == stats
+    for name in ("rated.jsonl", "pairs.jsonl", "stats.json", "images/0003_04.png"):
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes()
+    other = make_reward_data(tmp_path / "other", "test", images_per_prompt=6, seed=1, num_prompts=6)
+    assert (tmp_path / "other" / "pairs.jsonl").read_bytes() != (out / "pairs.jsonl").read_bytes()
+    assert other["images"] == 36
+
+
+def test_generator_mix_ties_and_rationales(generated):
+    out, stats = generated
+    sources = stats["images_by_source"]
+    assert sources["render"] == 12  # 2 clean renders of each of 6 prompts
+    assert sum(v for k, v in sources.items() if k.startswith("corrupt:")) == 24
+    pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    preferences = {p["preference"] for p in pairs}
+    assert preferences == {"a", "b", "tie"}  # ties are kept
+    assert stats["preferences"]["tie"] == sum(p["preference"] == "tie" for p in pairs) > 0
+    assert all(p["image_a"][:11] == p["image_b"][:11] for p in pairs)  # same prompt, same image prefix
+    rated = [json.loads(line) for line in (out / "rated.jsonl").read_text().splitlines()]
+    words = {w for line in rated for text in line["rationale"].values() for w in text.split()}
+    assert words <= set(RATIONALE_WORDS)
+    assert {"yes", "no"} <= words
+
+
+def test_rationale_text_reads_the_verdict():
+    prompt = "a large red circle on the left"
+    image = render("a large blue circle on the left", seed=3).image
+    verdict = judge(image, prompt)
+    assert rationale_text(verdict, "alignment") == "size large yes color blue no shape circle yes position left yes"
+    assert rationale_text(verdict, "realism") == "blur no noise no shift no"
+    assert rationale_text(verdict, "plausibility") == "fragments no crop no"
+    assert rationale_text(verdict, "aesthetics") == "faded no clutter no"
+    empty = judge(np.full((64, 64, 3), 230, np.uint8), prompt)
+    assert rationale_text(empty, "alignment") == "object no"
+    with pytest.raises(ValueError, match="no rationale for dimension 'style'"):
+        rationale_text(verdict, "style")
+
+
+def test_splits_are_disjoint(tmp_path):
+    splits = split_prompts(0)
+    seen = {}
+    for split in ("train", "test"):
+        make_reward_data(tmp_path / split, split, images_per_prompt=2, seed=7, num_prompts=5)
+        lines = (tmp_path / split / "rated.jsonl").read_text().splitlines()
+        seen[split] = {json.loads(line)["prompt"] for line in lines}
+    assert seen["test"] <= set(splits.test) and seen["train"] <= set(splits.train)
+    assert not seen["train"] & seen["test"]
+
+
+def test_generator_with_sft_samples(tmp_path):
+    from zr_align.testing.diffusion import tiny_pipeline
+
+    tiny_pipeline("sd", tmp_path / "sft")
+    stats = make_reward_data(tmp_path / "data", "validation", images_per_prompt=4, seed=0,
+                             sft_model=str(tmp_path / "sft"), sft_fraction=0.5, num_prompts=2, sample_steps=2)
+    assert stats["images_by_source"]["sft_sample"] == 4  # 2 of 4 images per prompt
+    assert len(RatedImages(tmp_path / "data" / "rated.jsonl")) == 8
+
+
+def test_generator_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        make_reward_data(tmp_path, "dev", 4, 0)
+    with pytest.raises(ValueError, match="images_per_prompt must be >= 2"):
+        make_reward_data(tmp_path, "train", 1, 0)
+
+
+# ----- evaluation ---------------------------------------------------------------------------------------------------
+def oracle_scorer(images, prompts):
+    """The ground-truth judge as a reward: its scores as one-bin-ish distributions, reward = mean judge score."""
+    verdicts = [judge(image, prompt) for image, prompt in zip(images, prompts)]
+    scores = {d: ScoreDistribution.from_score(torch.tensor([v.scores[d] for v in verdicts])) for d in DIMS}
+    return RewardOutput(torch.stack([s.mean for s in scores.values()]).mean(0), scores)
+
+
+def constant_scorer(images, prompts):
+    probs = torch.full((len(prompts), 9), 1 / 9)
+    return RewardOutput(torch.full((len(prompts),), 3.0), {d: ScoreDistribution(probs, DEFAULT_BINS) for d in DIMS})
+
+
+METRICS = ("pairs", "decided_pairs", "pairwise_accuracy", "tie_aware_accuracy", "rated", "spearman",
+           "spearman_per_dim", "ece", "ece_per_dim", "nll", "images_per_second")
+
+
+def test_oracle_beats_constant(generated):
+    out, _ = generated
+    pairs, rated = PreferencePairs(out / "pairs.jsonl"), RatedImages(out / "rated.jsonl")
+    oracle = evaluate_scorer(oracle_scorer, pairs, rated, batch_size=8)
+    constant = evaluate_scorer(constant_scorer, pairs, rated, batch_size=8)
+    assert oracle["pairwise_accuracy"] > 0.9
+    assert oracle["spearman"] > 0.8
+    assert constant["pairwise_accuracy"] == pytest.approx(0.5)
+    assert math.isnan(constant["spearman"])  # constant predictions: undefined rank correlation
+    assert oracle["tie_aware_accuracy"] > constant["tie_aware_accuracy"]
+
+
+def test_evaluate_tiny_reward_model(generated, tiny_reward_dirs):
+    out, _ = generated
+    scorer = load_scorer(tiny_reward_dirs("qwen2_vl"))
+    results = evaluate_scorer(scorer, PreferencePairs(out / "pairs.jsonl"), RatedImages(out / "rated.jsonl"),
+                              batch_size=16)
+    for key in METRICS:
+        assert results[key] is not None, key
+    assert 0.0 <= results["pairwise_accuracy"] <= 1.0 and 0.0 <= results["ece"] <= 1.0
+    assert set(results["ece_per_dim"]) == set(DIMS) and results["images_per_second"] > 0
+    assert results["pairs"] == 36 and results["rated"] == 36
+    table = format_table({"tiny": results, "oracle": {"pairs": 36, "pairwise_accuracy": 0.95}})
+    assert table.splitlines()[0].split() == ["reward", "pairs", "acc", "tie-acc", "spearman", "ECE", "NLL", "img/s"]
+    assert table.splitlines()[3].split()[:3] == ["oracle", "36", "0.950"]
+
+
+def test_load_scorer_errors(tmp_path, tiny_reward_dirs):
+    with pytest.raises(ValueError, match="has no zreward_config.json"):
+        load_scorer(tmp_path)
+    with pytest.raises(ValueError, match="mode must be one of greedy, sample"):
+        load_scorer(tiny_reward_dirs("qwen2_vl"), mode="beam")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['colour'\]"):
+        load_scorer(tiny_reward_dirs("qwen2_vl"), colour=1)
+
+
+def test_cli_reward_eval_prints_table(generated, tiny_reward_dirs, capsys, tmp_path):
+    out, _ = generated
+    folder = str(tiny_reward_dirs("qwen2_vl"))
+    code = main(["reward", "eval", "--reward", folder, "--data", str(out / "pairs.jsonl"),
+                 "--rated", str(out / "rated.jsonl"), "--batch-size", "12", "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["reward", "pairs", "acc"] and lines[2].startswith(folder)
+    assert json.loads((tmp_path / "r.json").read_text())[folder]["pairs"] == 36
+    assert main(["reward", "eval", "--reward", folder, "--data", str(tmp_path / "none.jsonl")]) == 2
+    assert "none.jsonl does not exist" in capsys.readouterr().err

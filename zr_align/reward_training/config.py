@@ -1,0 +1,86 @@
+"""Configuration of reward-model training (`zr-align reward train --config configs/reward/<name>.yaml`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# method -> (role of the trained model, what it needs)
+METHODS = {
+    "teacher_sft": "teacher",  # rationale + score token cross-entropy on the data's rationales (SPEC §3, init)
+    "gdso": "teacher",  # group-wise direct score optimisation, from an SFT teacher (SPEC §3)
+    "grpo": "teacher",  # baseline: sampled score token with an accuracy reward
+    "reward_dance": "teacher",  # baseline: P("yes") that the image satisfies the rubric
+    "student_sft": "student",  # baseline: cross-entropy on the human score token, no teacher
+    "risd": "student",  # forward KL to the teacher marginalised over N rationales (SPEC §4)
+    "opd": "student",  # baseline: on-policy distillation, reverse KL on the student's own distribution
+}
+
+
+def _check(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+@dataclass
+class GdsoConfig:
+    """GDSO / GRPO rollouts and loss weights (SPEC §3)."""
+
+    rollouts: int = 4  # G rationales sampled per (image, dimension); cost grows linearly
+    temperature: float = 1.0  # sampling temperature of the rationales
+    clip_eps: float = 0.2  # PPO/GRPO clip range of the token ratio
+    kl_coef: float = 0.02  # KL to the frozen reference (the initial teacher), k3 estimator per token
+    point_weight: float = 1.0  # l1: pointwise KL(q_human || p) at the score slot, through every rollout
+    pair_weight: float = 0.5  # l2: Thurstone fidelity on the score gaps of images of the same prompt
+    pg_weight: float = 1.0  # weight of the policy-gradient term (0 leaves only direct supervision)
+
+
+@dataclass
+class RisdConfig:
+    """The teacher targets of RISD / OPD (SPEC §4)."""
+
+    teacher: str | None = None  # teacher folder whose marginal distributions the student learns
+    num_rationales: int = 4  # N sampled rationales per image; the targets are computed once and cached
+    temperature: float = 1.0
+    human_weight: float = 0.0  # optional pointwise KL to the human soft label, added to the distillation
+    mean_weight: float = 0.0  # optional (E_S - E_T)^2
+
+
+@dataclass
+class RewardTrainConfig:
+    """Everything `zr-align reward train` needs."""
+
+    method: str = "teacher_sft"  # one of METHODS
+    output_dir: str = "outputs/reward"  # model/ (the trained reward folder), checkpoints/, metrics.jsonl
+    init: str = "tinyworld:teacher"  # reward folder to start from, or tinyworld:teacher / tinyworld:student (random)
+    data: str = ""  # rated-images JSONL (zr_align.reward_training.data) used for training
+    seed: int = 0
+    max_steps: int = 200
+    batch_size: int = 8  # images per step; GDSO groups them by prompt (images_per_prompt each)
+    images_per_prompt: int = 4  # M: images of one prompt per group (GDSO pairs, GRPO/GDSO groups)
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    max_grad_norm: float = 1.0
+    lora_rank: int = 0  # 0 trains every weight; > 0 a LoRA on the language model's attention (merged at save)
+    gradient_checkpointing: bool = False  # recompute the VLM's layers in backward (less memory, more time)
+    checkpoint_every: int = 0  # accelerate state every N steps (0 = only at the end)
+    gdso: GdsoConfig = field(default_factory=GdsoConfig)
+    risd: RisdConfig = field(default_factory=RisdConfig)
+
+    def __post_init__(self):
+        _check("method", self.method, tuple(METHODS))
+        if not self.data:
+            raise ValueError("data must name a rated-images JSONL file (see zr_align.reward_training.data)")
+        if self.method in ("risd", "opd") and not self.risd.teacher:
+            raise ValueError(f"method {self.method} needs risd.teacher (a teacher reward folder)")
+        if self.method == "gdso" and self.init.startswith("tinyworld:"):
+            raise ValueError("method gdso starts from an SFT teacher: set init to a teacher_sft output folder")
+        if self.batch_size % self.images_per_prompt:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of images_per_prompt "
+                             f"{self.images_per_prompt}")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
+
+    @property
+    def role(self) -> str:
+        return METHODS[self.method]

@@ -1,0 +1,210 @@
+"""The reward-model training loop shared by every method (accelerate; full or LoRA; checkpointing; resume).
+
+    zr-align reward train --config configs/reward/tinyworld_gdso.yaml [key=value ...] [--resume latest]
+
+Output folder: `model/` (the trained reward folder, loadable with `ZRewardModel.from_pretrained` or, for
+teachers, `ReasoningTeacher.from_pretrained`), `checkpoints/step_N/`, `metrics.jsonl`, `config.yaml`, and for
+RISD / OPD `teacher_targets.pt` (the teacher's marginal distributions, computed once).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ..checkpointing import TrainableState, checkpoint_step, resolve_resume, save_checkpoint
+from ..distributed import guarded_step
+from ..rewards.zreward import ZRewardModel
+from ..rubrics import Rubric
+from . import objectives
+from .config import RewardTrainConfig
+from .data import RatedImages, collate
+from .losses import marginalize
+from .teacher import ReasoningTeacher
+
+
+def build_initial_model(config: RewardTrainConfig) -> ZRewardModel:
+    """The model to train: a folder, or a random TinyWorld teacher / student (`tinyworld:teacher|student`)."""
+    if config.init.startswith("tinyworld:"):
+        from ..tinyworld.reward_models import build_reward_model
+
+        size = config.init.split(":", 1)[1]
+        if size not in ("teacher", "student"):
+            raise ValueError(f"init {config.init!r}: use tinyworld:teacher or tinyworld:student")
+        reasoning = config.role == "teacher" and config.method != "reward_dance"
+        model = build_reward_model(size, teacher=reasoning, seed=config.seed)
+    else:
+        if not Path(config.init, "zreward_config.json").is_file():
+            raise ValueError(f"init {config.init!r} is not a reward-model folder (no zreward_config.json)")
+        model = ZRewardModel.from_pretrained(config.init)
+    if config.method == "reward_dance" and model.rubric.bin_texts != ("no", "yes"):
+        # RewardDance reads P("yes") at the slot: a two-bin rubric, "no" = 1.0, "yes" = 5.0
+        rubric = Rubric(criteria=model.rubric.criteria, template=model.rubric.template, bins=(1.0, 5.0),
+                        bin_texts=("no", "yes"))
+        model.config.rubric, model.config.bin_token_ids = rubric.to_dict(), None
+        model = ZRewardModel(model.model, model.tokenizer, model.config, model.processor_config)
+    return model
+
+
+def make_trainable(model: ZRewardModel, config: RewardTrainConfig) -> list[torch.nn.Parameter]:
+    """Unfreeze the VLM (or add a LoRA to its language model's attention); return the trained parameters."""
+    if config.lora_rank > 0:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        model.model.requires_grad_(False)
+        lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank,
+                          target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)")
+        inject_adapter_in_model(lora, model.model)
+        for name, p in model.model.named_parameters():
+            p.requires_grad_("lora_" in name)
+    else:
+        model.model.requires_grad_(True)
+    if config.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    return [p for p in model.model.parameters() if p.requires_grad]
+
+
+def merge_lora(model: ZRewardModel) -> None:
+    """Fold LoRA weights into the base layers so the saved folder is a plain model."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in list(model.model.modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+    for parent in list(model.model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LoraLayer):
+                setattr(parent, name, child.get_base_layer())
+
+
+@torch.no_grad()
+def teacher_targets(config: RewardTrainConfig, data: RatedImages, out: Path, log=print) -> torch.Tensor:
+    """`(N, D, K)` teacher distributions marginalised over `num_rationales` sampled rationales, for every data
+    row; computed once and cached in `out/teacher_targets.pt` (keyed by teacher, data and N)."""
+    cache = out / "teacher_targets.pt"
+    key = {"teacher": str(Path(config.risd.teacher).resolve()), "data": str(Path(config.data).resolve()),
+           "num_rationales": config.risd.num_rationales, "temperature": config.risd.temperature,
+           "seed": config.seed}
+    if cache.is_file():
+        stored = torch.load(cache, weights_only=False)
+        if stored["key"] == key:
+            return stored["targets"]
+    teacher = ReasoningTeacher.from_pretrained(config.risd.teacher)
+    generator = torch.Generator().manual_seed(config.seed)
+    chunks, start = [], time.perf_counter()
+    for first in range(0, len(data), 16):
+        batch = collate([data[i] for i in range(first, min(first + 16, len(data)))])
+        rollouts = teacher.generate(batch["images"], batch["prompts"], num=config.risd.num_rationales,
+                                    temperature=config.risd.temperature, generator=generator)
+        probs = teacher.forward_rollouts(batch["images"], batch["prompts"], rollouts).slot_logits.softmax(-1)
+        b, d, n = len(batch["prompts"]), len(teacher.dimensions), config.risd.num_rationales
+        chunks.append(marginalize(probs.view(b * d, n, -1)).view(b, d, -1))  # (b, D, K)
+    targets = torch.cat(chunks)
+    log(f"teacher targets for {len(data)} images x {config.risd.num_rationales} rationales "
+        f"in {time.perf_counter() - start:.0f}s")
+    torch.save({"key": key, "targets": targets}, cache)
+    return targets
+
+
+def build_objective(config: RewardTrainConfig, model: ZRewardModel, data: RatedImages, out: Path, log):
+    m = config.method
+    if m in ("teacher_sft", "gdso", "grpo"):
+        teacher = ReasoningTeacher(model)
+        if m == "teacher_sft":
+            return objectives.TeacherSFT(teacher, config)
+        reference = ReasoningTeacher.from_pretrained(config.init)  # frozen copy of the starting teacher
+        return (objectives.GDSO if m == "gdso" else objectives.GRPOScoreToken)(teacher, config, reference)
+    if m == "reward_dance":
+        return objectives.RewardDance(model, config)
+    if m == "student_sft":
+        return objectives.StudentSFT(model, config)
+    targets = teacher_targets(config, data, out, log)
+    return (objectives.RISD if m == "risd" else objectives.OPD)(model, config, targets)
+
+
+def grouped_batch(by_prompt: dict[str, list[int]], config: RewardTrainConfig, generator) -> list[int]:
+    """`batch_size / images_per_prompt` prompts, `images_per_prompt` images of each (so pairs share prompts)."""
+    prompts = sorted(by_prompt)
+    chosen = torch.randperm(len(prompts), generator=generator)[: config.batch_size // config.images_per_prompt]
+    indices = []
+    for p in chosen.tolist():
+        rows = by_prompt[prompts[p]]
+        order = torch.randperm(len(rows), generator=generator).tolist()
+        indices += [rows[order[i % len(rows)]] for i in range(config.images_per_prompt)]
+    return indices
+
+
+def train_reward_model(config: RewardTrainConfig, resume: str | None = None, log=print) -> Path:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from ..train_config import save_config
+
+    out = Path(config.output_dir)
+    accelerator = Accelerator()
+    rank = accelerator.process_index
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
+    set_seed(config.seed)
+    data = RatedImages(config.data)
+    model = build_initial_model(config).to(accelerator.device)
+    params = make_trainable(model, config)
+    objective = build_objective(config, model, data, out, log)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, config.warmup_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    optimizer, schedule = accelerator.prepare(optimizer, schedule)
+    accelerator.register_for_checkpointing(TrainableState({"model": model.model}))
+
+    start = 0
+    resume_from = resolve_resume(resume, out / "checkpoints")
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        start = checkpoint_step(resume_from)
+        log(f"resumed from {resume_from} at step {start}")
+    metrics_path = out / "metrics.jsonl"
+    if accelerator.is_main_process:
+        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
+                if start and json.loads(line)["step"] <= start]
+        metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    by_prompt: dict[str, list[int]] = {}
+    for i, item in enumerate(data.items):
+        by_prompt.setdefault(item["prompt"], []).append(i)
+    for step in range(start, config.max_steps):
+        begin = time.perf_counter()
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 7919 + rank)
+        batch = collate([data[i] for i in grouped_batch(by_prompt, config, generator)])
+        batch["images"] = batch["images"].to(accelerator.device)
+        loss, metrics = objective.loss(batch, generator)
+        skipped = not torch.isfinite(loss)
+        if not skipped:
+            accelerator.backward(loss)
+        grad_norm, skipped = guarded_step(accelerator, params, optimizer, config.max_grad_norm, skipped)
+        schedule.step()
+        record = {"step": step + 1, "loss": float(loss.detach()), "grad_norm": grad_norm, "skipped": skipped,
+                  "seconds": time.perf_counter() - begin, **metrics}
+        if accelerator.is_main_process:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            if step % 20 == 0 or step + 1 == config.max_steps:
+                log(f"{config.method} step {step + 1}/{config.max_steps} loss {record['loss']:.4f} "
+                    + " ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+        done = step + 1
+        if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.max_steps:
+            save_checkpoint(accelerator, out / "checkpoints", done)
+
+    save_checkpoint(accelerator, out / "checkpoints", config.max_steps, keep=1)
+    if accelerator.is_main_process:
+        if config.lora_rank > 0:
+            merge_lora(model)
+        model.model.requires_grad_(False)
+        if config.gradient_checkpointing:
+            model.disable_gradient_checkpointing()
+        model.save_pretrained(out / "model")
+    accelerator.wait_for_everyone()
+    return out / "model"

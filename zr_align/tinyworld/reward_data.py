@@ -1,0 +1,259 @@
+"""TinyWorld reward-model data: rated images and preference pairs for training and evaluating rewards (SPEC §8).
+
+[`make_reward_data`] writes, for the prompts of one split, into `out_dir`:
+
+- `images/PPPP_JJ.png`: `images_per_prompt` images per prompt: clean renders, renders with a corruption of
+  `corrupt.CORRUPTIONS` (all kinds in turn; a share get a second corruption of another dimension, so severities
+  are graded) and, with `sft_model`, samples of that diffusion model, so a reward model also sees real
+  generator artefacts;
+- `rated.jsonl`: one line per image with the simulated panel's `ratings` per dimension, a `rationale` per
+  dimension (see [`rationale_text`]), `source` and `split` (format: `zr_align.reward_training.data`);
+- `pairs.jsonl`: `pairs_per_prompt` pairs of images of the same prompt with the panel's preference ("a", "b" or
+  "tie"), its margin and the per-dimension mean ratings of both images;
+- `stats.json`: counts (images by source, preferences, tie rate) and the ground-truth judge's own pairwise
+  accuracy against the panel on the non-tie pairs (the ceiling a reward model can hope to reach).
+
+Every random choice comes from generators seeded by `(seed, split, prompt)`, so the same arguments give
+byte-identical files. Prompts come from `grammar.split_prompts(split_seed)`: train, validation and test prompts
+are disjoint, and the held-out evaluation pairs are those of the test split.
+
+Rationales: a short, deterministic check list read off the judge's verdict, one per dimension, e.g.
+
+| dimension    | text                                                                       |
+|--------------|----------------------------------------------------------------------------|
+| alignment    | `size large yes color blue no shape circle yes position left yes`          |
+| realism      | `blur no noise yes shift no`                                               |
+| plausibility | `fragments no crop yes`                                                    |
+| aesthetics   | `faded no clutter yes`                                                     |
+
+Alignment names what the judge *observed* for each attribute and whether it matches the prompt (here: a blue
+object where the prompt asked for another colour); a corner position reads `corner`, an off-palette colour
+`other`. The other dimensions name each artefact check with `yes` when the artefact is present. Without an
+object, alignment, plausibility and aesthetics read `object no`. Every word is in `RATIONALE_WORDS`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .annotators import AnnotatorPanel, Ratings
+from .corrupt import CORRUPTIONS, WRONG_ATTRIBUTE, corrupt
+from .grammar import ATTRIBUTES, COLORS, SHAPES, SIZES, split_prompts
+from .judge import Verdict, judge
+from .render import Rendered, render
+
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+
+# The word each position value reads as in a rationale; the judge's corner cells all read "corner".
+POSITION_WORDS: dict[str, str] = {"on the left": "left", "on the right": "right", "at the top": "top",
+                                  "at the bottom": "bottom", "in the center": "center"}
+# Dimension -> (word, artefact of `judge.ARTEFACTS`) for each check of that dimension, in rationale order.
+ARTEFACT_CHECKS: dict[str, tuple[tuple[str, str], ...]] = {
+    "realism": (("blur", "blur"), ("noise", "noise"), ("shift", "color_shift")),
+    "plausibility": (("fragments", "fragments"), ("crop", "crop")),
+    "aesthetics": (("faded", "low_contrast"), ("clutter", "clutter")),
+}
+RATIONALE_DIMENSIONS: tuple[str, ...] = ("alignment", *ARTEFACT_CHECKS)
+# Every word a rationale can contain (feed them to a word-level tokenizer).
+RATIONALE_WORDS: tuple[str, ...] = tuple(dict.fromkeys([
+    *ATTRIBUTES, *SIZES, *COLORS, "other", *SHAPES, *POSITION_WORDS.values(), "corner", "yes", "no", "object",
+    *(word for checks in ARTEFACT_CHECKS.values() for word, _ in checks),
+]))
+
+# Corruptions that re-draw the scene (and so would erase an earlier pixel corruption) go first when two combine.
+_REDRAW_ORDER: tuple[str, ...] = (*WRONG_ATTRIBUTE, "crop")
+
+
+def _word(attribute: str, value: str | None) -> str:
+    if attribute == "position":
+        return POSITION_WORDS.get(value, "corner")
+    return value  # sizes, colours ("other" when off-palette) and shapes are single words already
+
+
+def rationale_text(verdict: Verdict, dimension: str) -> str:
+    """The judge's check list for one rubric dimension (format in the module docstring).
+
+    Raises:
+        `ValueError`: for a dimension other than alignment, realism, plausibility or aesthetics.
+    """
+    if dimension not in RATIONALE_DIMENSIONS:
+        raise ValueError(f"no rationale for dimension {dimension!r}; allowed: {', '.join(RATIONALE_DIMENSIONS)}")
+    has_object = verdict.observed["size"] is not None
+    if dimension != "realism" and not has_object:
+        return "object no"
+    if dimension == "alignment":
+        return " ".join(f"{a} {_word(a, verdict.observed[a])} {'yes' if verdict.correct[a] else 'no'}"
+                        for a in ATTRIBUTES)
+    return " ".join(f"{word} {'yes' if verdict.artefacts[artefact] else 'no'}"
+                    for word, artefact in ARTEFACT_CHECKS[dimension])
+
+
+def _image_plan(images_per_prompt: int, sft_fraction: float, with_sft: bool) -> tuple[int, int, int]:
+    """(clean, corrupted, sft) images per prompt: about a third of the non-SFT images clean, at least one."""
+    n_sft = min(round(sft_fraction * images_per_prompt), images_per_prompt - 1) if with_sft else 0
+    n_clean = max(1, round((images_per_prompt - n_sft) / 3))
+    return n_clean, images_per_prompt - n_sft - n_clean, n_sft
+
+
+def _corrupt_kinds(first: str, rng: np.random.Generator, double_fraction: float) -> list[str]:
+    """`first`, plus with probability `double_fraction` a kind of another dimension; re-drawing kinds first."""
+    kinds = [first]
+    if rng.random() < double_fraction:
+        others = [k for k, c in CORRUPTIONS.items() if c.dimension != CORRUPTIONS[first].dimension]
+        kinds.append(others[rng.integers(len(others))])
+    rank = {k: i for i, k in enumerate(_REDRAW_ORDER)}
+    return sorted(kinds, key=lambda k: rank.get(k, len(rank)))  # stable: pixel corruptions keep their order
+
+
+def make_reward_data(
+    out_dir,
+    split: str,
+    images_per_prompt: int,
+    seed: int,
+    sft_model: str | None = None,
+    sft_fraction: float = 0.3,
+    *,
+    num_prompts: int | None = None,
+    pairs_per_prompt: int | None = None,
+    double_fraction: float = 0.25,
+    split_seed: int = 0,
+    sample_steps: int = 20,
+    panel: AnnotatorPanel | None = None,
+) -> dict:
+    """Generate rated images and preference pairs for the prompts of one split (files: see the module docstring).
+
+    Args:
+        out_dir: output folder (created); existing files of the same names are overwritten.
+        split (`str`): "train", "validation" or "test" of `split_prompts(split_seed)`.
+        images_per_prompt (`int`): images per prompt (>= 2): about a third of the non-SFT ones clean renders, the
+            rest corrupted renders. Cost: the judge reads each image (~10 ms).
+        seed (`int`): seeds layouts, corruptions, ratings, pair choice, the panel's raters and the SFT noise.
+        sft_model (`str`, *optional*): a TinyWorld diffusion pipeline folder (e.g. `models/tinyworld/sft`); its
+            samples make up `sft_fraction` of each prompt's images. Cost: one sampling run of all of them.
+        sft_fraction (`float`, *optional*, defaults to 0.3): share of SFT samples per prompt (rounded).
+        num_prompts (`int`, *optional*): use a seeded subset of this many prompts of the split (all by default).
+        pairs_per_prompt (`int`, *optional*): pairs per prompt, drawn without replacement among all image pairs
+            of the prompt; default `images_per_prompt` (capped at the number of pairs).
+        double_fraction (`float`, *optional*, defaults to 0.25): share of corrupted images that get a second
+            corruption of another dimension.
+        split_seed (`int`, *optional*, defaults to 0): seed of `split_prompts`. Kept apart from `seed` so that data
+            drawn with different seeds never moves a held-out prompt into training (0 is also the split the
+            TinyWorld SFT model was trained on).
+        sample_steps (`int`, *optional*, defaults to 20): denoising steps of the SFT samples.
+        panel ([`AnnotatorPanel`], *optional*): the raters; default `AnnotatorPanel(seed=seed)`.
+
+    Returns:
+        `dict`: the contents of `stats.json`.
+
+    Raises:
+        `ValueError`: for an unknown split or out-of-range counts and fractions.
+    """
+    from PIL import Image
+
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    if images_per_prompt < 2:
+        raise ValueError(f"images_per_prompt must be >= 2 (pairs need two images), got {images_per_prompt}")
+    if not 0.0 <= sft_fraction < 1.0:
+        raise ValueError(f"sft_fraction must be in [0, 1), got {sft_fraction}")
+    if not 0.0 <= double_fraction <= 1.0:
+        raise ValueError(f"double_fraction must be in [0, 1], got {double_fraction}")
+    split_id = SPLITS.index(split)
+    prompts = split_prompts(split_seed).as_dict()[split]
+    if num_prompts is not None:
+        if not 1 <= num_prompts <= len(prompts):
+            raise ValueError(f"num_prompts must be in [1, {len(prompts)}] for the {split} split, got {num_prompts}")
+        chosen = np.random.default_rng([seed, split_id, 10**6]).choice(len(prompts), num_prompts, replace=False)
+        prompts = [prompts[i] for i in sorted(chosen)]
+    max_pairs = images_per_prompt * (images_per_prompt - 1) // 2
+    pairs_per_prompt = min(images_per_prompt if pairs_per_prompt is None else pairs_per_prompt, max_pairs)
+    if pairs_per_prompt < 1:
+        raise ValueError(f"pairs_per_prompt must be >= 1, got {pairs_per_prompt}")
+    panel = panel or AnnotatorPanel(seed=seed)
+    n_clean, n_corrupt, n_sft = _image_plan(images_per_prompt, sft_fraction, sft_model is not None)
+
+    sft_images = None
+    if n_sft:
+        from .sample import generate, load_pipeline
+
+        sft_prompts = [p for p in prompts for _ in range(n_sft)]
+        sft_images = generate(load_pipeline(sft_model), sft_prompts, seed=seed, steps=sample_steps)
+
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    # All corruption kinds in turn (a seeded order), continued across prompts so every kind is equally common.
+    kind_order = [list(CORRUPTIONS)[i] for i in np.random.default_rng([seed, split_id]).permutation(len(CORRUPTIONS))]
+    kind_counter = 0
+    rated_lines, pair_lines = [], []
+    sources: dict[str, int] = {}
+    preferences = dict.fromkeys(("a", "b", "tie"), 0)
+    judge_hits = 0.0
+    for p, prompt in enumerate(prompts):
+        rng = np.random.default_rng([seed, split_id, p])
+        images: list[tuple[np.ndarray, str]] = [(render(prompt, seed=rng).image, "render") for _ in range(n_clean)]
+        for _ in range(n_corrupt):
+            kinds = _corrupt_kinds(kind_order[kind_counter % len(kind_order)], rng, double_fraction)
+            kind_counter += 1
+            picture = render(prompt, seed=rng)
+            for kind in kinds:
+                done = corrupt(picture, kind, rng)
+                picture = Rendered(done.image, done.scene)
+            images.append((picture.image, "corrupt:" + "+".join(kinds)))
+        images += [(sft_images[p * n_sft + k], "sft_sample") for k in range(n_sft)]
+
+        names, ratings, overall = [], [], []
+        for j, (image, source) in enumerate(images):
+            name = f"images/{p:04d}_{j:02d}.png"
+            Image.fromarray(image).save(out_dir / name)
+            verdict = judge(image, prompt)
+            rating: Ratings = panel.rate(verdict.scores, rng)
+            names.append(name)
+            ratings.append(rating)
+            overall.append(float(np.mean([verdict.scores[d] for d in panel.dimensions])))
+            sources[source] = sources.get(source, 0) + 1
+            rated_lines.append({
+                "image": name, "prompt": prompt, "ratings": rating.ratings,
+                "rationale": {d: rationale_text(verdict, d) for d in panel.dimensions if d in RATIONALE_DIMENSIONS},
+                "source": source, "split": split,
+            })
+
+        combos = list(itertools.combinations(range(len(images)), 2))
+        for c in rng.choice(len(combos), pairs_per_prompt, replace=False):
+            a, b = combos[c] if rng.random() < 0.5 else combos[c][::-1]  # random order: "a" is not the cleaner one
+            preference = panel.prefer(ratings[a], ratings[b])
+            preferences[preference.winner] += 1
+            if preference.winner != "tie":
+                gap = overall[a] - overall[b]
+                judge_hits += 0.5 if gap == 0 else float((gap > 0) == (preference.winner == "a"))
+            pair_lines.append({
+                "prompt": prompt, "image_a": names[a], "image_b": names[b], "preference": preference.winner,
+                "margin": round(preference.margin, 6),
+                "mean_a": {d: round(m, 6) for d, m in ratings[a].mean().items()},
+                "mean_b": {d: round(m, 6) for d, m in ratings[b].mean().items()},
+            })
+
+    for file, lines in (("rated.jsonl", rated_lines), ("pairs.jsonl", pair_lines)):
+        (out_dir / file).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    decided = preferences["a"] + preferences["b"]
+    mean_ratings = {d: round(float(np.mean([np.mean(r["ratings"][d]) for r in rated_lines])), 4)
+                    for d in panel.dimensions}
+    stats = {
+        "split": split, "seed": seed, "split_seed": split_seed,
+        "sft_model": None if sft_model is None else str(sft_model),
+        "prompts": len(prompts), "images": len(rated_lines), "images_per_prompt": images_per_prompt,
+        "images_by_source": dict(sorted(sources.items())), "pairs": len(pair_lines),
+        "pairs_per_prompt": pairs_per_prompt, "preferences": preferences,
+        "tie_rate": round(preferences["tie"] / len(pair_lines), 4),
+        "judge_pairwise_accuracy": round(judge_hits / decided, 4) if decided else None,
+        "raters": panel.num_raters, "mean_ratings": mean_ratings,
+    }
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+__all__ = ["ARTEFACT_CHECKS", "POSITION_WORDS", "RATIONALE_DIMENSIONS", "RATIONALE_WORDS", "SPLITS",
+           "make_reward_data", "rationale_text"]

@@ -1,0 +1,79 @@
+"""TinyWorld's reward models: a tiny Qwen2-VL-class teacher and a student about a third of its size.
+
+Both use the real `Qwen2VLForConditionalGeneration` at tiny size, patch 8 / merge 2 (a 64x64 image is 16 image
+tokens, no resize), and one word-level tokenizer that knows the grammar, the rubric text, the rationale words
+and every score bin as a single token. The teacher writes a rationale then "Score:" (SPEC §3); the student reads
+its score at the end of the prompt (SPEC §4).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..rewards.families import CHATML_TEMPLATE
+from ..rewards.zreward import ZRewardConfig, ZRewardModel
+from ..rubrics import Rubric
+from ..testing.qwen import QWEN_SPECIAL_TOKENS, qwen_processor_config
+from ..testing.tokenizer import word_level_tokenizer
+
+# name -> (text hidden, text layers, heads, vision width, vision depth)
+SIZES = {
+    "teacher": (128, 4, 4, 64, 3),
+    "student": (64, 3, 4, 48, 2),
+}
+SCORE_MARKER = "Score:"
+# Words of the rationales (zr_align.tinyworld.reward_data) and the RewardDance answer, besides the grammar.
+EXTRA_WORDS = (
+    "Score : color shape size position blur noise shift fragments crop contrast clutter object yes no none "
+    "Answer Does the image satisfy rubric"
+)
+
+
+def reward_tokenizer():
+    try:
+        from .reward_data import RATIONALE_WORDS
+
+        extra = EXTRA_WORDS + " " + " ".join(RATIONALE_WORDS)
+    except ImportError:  # the data module is optional for building a model
+        extra = EXTRA_WORDS
+    return word_level_tokenizer(QWEN_SPECIAL_TOKENS, extra_text=extra, pad_token="<|endoftext|>")
+
+
+def tiny_qwen2_vl(tokenizer, size: str, seed: int = 0):
+    import transformers
+
+    hidden, layers, heads, vision_width, vision_depth = SIZES[size]
+    head_dim = hidden // heads
+    quarter = head_dim // 2  # mrope sections (time, height, width) sum to head_dim / 2
+    mrope = [quarter - 2 * (quarter * 3 // 8), quarter * 3 // 8, quarter * 3 // 8]
+    ids = tokenizer.convert_tokens_to_ids
+    torch.manual_seed(seed)
+    config = transformers.Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer), "hidden_size": hidden, "intermediate_size": 2 * hidden,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": heads,
+            "head_dim": head_dim, "max_position_embeddings": 512,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+            "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.eos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        vision_config={
+            "depth": vision_depth, "embed_dim": vision_width, "hidden_size": hidden, "num_heads": 2,
+            "mlp_ratio": 2, "patch_size": 8, "spatial_merge_size": 2, "temporal_patch_size": 2,
+        },
+        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+    )
+    return transformers.Qwen2VLForConditionalGeneration(config).eval()
+
+
+def build_reward_model(size: str, teacher: bool, seed: int = 0) -> ZRewardModel:
+    """A random TinyWorld reward model: `size` "teacher" or "student"; `teacher=True` adds the rationale slot."""
+    tokenizer = reward_tokenizer()
+    model = tiny_qwen2_vl(tokenizer, size, seed)
+    config = ZRewardConfig(
+        family="qwen2_vl",
+        rubric=Rubric(template=CHATML_TEMPLATE).to_dict(),
+        teacher={"score_marker": SCORE_MARKER, "max_rationale_tokens": 16} if teacher else None,
+    )
+    return ZRewardModel(model, tokenizer, config, qwen_processor_config("qwen2_vl"))
