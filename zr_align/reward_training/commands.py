@@ -61,7 +61,27 @@ def _run_make_data(args) -> int:
 
 
 # `zr-align reward NAME ...`: name -> (add arguments, run)
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a reward model (teacher SFT, GDSO, GRPO, RewardDance, student SFT, "
+                                     "RISD, OPD)")
+    p.add_argument("--config", required=True, help="YAML of zr_align.reward_training.config.RewardTrainConfig")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoints/step_N folder")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. max_steps=100 gdso.rollouts=8")
+
+
+def _run_train(args) -> int:
+    from ..train_config import load_config
+    from .config import RewardTrainConfig
+    from .trainer import train_reward_model
+
+    config = load_config(args.config, args.overrides, cls=RewardTrainConfig)
+    path = train_reward_model(config, resume=args.resume)
+    print(json.dumps({"model": str(path)}))
+    return 0
+
+
 REWARD_COMMANDS = {
+    "train": (_add_train, _run_train),
     "eval": (_add_eval, _run_eval),
     "make-data": (_add_make_data, _run_make_data),
 }

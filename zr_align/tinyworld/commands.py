@@ -85,11 +85,32 @@ def _run_build(args) -> int:
     return 0
 
 
+def _add_build_rewards(sub) -> None:
+    p = sub.add_parser("build-rewards", help="rebuild the reward models (data, teacher SFT -> GDSO, RISD student, "
+                                             "baselines) and the comparison table")
+    p.add_argument("--work-dir", default="outputs/tinyworld_rewards")
+    p.add_argument("--out", default="models/tinyworld", help="the GDSO teacher and RISD student go here")
+    p.add_argument("--sft-model", default="models/tinyworld/sft", help="its samples join the reward data")
+    p.add_argument("--images-per-prompt", type=int, default=8)
+    p.add_argument("--steps-scale", type=float, default=1.0, help="multiplies every config's max_steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--docs", default="docs", help="where the table is written ('' for nowhere)")
+
+
+def _run_build_rewards(args) -> int:
+    from .build_rewards import build_reward_models
+
+    build_reward_models(args.work_dir, args.out, args.sft_model, args.images_per_prompt, args.steps_scale,
+                        seed=args.seed, docs=args.docs or None)
+    return 0
+
+
 # `zr-align tinyworld NAME ...`: name -> (add arguments, run)
 TINYWORLD_COMMANDS = {
     "judge": (_add_judge, _run_judge),
     "sample": (_add_sample, _run_sample),
     "build": (_add_build, _run_build),
+    "build-rewards": (_add_build_rewards, _run_build_rewards),
 }
 
 
