@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slow venv clean tinyworld
+.PHONY: demo test test-slow venv clean tinyworld
 
 venv: $(STAMP)
 
@@ -15,6 +15,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
 	@touch $(STAMP)
+
+# The main job on the embedded TinyWorld default: reward fine-tuning, judged on held-out prompts.
+demo: $(STAMP)
+	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 $(PY) -m zr_align.cli tinyworld demo --out outputs/demo
+	@echo "report: outputs/demo/report.md"
 
 # Everything but what needs a GPU (slow CPU tests included).
 test: $(STAMP)

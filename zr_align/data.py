@@ -20,9 +20,18 @@ def tinyworld_prompts() -> list[str]:
 
 
 def load_prompts(path: str | None) -> list[str]:
-    """Prompts from a `.txt` (one per line) or `.jsonl` (a "prompt" field) file; TinyWorld's when `path` is None."""
+    """Prompts from a `.txt` (one per line) or `.jsonl` (a "prompt" field) file, `tinyworld:<split>` (a
+    TinyWorld prompt split), or all 180 TinyWorld prompts when `path` is None."""
     if path is None:
         return tinyworld_prompts()
+    if path.startswith("tinyworld:"):
+        from .tinyworld.grammar import split_prompts
+
+        splits = split_prompts(0).as_dict()
+        split = path.split(":", 1)[1]
+        if split not in splits:
+            raise ValueError(f"unknown TinyWorld split {split!r}; use one of {', '.join(splits)}")
+        return splits[split]
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"prompt file {path} does not exist")

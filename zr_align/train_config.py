@@ -145,7 +145,7 @@ class OptimConfig:
 class DataConfig:
     """Prompts for reward training, (prompt, image) pairs for SFT, fixed prompts for validation grids."""
 
-    prompts: str | None = None  # .txt (one per line) or .jsonl with "prompt"; None uses built-in TinyWorld prompts
+    prompts: str | None = None  # .txt (one per line), .jsonl with "prompt", or tinyworld:<split>; None: all TinyWorld
     sft_data: str | None = None  # folder with metadata.jsonl, a .jsonl of {"prompt", "image"}, or "tinyworld:train"
     # fixed prompts rendered into OUT/validation/step_N.png with the same seed every time
     validation_prompts: list[str] = field(

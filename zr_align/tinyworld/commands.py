@@ -105,12 +105,29 @@ def _run_build_rewards(args) -> int:
     return 0
 
 
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="reward fine-tuning of the SFT baseline with the shipped student, judged on "
+                                    "held-out prompts; writes OUT/report.md")
+    p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--config", default="configs/tinyworld_draft.yaml")
+    p.add_argument("--num-eval", type=int, default=200)
+    p.add_argument("overrides", nargs="*", help="train_t2i.py key=value overrides, e.g. max_steps=50")
+
+
+def _run_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, args.config, num_eval=args.num_eval, overrides=tuple(args.overrides))
+    return 0
+
+
 # `zr-align tinyworld NAME ...`: name -> (add arguments, run)
 TINYWORLD_COMMANDS = {
     "judge": (_add_judge, _run_judge),
     "sample": (_add_sample, _run_sample),
     "build": (_add_build, _run_build),
     "build-rewards": (_add_build_rewards, _run_build_rewards),
+    "demo": (_add_demo, _run_demo),
 }
 
 
