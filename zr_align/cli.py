@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from .reward_training.commands import add_reward, run_reward
-from .tinyworld.commands import add_tinyworld, run_tinyworld
+from .reward_training.commands import REWARD_COMMANDS
+from .tinyworld.commands import TINYWORLD_COMMANDS
 
 
 def _add_score(sub) -> None:
@@ -30,11 +30,26 @@ def _run_score(args) -> int:
     return 0
 
 
+def command_group(name: str, help: str, commands: dict):
+    """`zr-align NAME SUB ...` for a registry `commands` of SUB -> (add arguments, run)."""
+
+    def add(sub) -> None:
+        parser = sub.add_parser(name, help=help)
+        group = parser.add_subparsers(dest=f"{name}_command", required=True)
+        for add_arguments, _ in commands.values():
+            add_arguments(group)
+
+    def run(args) -> int:
+        return commands[getattr(args, f"{name}_command")][1](args)
+
+    return add, run
+
+
 # name -> (add arguments, run)
 COMMANDS = {
     "score": (_add_score, _run_score),
-    "tinyworld": (add_tinyworld, run_tinyworld),
-    "reward": (add_reward, run_reward),
+    "tinyworld": command_group("tinyworld", "TinyWorld, the built-in miniature world (SPEC §8)", TINYWORLD_COMMANDS),
+    "reward": command_group("reward", "reward-model training, data and evaluation (SPEC §3-4)", REWARD_COMMANDS),
 }
 
 

@@ -23,21 +23,12 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from .checks import check_choice, check_positive
 from .denoisers import get_denoiser_family
 from .preprocess import from_signed
 
 METHODS = ("draft_k", "refl", "draft_lv", "full")
 K_DISTRIBUTIONS = ("fixed", "uniform", "gaussian")
-
-
-def _check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
-
-
-def _check_positive(name: str, value, allow_zero: bool = False) -> None:
-    if value is None or (value < 0 if allow_zero else value <= 0):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}; got {value!r}")
 
 
 @dataclass
@@ -58,16 +49,16 @@ class SamplingConfig:
     checkpoint_vae: bool = False  # VAE-decoder checkpointing
 
     def __post_init__(self):
-        _check_positive("sampling.num_steps", self.num_steps)
-        _check_positive("sampling.k", self.k)
-        _check_choice("sampling.k_distribution", self.k_distribution, K_DISTRIBUTIONS)
-        _check_choice("sampling.timestep_spacing", self.timestep_spacing, ("trailing", "leading", "linspace"))
+        check_positive("sampling.num_steps", self.num_steps)
+        check_positive("sampling.k", self.k)
+        check_choice("sampling.k_distribution", self.k_distribution, K_DISTRIBUTIONS)
+        check_choice("sampling.timestep_spacing", self.timestep_spacing, ("trailing", "leading", "linspace"))
         if self.k > self.num_steps:
             raise ValueError(f"sampling.k ({self.k}) cannot exceed sampling.num_steps ({self.num_steps})")
         if not 0.0 <= self.refl_start < 1.0:
             raise ValueError(f"sampling.refl_start must be in [0, 1); got {self.refl_start!r}")
-        _check_positive("sampling.lv_samples", self.lv_samples)
-        _check_positive("sampling.guidance_scale", self.guidance_scale)
+        check_positive("sampling.lv_samples", self.lv_samples)
+        check_positive("sampling.guidance_scale", self.guidance_scale)
 
 
 @dataclass
@@ -237,7 +228,7 @@ class DifferentiableSampler:
 
         `generator` (CPU) drives every random draw (noise, K, the ReFL step), so a trajectory is reproducible.
         """
-        _check_choice("method", method, METHODS)
+        check_choice("method", method, METHODS)
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         T = self.config.num_steps
         cond = self.encode(prompts)

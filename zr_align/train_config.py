@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from .checks import check_choice, check_positive
 from .sampling import SamplingConfig
 
 
@@ -51,16 +52,6 @@ DIFFUSION_FAMILIES = ("sd", "sdxl", "sd3", "pixart", "flux")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _check_choice(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
-
-
-def _check_positive(name: str, value, allow_zero: bool = False) -> None:
-    if value is None or (value < 0 if allow_zero else value <= 0):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}; got {value!r}")
-
-
 @dataclass
 class ModelConfig:
     """The diffusion model to fine-tune."""
@@ -75,14 +66,14 @@ class ModelConfig:
     train_text_encoder: bool = False  # with trainable: full and method: sft, also train the (first) text encoder
 
     def __post_init__(self):
-        _check_choice("model.family", self.family, DIFFUSION_FAMILIES)
-        _check_choice("model.trainable", self.trainable, ("lora", "full"))
+        check_choice("model.family", self.family, DIFFUSION_FAMILIES)
+        check_choice("model.trainable", self.trainable, ("lora", "full"))
         if self.train_text_encoder and self.trainable != "full":
             raise ValueError("model.train_text_encoder needs model.trainable: full")
-        _check_choice("model.dtype", self.dtype, DTYPES)
-        _check_positive("model.resolution", self.resolution)
+        check_choice("model.dtype", self.dtype, DTYPES)
+        check_positive("model.resolution", self.resolution)
         if self.prediction_type is not None:
-            _check_choice("model.prediction_type", self.prediction_type, ("epsilon", "v_prediction"))
+            check_choice("model.prediction_type", self.prediction_type, ("epsilon", "v_prediction"))
 
 
 @dataclass
@@ -95,7 +86,7 @@ class LoraConfig:
     targets: list[str] | None = None  # module names to adapt; None uses the family preset (attention projections)
 
     def __post_init__(self):
-        _check_positive("lora.rank", self.rank)
+        check_positive("lora.rank", self.rank)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"lora.dropout must be in [0, 1); got {self.dropout!r}")
 
@@ -113,9 +104,9 @@ class RewardConfig:
     gradient_checkpointing: bool = False  # recompute the VLM in backward: less memory, ~30% more reward time
 
     def __post_init__(self):
-        _check_choice("reward.kind", self.kind, ("zreward", "jpeg_compressibility"))
-        _check_choice("reward.dtype", self.dtype, DTYPES)
-        _check_choice("reward.clamp", self.clamp, ("hard", "straight_through", "none"))
+        check_choice("reward.kind", self.kind, ("zreward", "jpeg_compressibility"))
+        check_choice("reward.dtype", self.dtype, DTYPES)
+        check_choice("reward.clamp", self.clamp, ("hard", "straight_through", "none"))
 
 
 @dataclass
@@ -133,11 +124,11 @@ class OptimConfig:
     sft_weight: float = 0.0  # mix in the SFT denoising loss on data.sft_data (0 = pure reward)
 
     def __post_init__(self):
-        _check_positive("optim.lr", self.lr)
-        _check_positive("optim.max_grad_norm", self.max_grad_norm, allow_zero=True)
-        _check_choice("optim.reward_normalization", self.reward_normalization, ("none", "batch", "running"))
-        _check_positive("optim.kl_weight", self.kl_weight, allow_zero=True)
-        _check_positive("optim.sft_weight", self.sft_weight, allow_zero=True)
+        check_positive("optim.lr", self.lr)
+        check_positive("optim.max_grad_norm", self.max_grad_norm, allow_zero=True)
+        check_choice("optim.reward_normalization", self.reward_normalization, ("none", "batch", "running"))
+        check_positive("optim.kl_weight", self.kl_weight, allow_zero=True)
+        check_positive("optim.sft_weight", self.sft_weight, allow_zero=True)
         self.betas = tuple(self.betas)
 
 
@@ -175,11 +166,11 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
 
     def __post_init__(self):
-        _check_choice("method", self.method, METHODS)
-        _check_choice("log_with", self.log_with, ("none", "tensorboard"))
-        _check_choice("mixed_precision", self.mixed_precision, ("no", "bf16"))
-        _check_positive("max_steps", self.max_steps)
-        _check_positive("batch_size", self.batch_size)
+        check_choice("method", self.method, METHODS)
+        check_choice("log_with", self.log_with, ("none", "tensorboard"))
+        check_choice("mixed_precision", self.mixed_precision, ("no", "bf16"))
+        check_positive("max_steps", self.max_steps)
+        check_positive("batch_size", self.batch_size)
         if self.method in BACKPROP_METHODS and self.reward.kind == "zreward" and not self.reward.path:
             raise ValueError(f"method {self.method} needs reward.path (a ZRewardModel folder); or use method: sft")
         if self.optim.reward_normalization == "batch" and self.batch_size < 2:

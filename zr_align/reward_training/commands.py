@@ -85,14 +85,3 @@ REWARD_COMMANDS = {
     "eval": (_add_eval, _run_eval),
     "make-data": (_add_make_data, _run_make_data),
 }
-
-
-def add_reward(sub) -> None:
-    p = sub.add_parser("reward", help="reward-model training data and evaluation (SPEC §3-4)")
-    reward = p.add_subparsers(dest="reward_command", required=True)
-    for add, _ in REWARD_COMMANDS.values():
-        add(reward)
-
-
-def run_reward(args) -> int:
-    return REWARD_COMMANDS[args.reward_command][1](args)

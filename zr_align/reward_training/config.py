@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..checks import check_choice
+
 # method -> (role of the trained model, what it needs)
 METHODS = {
     "teacher_sft": "teacher",  # rationale + score token cross-entropy on the data's rationales (SPEC §3, init)
@@ -14,11 +16,6 @@ METHODS = {
     "risd": "student",  # forward KL to the teacher marginalised over N rationales (SPEC §4)
     "opd": "student",  # baseline: on-policy distillation, reverse KL on the student's own distribution
 }
-
-
-def _check(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(str, allowed))}; got {value!r}")
 
 
 @dataclass
@@ -68,7 +65,7 @@ class RewardTrainConfig:
     risd: RisdConfig = field(default_factory=RisdConfig)
 
     def __post_init__(self):
-        _check("method", self.method, tuple(METHODS))
+        check_choice("method", self.method, tuple(METHODS))
         if not self.data:
             raise ValueError("data must name a rated-images JSONL file (see zr_align.reward_training.data)")
         if self.method in ("risd", "opd") and not self.risd.teacher:

@@ -129,14 +129,3 @@ TINYWORLD_COMMANDS = {
     "build-rewards": (_add_build_rewards, _run_build_rewards),
     "demo": (_add_demo, _run_demo),
 }
-
-
-def add_tinyworld(sub) -> None:
-    p = sub.add_parser("tinyworld", help="TinyWorld, the built-in miniature world (SPEC §8)")
-    tinyworld = p.add_subparsers(dest="tinyworld_command", required=True)
-    for add, _ in TINYWORLD_COMMANDS.values():
-        add(tinyworld)
-
-
-def run_tinyworld(args) -> int:
-    return TINYWORLD_COMMANDS[args.tinyworld_command][1](args)
