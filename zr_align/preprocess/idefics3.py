@@ -267,7 +267,8 @@ class Idefics3Preprocessor:
         if self.do_resize:
             images = pil_resize(images, layout.resized, self.resample, quantize=self.quantize)
         if not self.do_image_splitting:
-            frames = pil_resize(images, (tile, tile), self.resample, quantize=self.quantize).unsqueeze(1)  # (B, 1, C, S, S)
+            frames = pil_resize(images, (tile, tile), self.resample, quantize=self.quantize)
+            frames = frames.unsqueeze(1)  # (B, 1, C, S, S)
         else:
             images = pil_resize(images, layout.split, self.resample, quantize=self.quantize)
             if layout.rows:

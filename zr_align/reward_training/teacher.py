@@ -37,7 +37,8 @@ class Rollouts:
     repeats: int
 
     def texts(self, tokenizer) -> list[str]:
-        return [" ".join(tokenizer.convert_ids_to_tokens(t[:n].tolist())) for t, n in zip(self.tokens, self.lengths.tolist())]
+        rows = zip(self.tokens, self.lengths.tolist())
+        return [" ".join(tokenizer.convert_ids_to_tokens(t[:n].tolist())) for t, n in rows]
 
 
 @dataclass
@@ -182,7 +183,8 @@ class ReasoningTeacher(torch.nn.Module):
         head = self.model.get_output_embeddings()
         n_rows = len(rows)
         slot = attention.sum(1) - 1  # the last marker token: the next token is the score
-        slot_logits = (hidden[torch.arange(n_rows, device=device), slot] @ head.weight[self.reward_model.bin_token_ids].T)
+        bins = head.weight[self.reward_model.bin_token_ids]  # only the K bin rows of the LM head
+        slot_logits = hidden[torch.arange(n_rows, device=device), slot] @ bins.T
         # rationale token j of row i sits at position starts[i] + j and is predicted at starts[i] + j - 1
         length = rollouts.tokens.shape[1]
         offsets = torch.tensor(starts, device=device)[:, None] + torch.arange(length, device=device)[None] - 1

@@ -32,7 +32,7 @@ RUNS = [
 TEACHERS = ("teacher_sft", "gdso", "grpo")
 
 
-def run_config(name: str, file: str, work: Path, steps_scale: float, seed: int, log):
+def run_config(name: str, file: str, work: Path, steps_scale: float, seed: int, log, reuse: bool = False):
     from ..reward_training.config import RewardTrainConfig
     from ..reward_training.trainer import train_reward_model
     from ..train_config import load_config
@@ -51,9 +51,17 @@ def run_config(name: str, file: str, work: Path, steps_scale: float, seed: int, 
     for key, value in overrides.items():
         setattr(config, key, value)
     config.__post_init__()
+    if reuse and (work / name / "model" / "zreward_config.json").is_file():
+        log(f"reusing {work / name / 'model'}")
+        return work / name / "model", _minutes_of(work / name) * 60
     start = time.perf_counter()
     path = train_reward_model(config, log=log)
     return path, time.perf_counter() - start
+
+
+def _minutes_of(run: Path) -> float:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return sum(json.loads(line)["seconds"] for line in lines) / 60
 
 
 def build_reward_models(
@@ -66,6 +74,7 @@ def build_reward_models(
     seed: int = 0,
     docs: str | Path | None = "docs",
     log=print,
+    reuse: bool = False,
 ) -> dict:
     from ..reward_training.data import PreferencePairs, RatedImages
     from ..reward_training.evaluate import evaluate_scorer, format_table, load_scorer
@@ -74,14 +83,18 @@ def build_reward_models(
     work, out = Path(work_dir), Path(out_dir)
     sft = sft_model if sft_model and Path(sft_model, "model_index.json").is_file() else None
     log(f"reward data (SFT samples from {sft})")
-    data_stats = {
-        "train": make_reward_data(work / "data" / "train", "train", images_per_prompt, seed, sft_model=sft),
-        "test": make_reward_data(work / "data" / "test", "test", images_per_prompt, seed + 1, sft_model=sft),
-    }
+    data_stats = {}
+    for split, split_seed in (("train", seed), ("test", seed + 1)):
+        stats_file = work / "data" / split / "stats.json"
+        if reuse and stats_file.is_file():
+            data_stats[split] = json.loads(stats_file.read_text())
+        else:
+            data_stats[split] = make_reward_data(work / "data" / split, split, images_per_prompt, split_seed,
+                                                 sft_model=sft)
     times = {}
     for name, file in RUNS:
         log(f"== {name}")
-        _, times[name] = run_config(name, file, work, steps_scale, seed, log)
+        _, times[name] = run_config(name, file, work, steps_scale, seed, log, reuse)
 
     pairs = PreferencePairs(work / "data" / "test" / "pairs.jsonl")
     rated = RatedImages(work / "data" / "test" / "rated.jsonl")

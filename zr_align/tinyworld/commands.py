@@ -95,13 +95,14 @@ def _add_build_rewards(sub) -> None:
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiplies every config's max_steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--docs", default="docs", help="where the table is written ('' for nowhere)")
+    p.add_argument("--reuse", action="store_true", help="keep data and trained models already in --work-dir")
 
 
 def _run_build_rewards(args) -> int:
     from .build_rewards import build_reward_models
 
     build_reward_models(args.work_dir, args.out, args.sft_model, args.images_per_prompt, args.steps_scale,
-                        seed=args.seed, docs=args.docs or None)
+                        seed=args.seed, docs=args.docs or None, reuse=args.reuse)
     return 0
 
 

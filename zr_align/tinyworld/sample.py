@@ -32,9 +32,8 @@ def generate(pipe, prompts: list[str], seed: int = 0, steps: int = 20, batch_siz
     images = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
-        latents = torch.stack([
-            torch.randn((4, 16, 16), generator=torch.Generator().manual_seed(seed + start + i)) for i in range(len(chunk))
-        ])
+        latents = torch.stack([torch.randn((4, 16, 16), generator=torch.Generator().manual_seed(seed + start + i))
+                               for i in range(len(chunk))])
         out = pipe(chunk, num_inference_steps=steps, guidance_scale=1.0, latents=latents, output_type="np",
                    height=64, width=64)
         images.append((out.images * 255).round().astype(np.uint8))
