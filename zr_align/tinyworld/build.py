@@ -34,7 +34,7 @@ def _render_batch(prompts: list[str]):
     return batch_fn
 
 
-def assemble_pipeline(vae, seed: int = 0, unet_width: int = 48):
+def assemble_pipeline(vae, seed: int = 0, unet_width: int = 48, zero_snr: bool = True):
     """A stock StableDiffusionPipeline of TinyWorld's components (random text encoder and UNet)."""
     from diffusers import StableDiffusionPipeline
 
@@ -42,7 +42,8 @@ def assemble_pipeline(vae, seed: int = 0, unet_width: int = 48):
     tokenizer = tinyworld_tokenizer()
     return StableDiffusionPipeline(
         vae=vae, text_encoder=tinyworld_text_encoder(tokenizer), tokenizer=tokenizer, unet=tinyworld_unet(unet_width),
-        scheduler=tinyworld_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        scheduler=tinyworld_scheduler(zero_snr), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
     )
 
 
@@ -81,6 +82,7 @@ def build_sft_model(
     lr: float = 5e-4,
     seed: int = 0,
     unet_width: int = 48,
+    zero_snr: bool = True,
     log=print,
 ) -> dict:
     """Run the whole recipe; returns figures (VAE PSNR, SFT loss, wall time)."""
@@ -93,7 +95,7 @@ def build_sft_model(
     vae = tinyworld_vae()
     vae_report = train_vae(vae, _render_batch(train), vae_steps, batch_size=batch_size, seed=seed, log=log)
     log(f"VAE: {vae_report}")
-    pipe = assemble_pipeline(vae, seed, unet_width)
+    pipe = assemble_pipeline(vae, seed, unet_width, zero_snr)
     pipe.save_pretrained(work_dir / "init")
     argv = [
         f"output_dir={work_dir / 'sft'}", "method=sft", f"seed={seed}", f"max_steps={sft_steps}",
