@@ -47,14 +47,15 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--families", nargs="*", default=sorted(TINY_BUILDERS))
     parser.add_argument("--sizes", nargs="*", default=["64x64", "48x80", "50x70", "90x33"])
+    parser.add_argument("--quantize", action="store_true", help="emulate the HF processor's 8-bit rounding too")
     args = parser.parse_args()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, quantize={args.quantize}")
     print(f"{'family':<12}{'params':>9}{'max|dE| parity':>16}{'sensitivity':>13}{'grad img/s':>12}{'score img/s':>13}")
     with tempfile.TemporaryDirectory() as tmp:
         for family in args.families:
             folder = tiny_reward_model(family, os.path.join(tmp, family))
-            model = ZRewardModel.from_pretrained(folder)
+            model = ZRewardModel.from_pretrained(folder, quantize=args.quantize)
             processor = hf_processor(folder)
             gaps = [parity_gap(model, processor, smooth_image(h, w, seed), PROMPT)
                     for (h, w) in sizes for seed in range(3)]

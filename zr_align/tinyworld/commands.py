@@ -74,13 +74,14 @@ def _add_build(sub) -> None:
     p.add_argument("--sft-steps", type=int, default=2500)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--zero-snr", action="store_true", help="zero terminal SNR schedule (not the shipped recipe)")
 
 
 def _run_build(args) -> int:
     from .build import build_sft_model
 
     report = build_sft_model(args.out, args.work_dir, vae_steps=args.vae_steps, sft_steps=args.sft_steps,
-                             batch_size=args.batch_size, seed=args.seed)
+                             batch_size=args.batch_size, seed=args.seed, zero_snr=args.zero_snr)
     print(json.dumps(report))
     return 0
 

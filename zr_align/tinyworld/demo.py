@@ -62,6 +62,11 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
         return float(reward_model.score(x, prompts, batch_size=32).reward.mean())
 
     metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    import yaml
+
+    resolved = yaml.safe_load((out / "run" / "config.yaml").read_text())
+    setup = (f"{resolved['method']} (K={resolved['sampling']['k']}, T={resolved['sampling']['num_steps']}, LoRA rank "
+             f"{resolved['lora']['rank']}, lr {resolved['optim']['lr']}, batch {resolved['batch_size']})")
     report = {
         "judge": {"baseline": summarize(base_verdicts), "tuned": summarize(tuned_verdicts), "gsb": gsb},
         "reward_model_mean": {"baseline": mean_reward(base_images), "tuned": mean_reward(tuned_images)},
@@ -78,7 +83,7 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
     rows += "".join(f"\n| mean {d} | {b['mean_scores'][d]:.2f} | {t['mean_scores'][d]:.2f} |" for d in b["mean_scores"])
     text = f"""# TinyWorld demo: reward fine-tuning judged by the ground truth
 
-DRaFT-K (K=1, T=20) LoRA fine-tuning of `{base_model}` with the RISD student `{reward}` as the reward,
+{setup} LoRA fine-tuning of `{base_model}` with the RISD student `{reward}` as the reward,
 {len(metrics)} steps in {train_minutes:.1f} min. Evaluation: {num_eval} images of the held-out test prompts, same
 noise for both models, scored by the ground-truth judge (not by the reward model).
 

@@ -67,11 +67,14 @@ def tinyworld_unet(width: int = 64):
     )
 
 
-def tinyworld_scheduler(zero_snr: bool = True):
-    """DDIM, v-prediction, trailing spacing and (by default) zero terminal SNR (Lin et al., "Common Diffusion
-    Noise Schedules and Sample Steps are Flawed", 2023). Without zero SNR the training input at t=999 still
-    holds sqrt(0.0047) ~ 7% of the clean latent, enough for the model to read the object's position from the
-    leak instead of from the prompt; at sampling time there is no leak and position came out at chance."""
+def tinyworld_scheduler(zero_snr: bool = False):
+    """DDIM, v-prediction, trailing spacing; optionally zero terminal SNR (Lin et al., "Common Diffusion Noise
+    Schedules and Sample Steps are Flawed", 2023).
+
+    The shipped SFT baseline was built without zero SNR and places objects at chance. Our hypothesis (not yet
+    verified): the training input at t=999 still holds sqrt(0.0047) ~ 7% of the clean latent, enough for the
+    model to read the object's position from that leak instead of from the prompt; at sampling time there is
+    no leak. `zero_snr=True` removes the leak; a rebuild with it has not been run to completion yet."""
     from diffusers import DDIMScheduler
 
     return DDIMScheduler(
