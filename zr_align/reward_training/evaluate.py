@@ -179,23 +179,21 @@ def evaluate_scorer(
             raise ValueError(f"the scorer returns dimensions {sorted(probs)}, none of the rated dimensions "
                              f"{list(rated.dimensions)}")
         bins = torch.tensor(rated.bins, dtype=torch.float32)
-        for d in dims:
-            if values[d].shape != bins.shape or not torch.allclose(values[d], bins, atol=1e-5):
-                raise ValueError(f"the scorer's {d} bins {values[d].tolist()} differ from the rated images' bins "
-                                 f"{list(rated.bins)}; evaluate with RatedImages(..., bins=...) matching the model")
-        ece = {d: expected_calibration_error(probs[d][index], torch.stack([it["labels"][d] for it in rated.items]))
-               for d in dims}
-        nll = {d: distribution_nll(probs[d][index], torch.stack([it["labels"][d] for it in rated.items]))
-               for d in dims}
+        # Calibration needs the model's bins to be the labels' bins; a model on other bins (e.g. RewardDance's
+        # yes/no = 1.0/5.0) gets Spearman but no ECE / NLL.
+        same_bins = all(values[d].shape == bins.shape and torch.allclose(values[d], bins, atol=1e-5) for d in dims)
+        labels = {d: torch.stack([it["labels"][d] for it in rated.items]) for d in dims}
+        ece = {d: expected_calibration_error(probs[d][index], labels[d]) for d in dims} if same_bins else None
+        nll = {d: distribution_nll(probs[d][index], labels[d]) for d in dims} if same_bins else None
         expected = {d: (probs[d][index] * values[d]).sum(-1) for d in dims}
         human_mean = {d: [it["mean"][d] for it in rated.items] for d in dims}
         results.update(
             rated=len(rated),
             spearman=spearman(reward[index], rated.human_means()) if len(rated) > 1 else math.nan,
             spearman_per_dim={d: spearman(expected[d], human_mean[d]) if len(rated) > 1 else math.nan for d in dims},
-            ece=sum(ece.values()) / len(ece),
+            ece=sum(ece.values()) / len(ece) if ece else None,
             ece_per_dim=ece,
-            nll=sum(nll.values()) / len(nll),
+            nll=sum(nll.values()) / len(nll) if nll else None,
         )
     results["images_per_second"] = throughput(lambda x: scorer(x, timing_prompts), timing_images,
                                               repeats=timing_repeats, warmup=0)
