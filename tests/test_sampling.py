@@ -66,16 +66,14 @@ def test_one_step_trains_only_the_lora(lora_pipe, reward_model, method):
 
 def test_k1_gradient_is_not_vanishing(lora_pipe, reward_model):
     """Default: trailing timestep spacing, so the last DDIM step sits at t = 1000/T - 1 (124 for T=8); with
-    diffusers' "leading" spacing and steps_offset=1 it sits at t=1, where x0 barely depends on the model."""
+    diffusers' "leading" spacing and steps_offset=1 it sits at t=1, where x0 barely depends on the model.
+    Flow matching (sd3) has no spacing choice: its last Euler step starts at sigma = 1/T-ish."""
     family, pipe, denoiser = lora_pipe
-    if family == "sd3":
-        pytest.skip("flow matching has no timestep spacing choice; covered by the one-step test")
+    configs = {"trailing_k1": SamplingConfig(num_steps=8, k=1), "full": SamplingConfig(num_steps=8, k=8)}
+    if family != "sd3":
+        configs["leading_k1"] = SamplingConfig(num_steps=8, k=1, timestep_spacing="leading")
     norms = {}
-    for name, config in {
-        "trailing_k1": SamplingConfig(num_steps=8, k=1),
-        "leading_k1": SamplingConfig(num_steps=8, k=1, timestep_spacing="leading"),
-        "full": SamplingConfig(num_steps=8, k=8),
-    }.items():
+    for name, config in configs.items():
         sampler = DifferentiableSampler(pipe, family, config, resolution=64)
         denoiser.zero_grad()
         trajectory = sampler.sample(PROMPTS, "draft_k", torch.Generator().manual_seed(1))
@@ -84,7 +82,8 @@ def test_k1_gradient_is_not_vanishing(lora_pipe, reward_model):
     denoiser.zero_grad()
     print(f"{family} LoRA grad norms: {norms}")
     assert norms["trailing_k1"] > 1e-4 * norms["full"]  # not vanishing next to full backprop through T steps
-    assert norms["trailing_k1"] > 4 * norms["leading_k1"]  # and clearly above what leading spacing gives
+    if family != "sd3":
+        assert norms["trailing_k1"] > 4 * norms["leading_k1"]  # and clearly above what leading spacing gives
 
 
 @pytest.mark.parametrize("k", [1, 3])
