@@ -74,18 +74,22 @@ class GDSO:
     def __init__(self, teacher: ReasoningTeacher, config, reference: ReasoningTeacher):
         self.teacher, self.reference, self.config = teacher, reference, config.gdso
 
-    def rollouts(self, batch, generator) -> Rollouts:
-        return self.teacher.generate(batch["images"], batch["prompts"], num=self.config.rollouts,
-                                     temperature=self.config.temperature, generator=generator)
+    def rollout_forward(self, batch, generator):
+        """Sample G rationales per (image, dimension); teacher-forced passes of the policy (with grad) and the
+        frozen reference (without) over them."""
+        images, prompts = batch["images"], batch["prompts"]
+        rollouts: Rollouts = self.teacher.generate(images, prompts, num=self.config.rollouts,
+                                                   temperature=self.config.temperature, generator=generator)
+        out = self.teacher.forward_rollouts(images, prompts, rollouts)
+        with torch.no_grad():
+            ref = self.reference.forward_rollouts(images, prompts, rollouts)
+        return out, ref
 
     def loss(self, batch, generator):
         t, c = self.teacher, self.config
         dims, G = t.dimensions, c.rollouts
         labels, means_h, _ = human_targets(batch, dims, t.reward_model.bin_values)
-        rollouts = self.rollouts(batch, generator)
-        out = t.forward_rollouts(batch["images"], batch["prompts"], rollouts)
-        with torch.no_grad():
-            ref = self.reference.forward_rollouts(batch["images"], batch["prompts"], rollouts)
+        out, ref = self.rollout_forward(batch, generator)
         B, D = labels.shape[:2]
         dist = ScoreDistribution.from_logits(out.slot_logits.view(B, D, G, -1), t.reward_model.bin_values.float())
         rewards = losses.distribution_reward(dist.mean.detach().view(B * D, G), means_h.view(B * D))
@@ -113,10 +117,7 @@ class GRPOScoreToken(GDSO):
         t, c = self.teacher, self.config
         dims, G = t.dimensions, c.rollouts
         _, means_h, _ = human_targets(batch, dims, t.reward_model.bin_values)
-        rollouts = self.rollouts(batch, generator)
-        out = t.forward_rollouts(batch["images"], batch["prompts"], rollouts)
-        with torch.no_grad():
-            ref = self.reference.forward_rollouts(batch["images"], batch["prompts"], rollouts)
+        out, ref = self.rollout_forward(batch, generator)
         B, D = means_h.shape
         sampled = losses.sample_score_tokens(out.slot_logits.detach(), generator, 1).view(B * D, G)
         rewards = losses.score_accuracy_reward(sampled, means_h.view(B * D),
