@@ -34,7 +34,7 @@ def _render_batch(prompts: list[str]):
     return batch_fn
 
 
-def assemble_pipeline(vae, seed: int = 0, unet_width: int = 48, zero_snr: bool = False):
+def assemble_pipeline(vae, seed: int = 0, unet_width: int = 48, zero_snr: bool = True):
     """A stock StableDiffusionPipeline of TinyWorld's components (random text encoder and UNet)."""
     from diffusers import StableDiffusionPipeline
 
@@ -82,7 +82,7 @@ def build_sft_model(
     lr: float = 5e-4,
     seed: int = 0,
     unet_width: int = 48,
-    zero_snr: bool = False,
+    zero_snr: bool = True,
     log=print,
 ) -> dict:
     """Run the whole recipe; returns figures (VAE PSNR, SFT loss, wall time)."""

@@ -74,7 +74,8 @@ def _add_build(sub) -> None:
     p.add_argument("--sft-steps", type=int, default=2500)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--zero-snr", action="store_true", help="zero terminal SNR schedule (not the shipped recipe)")
+    p.add_argument("--no-zero-snr", dest="zero_snr", action="store_false",
+                   help="keep the non-zero terminal SNR of SD (the baseline then places objects at chance)")
 
 
 def _run_build(args) -> int:
