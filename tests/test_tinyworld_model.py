@@ -24,6 +24,10 @@ def test_build_writes_a_stock_pipeline_folder(built):
     pipe = StableDiffusionPipeline.from_pretrained(root / "model", dtype=torch.float32)
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     assert pipe.scheduler.config.timestep_spacing == "trailing"
+    # zero terminal SNR: the input at the last training timestep holds nothing of the clean image, so the model
+    # must take the object's position from the prompt (see `tinyworld_scheduler`)
+    assert pipe.scheduler.config.rescale_betas_zero_snr
+    assert float(pipe.scheduler.alphas_cumprod[-1]) < 1e-6
     assert pipe.unet.dtype == torch.float32
     assert {"vae_psnr_db", "sft_loss_last_100", "minutes"} <= set(report)
     # shipped in float16: half the bytes

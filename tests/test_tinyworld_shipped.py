@@ -28,6 +28,7 @@ def test_sft_model_loads_in_the_stock_pipeline():
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(MODELS / "sft", dtype=torch.float32)
+    assert pipe.scheduler.config.rescale_betas_zero_snr  # built with the recipe's zero terminal SNR
     image = pipe(PROMPTS[0], num_inference_steps=4, output_type="np", height=64, width=64).images[0]
     assert image.shape == (64, 64, 3) and image.std() > 0.01
 
