@@ -114,13 +114,16 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", default="outputs/demo")
     p.add_argument("--config", default="configs/tinyworld_draft.yaml")
     p.add_argument("--num-eval", type=int, default=200)
+    p.add_argument("--eval-split", choices=("test", "validation"), default="test",
+                   help="held-out prompts to judge on (choose settings on validation, report on test)")
     p.add_argument("overrides", nargs="*", help="train_t2i.py key=value overrides, e.g. max_steps=50")
 
 
 def _run_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(args.out, args.config, num_eval=args.num_eval, overrides=tuple(args.overrides))
+    run_demo(args.out, args.config, num_eval=args.num_eval, overrides=tuple(args.overrides),
+             eval_split=args.eval_split)
     return 0
 
 

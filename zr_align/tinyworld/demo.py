@@ -3,8 +3,8 @@
 1. `train_t2i.py --config configs/tinyworld_draft.yaml`: DRaFT-K fine-tuning of a LoRA on the shipped SFT
    baseline (`models/tinyworld/sft`) with the shipped RISD student (`models/tinyworld/student`) as the
    differentiable reward, on the train split's prompts.
-2. Held-out evaluation: the test split's prompts (never trained on), the same noise seed per image for the
-   baseline and the tuned model; the ground-truth judge scores both (never the reward that was optimised).
+2. Held-out evaluation: the test split's prompts (never trained on; `eval_split="validation"` to choose
+   settings without touching the test split), the same noise seed per image for the baseline and the tuned model; the ground-truth judge scores both (never the reward that was optimised).
    GSB: an image is "good" when the tuned model's overall judge score beats the baseline's by more than the
    tie band, "bad" when it loses by more; net = (good - bad) / all (the paper reports +41.3%).
 3. `OUT/report.md` and `OUT/report.json`, and `OUT/comparison.png` (baseline row over tuned row).
@@ -36,10 +36,12 @@ def _comparison_grid(base: np.ndarray, tuned: np.ndarray, path: Path, n: int = 1
 
 def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_draft.yaml",
              base_model: str = "models/tinyworld/sft", reward: str = "models/tinyworld/student",
-             num_eval: int = 200, overrides: tuple[str, ...] = (), log=print) -> dict:
+             num_eval: int = 200, overrides: tuple[str, ...] = (), eval_split: str = "test", log=print) -> dict:
     from ..rewards import ZRewardModel
     from .build import load_training_script
 
+    if eval_split not in ("validation", "test"):
+        raise ValueError(f"eval_split must be 'validation' or 'test', got {eval_split!r}")
     out = Path(out)
     start = time.perf_counter()
     argv = ["--config", config, f"output_dir={out / 'run'}", f"model.path={base_model}", f"reward.path={reward}",
@@ -49,8 +51,8 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
         raise RuntimeError("train_t2i.py failed; see the error above")
     train_minutes = (time.perf_counter() - start) / 60
 
-    test = split_prompts(0).test
-    prompts = [test[i % len(test)] for i in range(num_eval)]
+    held_out = getattr(split_prompts(0), eval_split)
+    prompts = [held_out[i % len(held_out)] for i in range(num_eval)]
     base_images = generate(load_pipeline(base_model), prompts, seed=10_000)
     tuned_images = generate(load_pipeline(base_model, out / "run" / "lora"), prompts, seed=10_000)
     base_verdicts, tuned_verdicts = judge_images(base_images, prompts), judge_images(tuned_images, prompts)
@@ -73,7 +75,8 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
         "training": {"steps": len(metrics), "minutes": round(train_minutes, 1),
                      "reward_first_10": float(np.mean([m["reward_mean"] for m in metrics[:10]])),
                      "reward_last_10": float(np.mean([m["reward_mean"] for m in metrics[-10:]]))},
-        "eval": {"prompts": "TinyWorld test split (never trained on)", "images": num_eval, "noise_seed": 10_000},
+        "eval": {"prompts": f"TinyWorld {eval_split} split (never trained on)", "images": num_eval,
+                 "noise_seed": 10_000},
     }
     (out / "report.json").write_text(json.dumps(report, indent=1))
     _comparison_grid(base_images, tuned_images, out / "comparison.png")
@@ -84,7 +87,7 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
     text = f"""# TinyWorld demo: reward fine-tuning judged by the ground truth
 
 {setup} LoRA fine-tuning of `{base_model}` with the RISD student `{reward}` as the reward,
-{len(metrics)} steps in {train_minutes:.1f} min. Evaluation: {num_eval} images of the held-out test prompts, same
+{len(metrics)} steps in {train_minutes:.1f} min. Evaluation: {num_eval} images of the held-out {eval_split} prompts, same
 noise for both models, scored by the ground-truth judge (not by the reward model).
 
 **GSB net preference of the tuned model over the SFT baseline: {gsb['net']:+.1%}** (good {gsb['good']}, same
