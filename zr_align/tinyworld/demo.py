@@ -68,7 +68,8 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
 
     resolved = yaml.safe_load((out / "run" / "config.yaml").read_text())
     setup = (f"{resolved['method']} (K={resolved['sampling']['k']}, T={resolved['sampling']['num_steps']}, LoRA rank "
-             f"{resolved['lora']['rank']}, lr {resolved['optim']['lr']}, batch {resolved['batch_size']})")
+             f"{resolved['lora']['rank']}, lr {resolved['optim']['lr']}, batch {resolved['batch_size']}, KL weight "
+             f"{resolved['optim']['kl_weight']})")
     report = {
         "judge": {"baseline": summarize(base_verdicts), "tuned": summarize(tuned_verdicts), "gsb": gsb},
         "reward_model_mean": {"baseline": mean_reward(base_images), "tuned": mean_reward(tuned_images)},
