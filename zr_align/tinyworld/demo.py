@@ -4,7 +4,8 @@
    baseline (`models/tinyworld/sft`) with the shipped RISD student (`models/tinyworld/student`) as the
    differentiable reward, on the train split's prompts.
 2. Held-out evaluation: the test split's prompts (never trained on; `eval_split="validation"` to choose
-   settings without touching the test split), the same noise seed per image for the baseline and the tuned model; the ground-truth judge scores both (never the reward that was optimised).
+   settings without touching the test split), the same noise seed per image for the baseline and the tuned
+   model; the ground-truth judge scores both (never the reward that was optimised).
    GSB: an image is "good" when the tuned model's overall judge score beats the baseline's by more than the
    tie band, "bad" when it loses by more; net = (good - bad) / all (the paper reports +41.3%).
 3. `OUT/report.md` and `OUT/report.json`, and `OUT/comparison.png` (baseline row over tuned row).
