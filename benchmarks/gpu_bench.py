@@ -71,7 +71,7 @@ def qwen2_vl_2b_reward(device, dtype):
     from zr_align.rewards.families import FAMILIES
     from zr_align.rewards.zreward import ZRewardConfig, ZRewardModel
     from zr_align.rubrics import Rubric
-    from zr_align.testing.qwen import _token_ids, qwen_tokenizer
+    from zr_align.testing.qwen import _token_ids, qwen_processor_config, qwen_tokenizer
 
     tokenizer = qwen_tokenizer()
     config = transformers.Qwen2VLConfig(
@@ -89,12 +89,7 @@ def qwen2_vl_2b_reward(device, dtype):
     with torch.device(device):
         model = transformers.Qwen2VLForConditionalGeneration(config)
     model.to(dtype)
-    processor = {
-        "image_processor_type": "Qwen2VLImageProcessor", "do_resize": True, "resample": 3, "do_rescale": True,
-        "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711], "do_convert_rgb": True, "patch_size": 14,
-        "temporal_patch_size": 2, "merge_size": 2, "size": {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280},
-    }
+    processor = qwen_processor_config("qwen2_vl", patch=14, min_tokens=4, max_tokens=1280)  # Qwen2-VL-2B's
     reward_config = ZRewardConfig(family="qwen2_vl", rubric=Rubric(template=FAMILIES["qwen2_vl"].template).to_dict())
     return ZRewardModel(model, tokenizer, reward_config, processor).to(device)
 

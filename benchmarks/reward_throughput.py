@@ -3,15 +3,14 @@
     python benchmarks/reward_throughput.py [--teacher models/tinyworld/teacher] [--student models/tinyworld/student]
                                            [--batch 16] [--n 4] [--repeats 5]
 
-Same batch of 64x64 renders for every mode, no gradient, median seconds of `repeats` runs after a warm-up.
+Same batch of 64x64 renders for every mode, no gradient, `repeats` timed runs after a warm-up
+(`zr_align.reward_training.metrics.throughput`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -20,6 +19,7 @@ def main():
     import numpy as np
     import torch
 
+    from zr_align.reward_training.metrics import throughput
     from zr_align.reward_training.teacher import ReasoningTeacher
     from zr_align.rewards import ZRewardModel
     from zr_align.tinyworld.grammar import split_prompts
@@ -38,26 +38,17 @@ def main():
     student = ZRewardModel.from_pretrained(args.student)
     teacher = ReasoningTeacher.from_pretrained(args.teacher)
     modes = {
-        "student (one forward)": lambda: student.score(images, prompts, batch_size=args.batch),
-        "teacher, greedy rationale": lambda: teacher.score(images, prompts, mode="greedy"),
-        f"teacher, {args.n} sampled rationales": lambda: teacher.score(images, prompts, mode="sample",
-                                                                       num_rationales=args.n),
+        "student (one forward)": lambda x: student.score(x, prompts, batch_size=args.batch),
+        "teacher, greedy rationale": lambda x: teacher.score(x, prompts, mode="greedy"),
+        f"teacher, {args.n} sampled rationales": lambda x: teacher.score(x, prompts, mode="sample",
+                                                                         num_rationales=args.n),
     }
     params = {"student": sum(p.numel() for p in student.model.parameters()),
               "teacher": sum(p.numel() for p in teacher.model.parameters())}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch} images 64x64; "
           f"params teacher {params['teacher']:,}, student {params['student']:,} "
           f"({params['student'] / params['teacher']:.2f}x)")
-    rates = {}
-    for name, fn in modes.items():
-        with torch.inference_mode():
-            fn()
-            times = []
-            for _ in range(args.repeats):
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-        rates[name] = args.batch / statistics.median(times)
+    rates = {name: throughput(fn, images, repeats=args.repeats) for name, fn in modes.items()}
     base = rates["student (one forward)"]
     for name, rate in rates.items():
         print(f"{name:<34}{rate:>9.1f} images/s   student is {base / rate:5.1f}x faster")

@@ -60,7 +60,6 @@ def _run_make_data(args) -> int:
     return 0
 
 
-# `zr-align reward NAME ...`: name -> (add arguments, run)
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a reward model (teacher SFT, GDSO, GRPO, RewardDance, student SFT, "
                                      "RISD, OPD)")
@@ -80,6 +79,7 @@ def _run_train(args) -> int:
     return 0
 
 
+# `zr-align reward NAME ...`: name -> (add arguments, run)
 REWARD_COMMANDS = {
     "train": (_add_train, _run_train),
     "eval": (_add_eval, _run_eval),

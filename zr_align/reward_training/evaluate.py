@@ -55,8 +55,7 @@ def load_scorer(path, **options) -> Scorer:
         **overrides: student only: fields of the stored `ZRewardConfig` to replace (e.g. `kappa=0.5`).
 
     Raises:
-        `ValueError`: if the folder has no `zreward_config.json`, an option is unknown or invalid, or the folder
-        holds a teacher while `zr_align.reward_training.teacher` cannot be imported.
+        `ValueError`: if the folder has no `zreward_config.json`, or an option is unknown or invalid.
     """
     path = Path(path)
     config_file = path / CONFIG_NAME
@@ -73,11 +72,8 @@ def load_scorer(path, **options) -> Scorer:
         if options:
             raise ValueError(f"options {sorted(options)} do not apply to the reasoning teacher in {path}; "
                              "it takes mode and num_rationales")
-        try:
-            from .teacher import ReasoningTeacher
-        except ImportError as error:
-            raise ValueError(f"{path} holds a reasoning teacher, but zr_align.reward_training.teacher.ReasoningTeacher "
-                             f"cannot be imported ({error}); it is not available in this version") from None
+        from .teacher import ReasoningTeacher
+
         return ReasoningTeacher.from_pretrained(path).scorer(mode=mode, num_rationales=num_rationales)
     device = options.pop("device", "cpu")
     allowed = {f.name for f in fields(ZRewardConfig)} - {"family", "rubric", "bin_token_ids", "teacher"}

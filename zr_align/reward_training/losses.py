@@ -182,6 +182,17 @@ class PolicyLossOutput:
     clip_fraction: torch.Tensor
 
 
+def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of `KL(pi || pi_ref)` averaged over the masked tokens (Schulman's unbiased, always
+    >= 0 estimator): `k3_t = exp(lp_ref - lp) - (lp_ref - lp) - 1`. `ref_logprobs` is detached; log-ratios are
+    clamped to +-20 before `exp`; masked-out positions may hold any value (even -inf)."""
+    keep = mask.bool()
+    ref_log_ratio = (ref_logprobs.detach() - logprobs).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
+    k3 = ref_log_ratio.exp() - ref_log_ratio - 1.0
+    zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
+    return torch.where(keep, k3, zero).sum() / keep.sum().clamp_min(1).to(logprobs.dtype)
+
+
 def clipped_policy_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -231,13 +242,11 @@ def clipped_policy_loss(
     log_ratio = (logprobs - old_logprobs.detach()).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
     ratio = log_ratio.exp()  # (M, G, L)
     surrogate = torch.min(ratio * adv, ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps) * adv)
-    ref_log_ratio = (ref_logprobs.detach() - logprobs).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
-    k3 = ref_log_ratio.exp() - ref_log_ratio - 1.0  # (M, G, L)
 
     zero = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
     n_tokens = keep.sum().clamp_min(1).to(logprobs.dtype)
     policy_loss = -torch.where(keep, surrogate, zero).sum() / n_tokens
-    kl = torch.where(keep, k3, zero).sum() / n_tokens
+    kl = k3_kl(logprobs, ref_logprobs, mask)
     with torch.no_grad():
         clipped = ((adv > 0) & (ratio > 1.0 + clip_eps)) | ((adv < 0) & (ratio < 1.0 - clip_eps))
         clip_fraction = (clipped & keep).sum().to(logprobs.dtype) / n_tokens

@@ -125,9 +125,7 @@ class GRPOScoreToken(GDSO):
         advantages = losses.group_advantages(rewards)
         score_logprob = torch.log_softmax(out.slot_logits, -1).gather(-1, sampled.view(-1, 1)).view(B * D, G)
         sequence_logprob = out.token_logprobs.view(B * D, G, -1).sum(-1) + score_logprob
-        log_ratio = (ref.token_logprobs - out.token_logprobs).view(B * D, G, -1)
-        mask = out.mask.view(B * D, G, -1)
-        kl = ((log_ratio.exp() - log_ratio - 1) * mask).sum() / mask.sum().clamp(min=1)
+        kl = losses.k3_kl(out.token_logprobs, ref.token_logprobs, out.mask)
         loss = -(advantages * sequence_logprob).mean() + c.kl_coef * kl
         return loss, {"reward": rewards.mean().item(), "kl_ref": kl.item()}
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ..rewards.output import RewardOutput
 from ..rewards.zreward import ZRewardModel
 from ..scores import ScoreDistribution
+from .losses import marginalize
 
 
 @dataclass
@@ -114,6 +115,18 @@ class ReasoningTeacher(torch.nn.Module):
         inputs = vision.model_inputs(index)
         return vision, {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
 
+    def _padded(self, rows: list[list[int]], left: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(input_ids, attention_mask)` of token rows padded to one width: left for generation, right for a
+        teacher-forced pass (positions then count from the start)."""
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
+        attention = torch.zeros_like(input_ids)
+        for i, r in enumerate(rows):
+            span = slice(width - len(r), width) if left else slice(0, len(r))
+            input_ids[i, span] = torch.tensor(r, device=device)
+            attention[i, span] = 1
+        return input_ids, attention
+
     @torch.no_grad()
     def generate(
         self,
@@ -129,14 +142,9 @@ class ReasoningTeacher(torch.nn.Module):
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         vision, pixels = self._vision(images, num)
         prefixes = [ids for ids in self._prefix_ids(prompts, vision.image_text) for _ in range(num)]
-        width = max(len(ids) for ids in prefixes)
-        pad = self.tokenizer.pad_token_id
         device = images.device
-        input_ids = torch.full((len(prefixes), width), pad, dtype=torch.long, device=device)
-        attention = torch.zeros_like(input_ids)
-        for i, ids in enumerate(prefixes):  # left padding for generation
-            input_ids[i, width - len(ids):] = torch.tensor(ids, device=device)
-            attention[i, width - len(ids):] = 1
+        input_ids, attention = self._padded(prefixes, left=True, device=device)
+        width, pad = input_ids.shape[1], self.tokenizer.pad_token_id
         extra = self.reward_model.family.extra_text_inputs(input_ids, self.reward_model.image_token_id)
         out = self.model.generate(
             input_ids=input_ids, attention_mask=attention, **pixels, **extra,
@@ -171,13 +179,8 @@ class ReasoningTeacher(torch.nn.Module):
         for prefix, tokens, n in zip(prefixes, rollouts.tokens.tolist(), rollouts.lengths.tolist()):
             starts.append(len(prefix))
             rows.append(prefix + tokens[:n] + self.marker_ids)
-        width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
-        attention = torch.zeros_like(input_ids)
-        for i, r in enumerate(rows):  # right padding: positions count from the start
-            input_ids[i, : len(r)] = torch.tensor(r, device=device)
-            attention[i, : len(r)] = 1
+        input_ids, attention = self._padded(rows, left=False, device=device)
+        width = input_ids.shape[1]
         extra = self.reward_model.family.extra_text_inputs(input_ids, self.reward_model.image_token_id)
         hidden = self.model.model(input_ids=input_ids, attention_mask=attention, **pixels, **extra).last_hidden_state
         head = self.model.get_output_embeddings()
@@ -202,6 +205,17 @@ class ReasoningTeacher(torch.nn.Module):
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()
+    def marginal_probs(self, images: torch.Tensor, prompts: list[str], num: int = 1, greedy: bool = False,
+                       temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`(B, D, K)` score distributions read after `num` rationales per (image, dimension), averaged over the
+        rationales: the teacher marginalised over its reasoning (SPEC §4; RISD's target)."""
+        rollouts = self.generate(images, prompts, num=num, greedy=greedy, temperature=temperature,
+                                 generator=generator)
+        probs = self.forward_rollouts(images, prompts, rollouts).slot_logits.softmax(-1)
+        batch, dims = images.shape[0], len(self.dimensions)
+        return marginalize(probs.view(batch * dims, num, -1)).view(batch, dims, -1)
+
+    @torch.no_grad()
     def score(self, images: torch.Tensor, prompts: list[str], mode: str = "greedy", num_rationales: int = 4,
               generator: torch.Generator | None = None) -> RewardOutput:
         """Scores after greedy or sampled rationales; with several, the distribution is their mean (RISD's
@@ -209,10 +223,7 @@ class ReasoningTeacher(torch.nn.Module):
         if mode not in ("greedy", "sample"):
             raise ValueError(f"mode must be 'greedy' or 'sample', got {mode!r}")
         num = 1 if mode == "greedy" else num_rationales
-        rollouts = self.generate(images, prompts, num=num, greedy=mode == "greedy", generator=generator)
-        probs = self.forward_rollouts(images, prompts, rollouts).slot_logits.softmax(-1)
-        batch, dims = images.shape[0], len(self.dimensions)
-        probs = probs.view(batch, dims, num, -1).mean(2)  # (B, D, K): marginal over rationales
+        probs = self.marginal_probs(images, prompts, num=num, greedy=mode == "greedy", generator=generator)
         return self.reward_model.output_from_distribution(
             ScoreDistribution(probs, self.reward_model.bin_values.float())
         )

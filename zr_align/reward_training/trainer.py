@@ -22,7 +22,6 @@ from ..rubrics import Rubric
 from . import objectives
 from .config import RewardTrainConfig
 from .data import RatedImages, collate
-from .losses import marginalize
 from .teacher import ReasoningTeacher
 
 
@@ -97,11 +96,8 @@ def teacher_targets(config: RewardTrainConfig, data: RatedImages, out: Path, log
     chunks, start = [], time.perf_counter()
     for first in range(0, len(data), 16):
         batch = collate([data[i] for i in range(first, min(first + 16, len(data)))])
-        rollouts = teacher.generate(batch["images"], batch["prompts"], num=config.risd.num_rationales,
-                                    temperature=config.risd.temperature, generator=generator)
-        probs = teacher.forward_rollouts(batch["images"], batch["prompts"], rollouts).slot_logits.softmax(-1)
-        b, d, n = len(batch["prompts"]), len(teacher.dimensions), config.risd.num_rationales
-        chunks.append(marginalize(probs.view(b * d, n, -1)).view(b, d, -1))  # (b, D, K)
+        chunks.append(teacher.marginal_probs(batch["images"], batch["prompts"], num=config.risd.num_rationales,
+                                             temperature=config.risd.temperature, generator=generator))
     targets = torch.cat(chunks)
     log(f"teacher targets for {len(data)} images x {config.risd.num_rationales} rationales "
         f"in {time.perf_counter() - start:.0f}s")

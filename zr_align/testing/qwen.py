@@ -50,10 +50,11 @@ def _text_config(tokenizer, **extra) -> dict:
     } | ({"head_dim": head_dim} if "head_dim" not in extra else {})
 
 
-def qwen_processor_config(family: str) -> dict:
-    """The HF image-processor settings of a tiny model (patch 8, merge 2; 4 to 64 image tokens)."""
+def qwen_processor_config(family: str, patch: int = PATCH, min_tokens: int = 4, max_tokens: int = 64) -> dict:
+    """The HF image-processor settings of a Qwen-family model: by default a tiny one (patch 8, merge 2; 4 to 64
+    image tokens); `patch=14, max_tokens=1280` are Qwen2-VL-2B's."""
     qwen3 = family in ("qwen3_vl", "qwen3_5")
-    token_area = (PATCH * MERGE) ** 2
+    token_area = (patch * MERGE) ** 2
     return {
         "image_processor_type": "Qwen2VLImageProcessor",
         "do_resize": True,
@@ -64,10 +65,10 @@ def qwen_processor_config(family: str) -> dict:
         "image_mean": [0.5, 0.5, 0.5] if qwen3 else [0.48145466, 0.4578275, 0.40821073],
         "image_std": [0.5, 0.5, 0.5] if qwen3 else [0.26862954, 0.26130258, 0.27577711],
         "do_convert_rgb": True,
-        "patch_size": PATCH,
+        "patch_size": patch,
         "temporal_patch_size": 2,
         "merge_size": MERGE,
-        "size": {"shortest_edge": 4 * token_area, "longest_edge": 64 * token_area},
+        "size": {"shortest_edge": min_tokens * token_area, "longest_edge": max_tokens * token_area},
     }
 
 

@@ -15,6 +15,7 @@ from ..rewards.zreward import ZRewardConfig, ZRewardModel
 from ..rubrics import Rubric
 from ..testing.qwen import QWEN_SPECIAL_TOKENS, qwen_processor_config
 from ..testing.tokenizer import word_level_tokenizer
+from .reward_data import RATIONALE_WORDS
 
 # name -> (text hidden, text layers, heads, vision width, vision depth)
 SIZES = {
@@ -30,12 +31,7 @@ EXTRA_WORDS = (
 
 
 def reward_tokenizer():
-    try:
-        from .reward_data import RATIONALE_WORDS
-
-        extra = EXTRA_WORDS + " " + " ".join(RATIONALE_WORDS)
-    except ImportError:  # the data module is optional for building a model
-        extra = EXTRA_WORDS
+    extra = EXTRA_WORDS + " " + " ".join(RATIONALE_WORDS)
     return word_level_tokenizer(QWEN_SPECIAL_TOKENS, extra_text=extra, pad_token="<|endoftext|>")
 
 
