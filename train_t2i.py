@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Fine-tune a LoRA on a text-to-image diffusion model: reward backprop (DRaFT-K, DRaFT-LV, ReFL, full) or SFT.
 
-    python train_t2i.py --config configs/tiny_debug.yaml [key.sub=value ...] [--resume latest]
+    python train_t2i.py --config configs/tiny_debug.yaml [key.sub=value ...] [--resume latest | --overwrite]
     accelerate launch --multi_gpu --num_processes 8 train_t2i.py --config configs/sdxl.yaml
     ACCELERATE_USE_CPU=1 python -m torch.distributed.run --nproc_per_node 2 train_t2i.py --config ...  # 2 CPU ranks
 
@@ -12,6 +12,10 @@ Output folder (`output_dir`):
     metrics.jsonl                           one JSON object per optimizer step
     config.yaml                             the resolved config
     validation/step_N.png                   image grids of the fixed validation prompts
+
+A folder that already holds a run is refused unless `--resume` (continue it: the model settings must match) or
+`--overwrite` (clear it first); two runs cannot write into one folder at once (a lock); bad input is one line on
+stderr and exit code 2 (`--debug` shows the traceback), and nothing is written before the input is validated.
 
 Reads top to bottom: 1 config, 2 accelerator, 3 diffusion model, 4 LoRA, 5 reward, 6 optimiser,
 7 resume, 8 training loop, 9 save. See SPEC §6 and `zr_align/train_config.py` for every option.
@@ -30,14 +34,15 @@ from pathlib import Path
 
 import torch
 
-from zr_align.checkpointing import TrainableState, checkpoint_step, resolve_resume, save_checkpoint
+from zr_align.checkpointing import (RunLock, TrainableState, check_run_folder, checkpoint_step, clear_run_outputs,
+                                    remove_stale_temporaries, save_checkpoint)
 from zr_align.data import load_prompts, load_sft_data
 from zr_align.denoisers import get_denoiser_family
 from zr_align.distributed import guarded_step
 from zr_align.lora import add_lora, lora_parameters, save_lora
 from zr_align.sampling import DifferentiableSampler
 from zr_align.sft import denoising_loss, encode_images
-from zr_align.train_config import BACKPROP_METHODS, TrainConfig, load_config, save_config
+from zr_align.train_config import BACKPROP_METHODS, TrainConfig, load_config, plain_dict, save_config
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -46,8 +51,11 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of overrides of the defaults in zr_align/train_config.py")
     parser.add_argument("--resume", help="'latest' or a checkpoints/step_N folder: continue that run exactly")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="clear a folder that holds an earlier run (without it, such a folder is refused)")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an input error")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. optim.lr=3e-4")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # options and overrides in any order
 
 
 def step_generator(config: TrainConfig, step: int, rank: int) -> torch.Generator:
@@ -168,35 +176,64 @@ def save_grid(images: torch.Tensor, path: Path, columns: int = 4) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
-        run(parse_args(argv))
+        run(args)
     except ValueError as error:  # bad input: one line, no traceback, nothing saved is touched
+        if args.debug:
+            raise
         print(f"train_t2i.py: error: {error}", file=sys.stderr)
         return 2
     return 0
 
 
+def _agree(accelerator, error: ValueError | None) -> None:
+    """Raise `error` on its rank, and a pointer to it on the others, so that no rank waits for a failed one."""
+    if accelerator.num_processes > 1:
+        failed = accelerator.reduce(torch.tensor([float(error is not None)], device=accelerator.device), "sum")
+        if error is None and failed.item() > 0:
+            raise ValueError("another process refused the run; see its error")
+    if error is not None:
+        raise error
+
+
 def run(args) -> Path:
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-    from tqdm.auto import tqdm
+    from accelerate.utils import ProjectConfiguration
 
-    # 1. Config ---------------------------------------------------------------------------------------------
+    # 1. Config and output folder: everything is validated before anything is written ------------------------
     config = load_config(args.config, args.overrides)
     out = Path(config.output_dir)
+    resume_from = check_run_folder(out, args.resume, args.overwrite, plain_dict(config), config.max_steps)
 
-    # 2. Accelerator: processes, mixed precision, trackers --------------------------------------------------
+    # 2. Accelerator: processes, mixed precision, trackers; the main process locks the folder ---------------
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
         log_with=None if config.log_with == "none" else config.log_with,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
-    rank = accelerator.process_index
+    lock, error = RunLock(out), None
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "config.yaml")
-    if config.log_with != "none":
-        accelerator.init_trackers("train_t2i", config={k: str(v) for k, v in config.to_dict().items()})
+        try:
+            lock.acquire()
+        except ValueError as refused:
+            error = refused
+    _agree(accelerator, error)
+    try:
+        if args.overwrite and accelerator.is_main_process:
+            clear_run_outputs(out)
+        accelerator.wait_for_everyone()
+        return train(config, accelerator, resume_from, args.resume)
+    finally:
+        lock.release()
+
+
+def train(config: TrainConfig, accelerator, resume_from: Path | None, resume: str | None) -> Path:
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    out = Path(config.output_dir)
+    rank = accelerator.process_index
 
     # 3. Diffusion model: stock pipeline, everything frozen -------------------------------------------------
     pipe, pipeline_class = load_pipeline(config, accelerator)
@@ -221,6 +258,8 @@ def run(args) -> Path:
     # 5. Reward (frozen, differentiable for the backprop methods) and data ----------------------------------
     reward_fn = load_reward(config, accelerator) if config.method != "sft" else None
     prompts = load_prompts(config.data.prompts)
+    if accelerator.is_main_process:
+        warn_long_prompts(pipe, prompts + list(config.data.validation_prompts))
     sft_data = load_sft_data(config.data.sft_data, config.model.resolution) if config.data.sft_data else None
 
     # 6. Optimiser and LR warm-up ---------------------------------------------------------------------------
@@ -235,22 +274,28 @@ def run(args) -> Path:
     accelerator.register_for_checkpointing(TrainableState(trained), normalizer)
 
     set_seed(config.seed + rank)  # global RNGs (e.g. LoRA dropout) differ per rank; the step generators too
-    # 7. Resume ---------------------------------------------------------------------------------------------
+    # 7. Resume; then the first writes: debris of killed saves removed, config.yaml, metrics.jsonl trimmed ----
     start = 0
-    resume_from = resolve_resume(args.resume, out / "checkpoints")
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         start = checkpoint_step(resume_from)
         accelerator.print(f"resumed from {resume_from} at step {start}")
+    elif resume is not None:
+        accelerator.print(f"--resume {resume}: no complete checkpoint in {out / 'checkpoints'}; starting at step 0")
     metrics_path = out / "metrics.jsonl"
     if accelerator.is_main_process:
+        remove_stale_temporaries(out)
+        save_config(config, out / "config.yaml")
         kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
                 if start and json.loads(line)["step"] <= start]
         metrics_path.write_text("".join(line + "\n" for line in kept))
+    if config.log_with != "none":
+        accelerator.init_trackers("train_t2i", config={k: str(v) for k, v in config.to_dict().items()})
 
     # 8. Training loop --------------------------------------------------------------------------------------
     progress = tqdm(range(start, config.max_steps), initial=start, total=config.max_steps,
                     disable=not accelerator.is_local_main_process, desc=config.method)
+    skipped_in_a_row = 0
     for step in progress:
         begin = time.perf_counter()
         generator = step_generator(config, step, rank)
@@ -263,6 +308,9 @@ def run(args) -> Path:
                     batch = [prompts[int(i)] for i in torch.randint(len(prompts), (config.batch_size,),
                                                                     generator=generator)]
                     trajectory = sampler.sample(batch, config.method, generator, kl=config.optim.kl_weight > 0)
+                    if not torch.isfinite(trajectory.images.detach()).all():
+                        skipped = True  # NaN/Inf decoded pixels: skipped like a non-finite reward
+                        continue
                     out_reward = reward_fn(trajectory.images, batch * trajectory.repeats)
                     reward = out_reward.reward.float()
                     rewards.append(reward.detach())
@@ -284,12 +332,12 @@ def run(args) -> Path:
         lr_schedule.step()
 
         reward_all = accelerator.gather(torch.cat(rewards)) if rewards else torch.zeros(0)
-        record = {
+        record = {  # a skipped step has no loss or gradient: null, never 0.0 (which would read as a real step)
             "step": step + 1,
-            "loss": loss_total,
+            "loss": None if skipped else loss_total,
             "reward_mean": float(reward_all.mean()) if len(reward_all) else None,
             "reward_std": float(reward_all.std(unbiased=False)) if len(reward_all) else None,
-            "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+            "grad_norm": None if skipped or not math.isfinite(grad_norm) else grad_norm,
             "skipped": skipped,
             "seconds": time.perf_counter() - begin,
             "peak_mem_mb": peak_memory_mb(accelerator.device),
@@ -299,6 +347,12 @@ def run(args) -> Path:
                 f.write(json.dumps(record) + "\n")
             progress.set_postfix(loss=f"{loss_total:.4f}", reward=record["reward_mean"])
         accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step + 1)
+        skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
+        if config.optim.max_skipped_steps and skipped_in_a_row >= config.optim.max_skipped_steps:
+            raise ValueError(f"stopped at step {step + 1}: {skipped_in_a_row} steps in a row were skipped (non-finite "
+                             f"decoded pixels, reward, loss or gradient; the weights are those of step "
+                             f"{step + 1 - skipped_in_a_row}); lower optim.lr or check the reward "
+                             "(optim.max_skipped_steps sets the limit)")
 
         done = step + 1
         if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.max_steps:
@@ -318,6 +372,18 @@ def run(args) -> Path:
     validate(sampler, config, accelerator, config.max_steps)
     accelerator.end_training()
     return out
+
+
+def warn_long_prompts(pipe, prompts: list[str]) -> None:
+    """One line when prompts exceed the text encoder's context: diffusers truncates them (and warns per batch)."""
+    tokenizer = getattr(pipe, "tokenizer", None)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if tokenizer is None or not isinstance(limit, int) or limit > 100_000:
+        return
+    long = [p for p in prompts if len(tokenizer(p, verbose=False)["input_ids"]) > limit]
+    if long:
+        print(f"train_t2i.py: warning: {len(long)} of {len(prompts)} prompts are longer than the text encoder's "
+              f"{limit} tokens and are truncated (e.g. {long[0][:60]!r})", file=sys.stderr)
 
 
 def sft_loss(sampler, data, batch_size, generator):

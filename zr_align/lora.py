@@ -162,7 +162,10 @@ def save_lora(out_dir, pipeline_class, denoiser: nn.Module, lora_config) -> Path
 
     component = _denoiser_name(denoiser)
     state_dict = get_peft_model_state_dict(denoiser, adapter_name=ADAPTER_NAME)
-    metadata = lora_config.to_dict()
+    # peft keeps target_modules as a set, whose order changes from process to process (string hashing): sorted,
+    # the same adapter always gives the same bytes.
+    metadata = {key: sorted(value) if isinstance(value, (set, frozenset)) else value
+                for key, value in lora_config.to_dict().items()}
     path = Path(out_dir) / LORA_WEIGHT_NAME
 
     def write(tmp_path: Path) -> None:
@@ -215,6 +218,43 @@ def load_lora(denoiser: nn.Module, lora_dir) -> None:
                          f"{result.unexpected_keys[:3]}")
 
 
+def check_lora_fits(denoiser: nn.Module, lora_dir) -> None:
+    """Raise a one-line `ValueError` unless the diffusers-format LoRA in `lora_dir` fits `denoiser`: every adapted
+    module exists there with the input and output sizes of the LoRA's A and B matrices. Reads only the file, so a
+    refused LoRA leaves the pipeline untouched (peft's own error comes after it has half-added the adapter)."""
+    from safetensors import safe_open
+
+    path = Path(lora_dir) / LORA_WEIGHT_NAME
+    if not path.is_file():
+        raise ValueError(f"{lora_dir} has no {LORA_WEIGHT_NAME}")
+    component = _denoiser_name(denoiser)
+    modules = dict(denoiser.named_modules())
+    try:
+        with safe_open(path, framework="pt") as file:
+            shapes = {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}
+    except Exception as error:  # safetensors.SafetensorError, OSError: a damaged file
+        raise ValueError(f"{path} is damaged ({error})") from None
+    ours = {key[len(component) + 1:]: shape for key, shape in shapes.items() if key.startswith(component + ".")}
+    if not ours:
+        raise ValueError(f"{path} holds no {component} LoRA (keys start with "
+                         f"{', '.join(sorted({k.split('.')[0] for k in shapes})) or 'nothing'})")
+    for key, shape in sorted(ours.items()):
+        for matrix, dim in (("lora_A", 1), ("lora_B", 0)):
+            marker = f".{matrix}."
+            if marker not in key:
+                continue
+            name = key.split(marker)[0]
+            module = modules.get(name)
+            weight = getattr(module, "base_layer", module)
+            weight = getattr(weight, "weight", None)
+            if weight is None:
+                raise ValueError(f"{path} adapts {name}, which {type(denoiser).__name__} does not have: "
+                                 "the LoRA was trained on another model")
+            if shape[dim] != weight.shape[dim]:
+                raise ValueError(f"{path} does not fit this model: {name} has {tuple(weight.shape)} weights, the LoRA's "
+                                 f"{matrix} is {shape}; the LoRA was trained on another model")
+
+
 def export_kohya(out_path, denoiser: nn.Module) -> Path:
     """Write the "default" LoRA of a UNet (sd, sdxl) as a kohya-format safetensors file.
 
@@ -250,4 +290,4 @@ def export_kohya(out_path, denoiser: nn.Module) -> Path:
     return out_path
 
 
-__all__ = ["LORA_TARGETS", "add_lora", "export_kohya", "load_lora", "lora_parameters", "save_lora"]
+__all__ = ["LORA_TARGETS", "add_lora", "check_lora_fits", "export_kohya", "load_lora", "lora_parameters", "save_lora"]

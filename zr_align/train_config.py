@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .checks import check_choice, check_positive
+from .checks import check_choice, check_positive, check_type
 from .sampling import SamplingConfig
 
 
@@ -87,6 +88,8 @@ class LoraConfig:
 
     def __post_init__(self):
         check_positive("lora.rank", self.rank)
+        if self.alpha is not None:
+            check_positive("lora.alpha", self.alpha)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"lora.dropout must be in [0, 1); got {self.dropout!r}")
 
@@ -122,9 +125,16 @@ class OptimConfig:
     reward_normalization: str = "none"  # none | batch (z-score in the batch) | running (running mean/std)
     kl_weight: float = 0.0  # weight of ||eps_lora - eps_base||^2 at grad steps; > 0 costs a base forward per step
     sft_weight: float = 0.0  # mix in the SFT denoising loss on data.sft_data (0 = pure reward)
+    max_skipped_steps: int = 10  # stop after this many steps in a row are skipped (non-finite); 0 never stops
 
     def __post_init__(self):
         check_positive("optim.lr", self.lr)
+        check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
+        check_positive("optim.warmup_steps", self.warmup_steps, allow_zero=True)
+        check_positive("optim.loss_scale", self.loss_scale)
+        check_positive("optim.max_skipped_steps", self.max_skipped_steps, allow_zero=True)
+        if not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1); got {list(self.betas)!r}")
         check_positive("optim.max_grad_norm", self.max_grad_norm, allow_zero=True)
         check_choice("optim.reward_normalization", self.reward_normalization, ("none", "batch", "running"))
         check_positive("optim.kl_weight", self.kl_weight, allow_zero=True)
@@ -171,6 +181,11 @@ class TrainConfig:
         check_choice("mixed_precision", self.mixed_precision, ("no", "bf16"))
         check_positive("max_steps", self.max_steps)
         check_positive("batch_size", self.batch_size)
+        check_positive("gradient_accumulation_steps", self.gradient_accumulation_steps)
+        check_positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
+        check_positive("validate_every", self.validate_every, allow_zero=True)
+        if not self.output_dir:
+            raise ValueError("output_dir must be a folder path; got an empty string")
         if self.method in BACKPROP_METHODS and self.reward.kind == "zreward" and not self.reward.path:
             raise ValueError(f"method {self.method} needs reward.path (a ZRewardModel folder); or use method: sft")
         if self.optim.reward_normalization == "batch" and self.batch_size < 2:
@@ -187,11 +202,16 @@ class TrainConfig:
 
 
 def _build(cls, values: dict, prefix: str = ""):
-    """Instantiate dataclass `cls` from a nested dict; unknown keys are errors that list the known ones.
-    A field whose default is a dataclass is a section, built recursively."""
+    """Instantiate dataclass `cls` from a nested dict; unknown keys are errors that list the known ones, and a
+    value of the wrong type (`max_steps=ten`, `optim.betas=0.9`) is an error naming the field and the type, before
+    any range check or model load. A field whose default is a dataclass is a section, built recursively."""
     if not isinstance(values, dict):
         raise ValueError(f"config section {prefix.rstrip('.') or 'root'} must be a mapping, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    try:
+        hints = typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation that cannot be resolved: leave the types unchecked
+        hints = {}
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
@@ -201,6 +221,8 @@ def _build(cls, values: dict, prefix: str = ""):
         if dataclasses.is_dataclass(section):
             kwargs[key] = _build(type(section), value, f"{prefix}{key}.")
         else:
+            if key in hints:
+                check_type(f"{prefix}{key}", value, hints[key])
             kwargs[key] = value
     return cls(**kwargs)
 
@@ -234,8 +256,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), cls=N
     return _build(cls or TrainConfig, tree)
 
 
-def save_config(config, path: str | Path) -> None:
-    """Write a config dataclass as YAML (tuples as lists)."""
+def plain_dict(config) -> dict:
+    """A config dataclass as the nested dict that `save_config` writes (tuples as lists)."""
 
     def plain(value):
         if isinstance(value, dict):
@@ -244,5 +266,12 @@ def save_config(config, path: str | Path) -> None:
             return [plain(v) for v in value]
         return value
 
-    data = plain(dataclasses.asdict(config))
-    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))
+    return plain(dataclasses.asdict(config))
+
+
+def save_config(config, path: str | Path) -> None:
+    """Write a config dataclass as YAML (tuples as lists), atomically (a kill leaves the old file or the new)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(plain_dict(config), sort_keys=False))
+    tmp.replace(path)

@@ -98,7 +98,7 @@ def build_sft_model(
     pipe = assemble_pipeline(vae, seed, unet_width, zero_snr)
     pipe.save_pretrained(work_dir / "init")
     argv = [
-        f"output_dir={work_dir / 'sft'}", "method=sft", f"seed={seed}", f"max_steps={sft_steps}",
+        "--overwrite", f"output_dir={work_dir / 'sft'}", "method=sft", f"seed={seed}", f"max_steps={sft_steps}",
         f"batch_size={batch_size}", f"checkpoint_every={max(sft_steps // 4, 1)}", "model.family=sd",
         f"model.path={work_dir / 'init'}", "model.trainable=full", "model.train_text_encoder=true",
         "data.sft_data=tinyworld:train", f"optim.lr={lr}", f"optim.warmup_steps={min(100, sft_steps // 10)}",

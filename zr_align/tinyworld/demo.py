@@ -45,8 +45,9 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
         raise ValueError(f"eval_split must be 'validation' or 'test', got {eval_split!r}")
     out = Path(out)
     start = time.perf_counter()
-    argv = ["--config", config, f"output_dir={out / 'run'}", f"model.path={base_model}", f"reward.path={reward}",
-            *overrides]
+    # --overwrite: OUT/run belongs to the demo, which starts it afresh every time
+    argv = ["--config", config, "--overwrite", f"output_dir={out / 'run'}", f"model.path={base_model}",
+            f"reward.path={reward}", *overrides]
     log("fine-tuning: train_t2i.py " + " ".join(argv))
     if load_training_script().main(argv) != 0:
         raise RuntimeError("train_t2i.py failed; see the error above")
