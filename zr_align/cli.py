@@ -10,18 +10,31 @@ from .reward_training.commands import REWARD_COMMANDS
 from .tinyworld.commands import TINYWORLD_COMMANDS
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1; got {value}")
+    return value
+
+
 def _add_score(sub) -> None:
     p = sub.add_parser("score", help="score images with a reward-model folder; one JSON line per image")
     p.add_argument("--reward", required=True, help="reward-model folder (written by ZRewardModel.save_pretrained)")
     p.add_argument("--prompt", required=True, help="the text prompt the images were generated from")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8, help="images per forward pass (>= 1)")
     p.add_argument("--kappa", type=float, default=None, help="override the risk penalty of the stored config")
     p.add_argument("images", nargs="+", help="image files")
 
 
 def _run_score(args) -> int:
     from .rewards import ZRewardModel
+    from .rewards.loading import load_image
 
+    for path in args.images:  # every image readable before the model loads: a bad one fails in a second
+        load_image(path)
     overrides = {} if args.kappa is None else {"kappa": args.kappa}
     model = ZRewardModel.from_pretrained(args.reward, **overrides)
     out = model.score(args.images, [args.prompt] * len(args.images), batch_size=args.batch_size)
@@ -54,15 +67,21 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand. Input errors (`ValueError`, and a missing or unreadable file) print one line on stderr
+    and return 2; `--debug` shows the traceback instead."""
     parser = argparse.ArgumentParser(prog="zr-align", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an input error")
     sub = parser.add_subparsers(dest="command", required=True)
     for add, _ in COMMANDS.values():
         add(sub)
     args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command][1](args)
-    except ValueError as error:  # our one-line input errors: no traceback for the user
-        print(f"zr-align {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # our one-line input errors: no traceback for the user
+        if args.debug:
+            raise
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"zr-align {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

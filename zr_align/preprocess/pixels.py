@@ -4,6 +4,18 @@ The contract of the reward plugin (SPEC §5): images are a float tensor `(B, 3, 
 gives [-1, 1]: map it with `from_signed`. A hard clamp zeroes the gradient of every saturated pixel, so the
 clamp mode is a choice: "hard", "straight_through" (clamped forward, identity backward) or "none" (the input
 must already lie in [0, 1]).
+
+Clamping hides a wrong value convention, so `check_images` refuses inputs that are plainly not in [0, 1]:
+floats in [0, 255] (divide by 255) and decoder output in [-1, 1] (map it with `from_signed`). The rule: more
+than `OUTSIDE_FRACTION` of the values lie further than `RANGE_TOLERANCE` outside [0, 1], i.e. below -0.5 or
+above 1.5. A decoder's overshoot stays inside that: the random tiny VAEs of the tests reach [-0.82, 1.47] with
+under 0.1% of their values below -0.4 (trained decoders overshoot by a few hundredths); a [0, 255] image has
+every pixel brighter than 2/255 above 1.5, and a [-1, 1] image every pixel darker than 25% grey below -0.5.
+(A [-1, 1] image with almost no dark pixels cannot be told apart from a dim [0, 1] one, and values between
+the two bounds are clamped as the clamp mode says.)
+
+`MinimumSize` refuses images smaller than a vision patch (`ZRewardModel` wraps its preprocessor in it): HF
+processors upsample a 1x1 or 8x8 image and the model then scores interpolated mush.
 """
 
 from __future__ import annotations
@@ -11,8 +23,11 @@ from __future__ import annotations
 import torch
 
 CLAMP_MODES = ("hard", "straight_through", "none")
+RANGE_TOLERANCE = 0.5  # how far outside [0, 1] a value may lie before it counts as "outside"
+OUTSIDE_FRACTION = 0.05  # more values than this outside [0, 1] +- tolerance: a wrong convention, refused
+MIN_IMAGE_SIDE = 16  # pixels: the least side a reward model scores (more where one merged patch is larger)
 
-__all__ = ["CLAMP_MODES", "check_images", "clamp_pixels", "from_signed", "normalize"]
+__all__ = ["CLAMP_MODES", "MinimumSize", "check_images", "clamp_pixels", "from_signed", "normalize"]
 
 
 def from_signed(images: torch.Tensor) -> torch.Tensor:
@@ -44,6 +59,7 @@ def check_images(images: torch.Tensor, clamp: str = "straight_through", atol: fl
         raise ValueError(f"clamp must be one of {CLAMP_MODES}, got {clamp!r}")
     if not torch.isfinite(images).all():
         raise ValueError("images contain NaN or Inf pixels; check the decoder output (e.g. fp16 overflow)")
+    _check_value_convention(images.detach())
     if clamp == "none":
         lo, hi = images.min(), images.max()
         if lo < -atol or hi > 1.0 + atol:
@@ -51,6 +67,48 @@ def check_images(images: torch.Tensor, clamp: str = "straight_through", atol: fl
                 f"pixel values span [{float(lo):.4g}, {float(hi):.4g}], outside [0, 1] with clamp='none'; "
                 "map [-1, 1] output with zr_align.preprocess.from_signed or use clamp='hard' or 'straight_through'"
             )
+
+
+def _check_value_convention(images: torch.Tensor) -> None:
+    """Refuse [0, 255] and [-1, 1] inputs (see the module docstring for the rule)."""
+    above = (images > 1.0 + RANGE_TOLERANCE).float().mean()
+    below = (images < -RANGE_TOLERANCE).float().mean()
+    if max(float(above), float(below)) <= OUTSIDE_FRACTION:
+        return
+    span = f"[{float(images.min()):.4g}, {float(images.max()):.4g}]"
+    if above >= below:
+        raise ValueError(
+            f"pixel values span {span} with {float(above):.0%} above 1: images look like [0, 255]; "
+            "divide them by 255 (the reward expects floats in [0, 1])"
+        )
+    raise ValueError(
+        f"pixel values span {span} with {float(below):.0%} below 0: images look like decoder output in [-1, 1]; "
+        "map them with zr_align.preprocess.from_signed (the reward expects floats in [0, 1])"
+    )
+
+
+class MinimumSize:
+    """A preprocessor that first refuses `(B, 3, H, W)` images with a side below `min_side`, then delegates to
+    `preprocessor` (every other attribute too). `min_side`: `MIN_IMAGE_SIDE`, or one merged vision patch
+    (`patch_size * merge_size`) where that is larger (Qwen2-VL: 28)."""
+
+    def __init__(self, preprocessor, min_side: int | None = None):
+        self.preprocessor = preprocessor
+        patch = getattr(preprocessor, "patch_size", 1) * getattr(preprocessor, "merge_size", 1)
+        self.min_side = min_side if min_side is not None else max(MIN_IMAGE_SIDE, patch)
+
+    def __call__(self, images: torch.Tensor):
+        if isinstance(images, torch.Tensor) and images.ndim == 4 and min(images.shape[-2:]) < self.min_side:
+            raise ValueError(
+                f"images of {images.shape[-2]}x{images.shape[-1]} pixels are too small to score (each side must be "
+                f"at least {self.min_side}, one vision patch); pass the image at its real resolution"
+            )
+        return self.preprocessor(images)
+
+    def __getattr__(self, name):
+        if name == "preprocessor":  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.preprocessor, name)
 
 
 def clamp_pixels(images: torch.Tensor, clamp: str) -> torch.Tensor:

@@ -198,12 +198,20 @@ class ZRewardModel(nn.Module):
 
     @classmethod
     def _load(cls, path: Path, config: ZRewardConfig, torch_dtype):
-        from .loading import load_tokenizer
+        from ..preprocess.pixels import MinimumSize
+        from .loading import check_finite_weights, check_weight_files, load_tokenizer
 
         family = get_family(config.family)
-        model = family.model_class().from_pretrained(path, dtype=torch_dtype or torch.float32)
+        check_weight_files(path)
+        try:
+            model = family.model_class().from_pretrained(path, dtype=torch_dtype or torch.float32)
+        except (OSError, RuntimeError) as error:  # damage the header check cannot see, a config that does not fit
+            raise ValueError(f"cannot load the backbone in {path}: {str(error).splitlines()[0]}") from None
+        check_finite_weights(model, path)
         tokenizer = load_tokenizer(path)
-        return cls(model, tokenizer, config, _read_processor_config(path))
+        reward = cls(model, tokenizer, config, _read_processor_config(path))
+        reward.preprocessor = MinimumSize(reward.preprocessor)  # refuse images smaller than a vision patch
+        return reward
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write backbone, tokenizer, image-processor settings and `zreward_config.json` into one folder."""
@@ -280,6 +288,21 @@ class ZRewardModel(nn.Module):
             raise ValueError(f"got {len(prompts)} prompts for {batch} images; pass one prompt per image")
         if not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompts must be strings")
+        # Refused rather than truncated: the score slot is at the end of the text, so a cut text has no slot.
+        for i, prompt in enumerate(prompts):
+            if not prompt.strip():
+                raise ValueError(f"prompt {i} is empty; the reward scores an image against its prompt")
+        from .loading import text_context_length
+
+        context = text_context_length(self.model.config)
+        if context is not None:
+            lengths = [len(ids) for ids in self.tokenizer(self.build_texts(prompts, ""))["input_ids"]]
+            longest = max(range(len(lengths)), key=lengths.__getitem__)
+            if lengths[longest] > context:
+                raise ValueError(
+                    f"prompt {longest // len(self.dimensions)} makes a rubric text of {lengths[longest]} tokens "
+                    f"(before the image tokens), more than the reward model's {context} positions; shorten it"
+                )
         return prompts
 
     def forward(self, images: torch.Tensor, prompts: list[str] | str) -> RewardOutput:

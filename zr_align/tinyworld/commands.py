@@ -60,7 +60,12 @@ def _run_sample(args) -> int:
     prompts = read_prompts(args.prompts)
     for prompt in prompts:
         parse_prompt(prompt)  # a prompt outside the grammar: one-line error naming the word
-    pipe = load_pipeline(args.model, args.lora)
+    pipe = load_pipeline(args.model)
+    if args.lora is not None:
+        from ..lora import check_lora_fits
+
+        check_lora_fits(pipe.unet, args.lora)  # before peft touches the pipeline
+        pipe.load_lora_weights(args.lora)
     index = write_samples(generate(pipe, prompts, seed=args.seed, steps=args.steps), prompts, args.out)
     print(json.dumps({"samples": len(prompts), "index": str(index)}))
     return 0
