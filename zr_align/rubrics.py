@@ -43,12 +43,15 @@ class Rubric:
             (`{image}` and `{prompt}` are required). Families supply a chat-formatted default.
         bins (`tuple[float, ...]`): the score values, increasing (default 1.0, 1.5, ..., 5.0).
         bin_texts (`tuple[str, ...]`): how each bin is written at the score slot; default `bin_text(value)`.
+        joint_template (`str`): the prefix of the *joint* layout (`zr_align.rewards.layout`): the image and the
+            prompt, before the first dimension's segment; fields `{image}` and `{prompt}` (and `{low}`, `{high}`).
     """
 
     criteria: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_CRITERIA))
     template: str = "{image}Prompt: {prompt}\nRate the {dimension} from {low} to {high}. {criterion}\nScore:"
     bins: tuple[float, ...] = DEFAULT_BINS
     bin_texts: tuple[str, ...] | None = None
+    joint_template: str = "{image}Prompt: {prompt}\n"
 
     def __post_init__(self):
         self.bins = tuple(float(b) for b in self.bins)
@@ -63,13 +66,15 @@ class Rubric:
             raise ValueError(f"bin_texts has {len(self.bin_texts)} entries for {len(self.bins)} bins; give one per bin")
         if len(set(self.bin_texts)) != len(self.bin_texts):
             raise ValueError(f"bin_texts must be distinct, got {self.bin_texts}")
-        names = {name for _, name, _, _ in string.Formatter().parse(self.template) if name is not None}
-        unknown = names - set(TEMPLATE_FIELDS)
-        if unknown:
-            raise ValueError(f"template uses unknown field(s) {sorted(unknown)}; allowed: {TEMPLATE_FIELDS}")
-        for required in ("image", "prompt"):
-            if required not in names:
-                raise ValueError(f"template must contain {{{required}}}; got {self.template!r}")
+        for name, template, allowed in (("template", self.template, TEMPLATE_FIELDS),
+                                        ("joint_template", self.joint_template, ("image", "prompt", "low", "high"))):
+            names = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+            unknown = names - set(allowed)
+            if unknown:
+                raise ValueError(f"{name} uses unknown field(s) {sorted(unknown)}; allowed: {allowed}")
+            for required in ("image", "prompt"):
+                if required not in names:
+                    raise ValueError(f"{name} must contain {{{required}}}; got {template!r}")
 
     @property
     def dimensions(self) -> tuple[str, ...]:
@@ -86,12 +91,17 @@ class Rubric:
             high=self.bin_texts[-1],
         )
 
+    def render_joint(self, prompt: str, image: str) -> str:
+        """The prefix of the joint layout for one prompt (every dimension's segment follows it)."""
+        return self.joint_template.format(image=image, prompt=prompt, low=self.bin_texts[0], high=self.bin_texts[-1])
+
     def to_dict(self) -> dict:
         return {
             "criteria": dict(self.criteria),
             "template": self.template,
             "bins": list(self.bins),
             "bin_texts": list(self.bin_texts),
+            "joint_template": self.joint_template,
         }
 
 

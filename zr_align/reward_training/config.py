@@ -57,6 +57,17 @@ class RewardTrainConfig:
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup_steps: int = 20
+    lr_schedule: str = "constant"  # after the linear warm-up: "constant" or "cosine" (down to min_lr_ratio * lr)
+    min_lr_ratio: float = 0.05  # the cosine schedule's final lr, as a share of lr
+    score_label: str = "soft"  # score-slot target of teacher_sft / student_sft: "soft" (cross-entropy to the
+    #   annotators' whole histogram, a distribution loss) or "nearest" (the bin nearest the mean, a hard label)
+    score_weight: float = 1.0  # teacher_sft: weight of the score-slot loss against the rationale tokens' NLL
+    dimension_weights: dict | None = None  # loss weight per rubric dimension of the score-slot losses (default
+    #   equal); e.g. {alignment: 2.0, realism: 1.0, aesthetics: 1.0, plausibility: 1.0}
+    vision_init: str | None = None  # a reward folder whose vision tower initialises this model's (same-shape
+    #   weights are copied; e.g. the teacher's, so a RISD student starts seeing what the teacher sees)
+    eval_every: int = 0  # call the trainer's `on_eval(step, model)` hook every N steps (0: never); its numbers
+    #   go into metrics.jsonl (TinyWorld: the teacher's reading accuracy on validation images)
     max_grad_norm: float = 1.0
     lora_rank: int = 0  # 0 trains every weight; > 0 a LoRA on the language model's attention (merged at save)
     gradient_checkpointing: bool = False  # recompute the VLM's layers in backward (less memory, more time)
@@ -75,6 +86,11 @@ class RewardTrainConfig:
         if self.batch_size % self.images_per_prompt:
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of images_per_prompt "
                              f"{self.images_per_prompt}")
+        check_choice("lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        check_choice("score_label", self.score_label, ("soft", "nearest"))
+        if self.dimension_weights is not None and (
+                not isinstance(self.dimension_weights, dict) or any(w < 0 for w in self.dimension_weights.values())):
+            raise ValueError(f"dimension_weights must map dimensions to weights >= 0, got {self.dimension_weights}")
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
 

@@ -22,6 +22,29 @@ def human_targets(batch: dict, dimensions, bins: torch.Tensor):
     return labels, means, nearest
 
 
+def dimension_weights(config, dimensions) -> torch.Tensor:
+    """`(D,)` loss weights of the rubric dimensions (`config.dimension_weights`, default 1 each)."""
+    weights = getattr(config, "dimension_weights", None) or {}
+    unknown = set(weights) - set(dimensions)
+    if unknown:
+        raise ValueError(f"dimension_weights names {sorted(unknown)}, not dimensions of the rubric {dimensions}")
+    return torch.tensor([float(weights.get(d, 1.0)) for d in dimensions])
+
+
+def score_slot_loss(logits: torch.Tensor, batch: dict, dimensions, bins: torch.Tensor, config) -> torch.Tensor:
+    """The score slot's supervised loss on `(B, D, K)` logits, weighted per dimension: cross-entropy to the
+    annotators' soft label (`score_label="soft"`, a distribution loss; equals KL(q || p) + H(q)) or to the bin
+    nearest their mean ("nearest", the classic SFT token)."""
+    labels, _, nearest = human_targets(batch, dimensions, bins)
+    logp = torch.log_softmax(logits.float(), -1)
+    if getattr(config, "score_label", "soft") == "soft":
+        per_row = -(labels.to(logp) * logp).sum(-1)  # (B, D)
+    else:
+        per_row = -logp.gather(-1, nearest[..., None]).squeeze(-1)
+    weights = dimension_weights(config, dimensions).to(per_row)
+    return (per_row * weights).sum(-1).mean() / weights.sum().clamp_min(1e-8)
+
+
 def pair_indices(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """All pairs (i < j) of batch images that share a prompt."""
     a, b = [], []
@@ -45,11 +68,11 @@ def pairwise_fidelity(means: torch.Tensor, stds: torch.Tensor, human: torch.Tens
 
 
 class TeacherSFT:
-    """Teacher initialisation: cross-entropy on the data's rationale tokens, the stop marker and the human
-    score token (the bin nearest the human mean) after that rationale."""
+    """Teacher initialisation: cross-entropy on the data's rationale tokens and the stop marker, plus
+    `score_weight` times the score slot's loss after that rationale (`score_slot_loss`: soft label by default)."""
 
     def __init__(self, teacher: ReasoningTeacher, config):
-        self.teacher = teacher
+        self.teacher, self.config = teacher, config
 
     def loss(self, batch, generator):
         t = self.teacher
@@ -58,10 +81,11 @@ class TeacherSFT:
             raise ValueError("teacher_sft needs a 'rationale' per dimension on every data line")
         texts = [r[d] for r in batch["rationales"] for d in dims]  # row b * D + d
         out = t.forward_rollouts(batch["images"], batch["prompts"], t.encode_rationales(texts))
-        _, _, nearest = human_targets(batch, dims, t.reward_model.bin_values)
         token_nll = -(out.token_logprobs.sum() + out.marker_logprob.sum()) / (out.mask.sum() + len(texts))
-        score_ce = losses.sft_cross_entropy(out.slot_logits, nearest.flatten())
-        return token_nll + score_ce, {"token_nll": token_nll.item(), "score_ce": score_ce.item()}
+        logits = out.slot_logits.view(len(batch["prompts"]), len(dims), -1)
+        score = score_slot_loss(logits, batch, dims, t.reward_model.bin_values, self.config)
+        weight = getattr(self.config, "score_weight", 1.0)
+        return token_nll + weight * score, {"token_nll": token_nll.item(), "score_ce": score.item()}
 
 
 class GDSO:
@@ -148,16 +172,16 @@ class RewardDance:
 
 
 class StudentSFT:
-    """Baseline: the student learns the human score token directly (cross-entropy on the nearest bin)."""
+    """Baseline: the student learns the human labels directly, no teacher (`score_slot_loss`: the soft label by
+    default, the nearest bin's token with `score_label="nearest"`)."""
 
     def __init__(self, reward_model, config):
-        self.reward_model = reward_model
+        self.reward_model, self.config = reward_model, config
 
     def loss(self, batch, generator):
         rm = self.reward_model
-        _, _, nearest = human_targets(batch, rm.dimensions, rm.bin_values)
         logits = rm.forward_logits(batch["images"], batch["prompts"])
-        loss = losses.sft_cross_entropy(logits.flatten(0, 1), nearest.flatten())
+        loss = score_slot_loss(logits, batch, rm.dimensions, rm.bin_values, self.config)
         return loss, {"ce": loss.item()}
 
 

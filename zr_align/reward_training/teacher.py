@@ -18,10 +18,67 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..rewards.layout import assemble
 from ..rewards.output import RewardOutput
 from ..rewards.zreward import ZRewardModel
 from ..scores import ScoreDistribution
 from .losses import marginalize
+
+
+class SegmentForcing:
+    """A `transformers` logits processor that keeps generated rationales in the reward model's layout.
+
+    Each row continues a prefix that ends with the first segment's header. The generated tokens are read as a
+    small state machine: free rationale tokens until the marker's first token (forced once `max_tokens` are
+    written), the rest of the marker, then the next segment's header (forced), and after the last segment's
+    marker only padding (which ends the row). Rationales themselves are sampled freely.
+    """
+
+    def __init__(self, headers: list[list[int]], marker: list[int], max_tokens: int, pad_id: int, prompt_width: int):
+        self.headers, self.marker, self.max_tokens = headers, marker, max_tokens
+        self.pad_id, self.prompt_width = pad_id, prompt_width
+        self.max_new_tokens = sum(len(h) for h in headers[1:]) + len(headers) * (max_tokens + len(marker)) + 1
+
+    def _walk(self, generated: list[int]):
+        """(forced next token or None, rationale tokens per segment so far)."""
+        segments: list[list[int]] = [[]]
+        phase, position = "free", 0
+        for token in generated:
+            if phase == "free":
+                if token == self.marker[0]:
+                    phase, position = "marker", 1
+                else:
+                    segments[-1].append(token)
+            elif phase in ("marker", "header"):
+                position += 1
+            if phase == "marker" and position == len(self.marker):
+                if len(segments) == len(self.headers):
+                    phase = "done"
+                else:
+                    segments.append([])
+                    phase, position = "header", 0
+            if phase == "header" and position == len(self.headers[len(segments) - 1]):
+                phase = "free"
+        if phase == "done":
+            return self.pad_id, segments
+        if phase == "marker":
+            return self.marker[position], segments
+        if phase == "header":
+            return self.headers[len(segments) - 1][position], segments
+        return (self.marker[0] if len(segments[-1]) >= self.max_tokens else None), segments
+
+    def parse(self, generated: list[int]) -> list[list[int]]:
+        """The rationale tokens of each segment of one generated row (padding after the end ignored)."""
+        segments = self._walk(generated)[1]
+        return segments + [[] for _ in range(len(self.headers) - len(segments))]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        for i, row in enumerate(input_ids[:, self.prompt_width:].tolist()):
+            forced = self._walk(row)[0]
+            if forced is not None:
+                scores[i] = torch.where(torch.arange(scores.shape[1], device=scores.device) == forced, 0.0,
+                                        float("-inf"))
+        return scores
 
 
 @dataclass
@@ -79,7 +136,7 @@ class ReasoningTeacher(torch.nn.Module):
             )
         self.reward_model = reward_model
         self.tokenizer = reward_model.tokenizer
-        self.marker_ids = self.tokenizer.encode(teacher["score_marker"], add_special_tokens=False)
+        self.marker_ids = reward_model.marker_ids(teacher["score_marker"])
         if not self.marker_ids or self.tokenizer.unk_token_id in self.marker_ids:
             raise ValueError(f"score marker {teacher['score_marker']!r} is not in the tokenizer's vocabulary")
         self.max_rationale_tokens = int(teacher.get("max_rationale_tokens", 24))
@@ -103,29 +160,23 @@ class ReasoningTeacher(torch.nn.Module):
         return self.reward_model.dimensions
 
     # ------------------------------------------------------------------ sequences
-    def _prefix_ids(self, prompts: list[str], image_text: str) -> list[list[int]]:
-        texts = self.reward_model.build_texts(prompts, image_text)  # row b * D + d
-        return [self.tokenizer(t)["input_ids"] for t in texts]
+    # A rollout row `n = (b * D + d) * R + r` (image b, dimension d, rollout r) lives in sequence row `(b * D + d)
+    # * R + r`, segment 0 (per-dimension layout), or in sequence row `b * R + r`, segment d (joint layout).
+    def _rows(self, batch: int, repeats: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(row, segment)` of every rollout row, each `(B * D * R,)`."""
+        dims = len(self.dimensions)
+        b, d, r = torch.meshgrid(torch.arange(batch), torch.arange(dims), torch.arange(repeats), indexing="ij")
+        if self.reward_model.joint:
+            return (b * repeats + r).flatten(), d.flatten()
+        return ((b * dims + d) * repeats + r).flatten(), torch.zeros(batch * dims * repeats, dtype=torch.long)
 
-    def _vision(self, images: torch.Tensor, repeats: int):
+    def _prefixes(self, prompts: list[str], image_text: str, repeats: int) -> list[list[int]]:
+        return [ids for ids in self.reward_model.prefix_ids(prompts, image_text) for _ in range(repeats)]
+
+    def _model_inputs(self, images: torch.Tensor, prompts: list[str], repeats: int):
         vision = self.reward_model.preprocessor(images)
-        batch, dims = images.shape[0], len(self.dimensions)
-        index = torch.arange(batch, device=images.device).repeat_interleave(dims * repeats)
-        dtype = self.model.dtype
-        inputs = vision.model_inputs(index)
-        return vision, {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
-
-    def _padded(self, rows: list[list[int]], left: bool, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(input_ids, attention_mask)` of token rows padded to one width: left for generation, right for a
-        teacher-forced pass (positions then count from the start)."""
-        width = max(len(r) for r in rows)
-        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long, device=device)
-        attention = torch.zeros_like(input_ids)
-        for i, r in enumerate(rows):
-            span = slice(width - len(r), width) if left else slice(0, len(r))
-            input_ids[i, span] = torch.tensor(r, device=device)
-            attention[i, span] = 1
-        return input_ids, attention
+        rows_per_image = repeats * (1 if self.reward_model.joint else len(self.dimensions))
+        return vision, self.reward_model.pixel_inputs(vision, rows_per_image)
 
     @torch.no_grad()
     def generate(
@@ -137,28 +188,45 @@ class ReasoningTeacher(torch.nn.Module):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> Rollouts:
-        """`num` rationales per (image, dimension), stopping at the score marker. No graph."""
+        """`num` rationales per (image, dimension), each stopped at the score marker. No graph.
+
+        In the joint layout one generation writes every dimension's rationale in turn: a logits processor
+        ([`SegmentForcing`]) forces each marker to be followed by the next dimension's header (never a score
+        token) and caps each rationale at `max_rationale_tokens`.
+        """
+        from transformers import LogitsProcessorList
+
         if generator is not None:  # HF sampling draws from the global RNG: seed it from the caller's generator
             torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-        vision, pixels = self._vision(images, num)
-        prefixes = [ids for ids in self._prefix_ids(prompts, vision.image_text) for _ in range(num)]
+        rm = self.reward_model
+        vision, pixels = self._model_inputs(images, prompts, num)
+        headers = rm.segment_headers()
+        prefixes = [p + headers[0] for p in self._prefixes(prompts, vision.image_text, num)]
         device = images.device
-        input_ids, attention = self._padded(prefixes, left=True, device=device)
-        width, pad = input_ids.shape[1], self.tokenizer.pad_token_id
-        extra = self.reward_model.family.extra_text_inputs(input_ids, self.reward_model.image_token_id)
+        width = max(len(p) for p in prefixes)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(prefixes), width), pad, dtype=torch.long, device=device)
+        attention = torch.zeros_like(input_ids)
+        for i, p in enumerate(prefixes):  # left padding for generation
+            input_ids[i, width - len(p):] = torch.tensor(p, device=device)
+            attention[i, width - len(p):] = 1
+        forcing = SegmentForcing(headers, self.marker_ids, self.max_rationale_tokens, pad, width)
+        extra = rm.family.extra_text_inputs(input_ids, rm.image_token_id)
         out = self.model.generate(
             input_ids=input_ids, attention_mask=attention, **pixels, **extra,
-            max_new_tokens=self.max_rationale_tokens, do_sample=not greedy,
+            max_new_tokens=forcing.max_new_tokens, do_sample=not greedy,
             temperature=temperature if not greedy else None, top_k=0 if not greedy else None,
-            pad_token_id=pad, eos_token_id=self.marker_ids[0], suppress_tokens=self.suppressed,
+            pad_token_id=pad, eos_token_id=pad, suppress_tokens=self.suppressed,
+            logits_processor=LogitsProcessorList([forcing]),
         )
-        new = out[:, width:]
-        stop = (new == self.marker_ids[0]) | (new == pad)
-        # length = position of the first marker / pad token (the whole budget if none)
-        lengths = torch.where(stop.any(1), stop.float().argmax(1), torch.full_like(stop[:, 0], new.shape[1],
-                                                                                   dtype=torch.long))
-        tokens = torch.where(torch.arange(new.shape[1], device=device)[None] < lengths[:, None], new, pad)
-        return Rollouts(tokens, lengths, num)
+        segments = [forcing.parse(row) for row in out[:, width:].tolist()]  # [row][segment] token lists
+        row, segment = self._rows(images.shape[0], num)
+        texts = [segments[i][s] for i, s in zip(row.tolist(), segment.tolist())]
+        length = max(1, max(len(t) for t in texts))
+        tokens = torch.full((len(texts), length), pad, dtype=torch.long, device=device)
+        for i, t in enumerate(texts):
+            tokens[i, : len(t)] = torch.tensor(t, dtype=torch.long, device=device)
+        return Rollouts(tokens, torch.tensor([len(t) for t in texts], device=device), num)
 
     def encode_rationales(self, texts: list[str]) -> Rollouts:
         """Rationale texts (e.g. from the training data) -> `Rollouts` of one per row."""
@@ -170,38 +238,38 @@ class ReasoningTeacher(torch.nn.Module):
         return Rollouts(tokens, torch.tensor([len(i) for i in ids]), 1)
 
     def forward_rollouts(self, images: torch.Tensor, prompts: list[str], rollouts: Rollouts) -> TeacherForward:
-        """Teacher-forced pass over prompt + rationale + marker for every rollout row. Differentiable in the
-        model's weights (this is what GDSO, SFT and the marginal targets use)."""
-        vision, pixels = self._vision(images, rollouts.repeats)
-        prefixes = [ids for ids in self._prefix_ids(prompts, vision.image_text) for _ in range(rollouts.repeats)]
+        """Teacher-forced pass over prompt + rationale + marker for every rollout row (in the joint layout, every
+        dimension of an image in one sequence). Differentiable in the model's weights (this is what GDSO, SFT
+        and the marginal targets use)."""
+        rm, repeats = self.reward_model, rollouts.repeats
+        vision, pixels = self._model_inputs(images, prompts, repeats)
+        prefixes = self._prefixes(prompts, vision.image_text, repeats)
         device = images.device
-        rows, starts = [], []
-        for prefix, tokens, n in zip(prefixes, rollouts.tokens.tolist(), rollouts.lengths.tolist()):
-            starts.append(len(prefix))
-            rows.append(prefix + tokens[:n] + self.marker_ids)
-        input_ids, attention = self._padded(rows, left=False, device=device)
-        width = input_ids.shape[1]
-        extra = self.reward_model.family.extra_text_inputs(input_ids, self.reward_model.image_token_id)
-        hidden = self.model.model(input_ids=input_ids, attention_mask=attention, **pixels, **extra).last_hidden_state
+        row, segment = self._rows(images.shape[0], repeats)
+        headers = rm.segment_headers()
+        rationales = [[[] for _ in headers] for _ in prefixes]
+        for n, (i, s) in enumerate(zip(row.tolist(), segment.tolist())):
+            rationales[i][s] = rollouts.tokens[n, : int(rollouts.lengths[n])].tolist()
+        seq = assemble(prefixes, headers, self.marker_ids, rationales, self.tokenizer.pad_token_id, device)
+        extra = rm.family.extra_text_inputs(seq.input_ids, rm.image_token_id)
+        hidden = self.model.model(input_ids=seq.input_ids, attention_mask=seq.attention_mask, **pixels,
+                                  **extra).last_hidden_state  # (rows, W, H)
+        row, segment = row.to(device), segment.to(device)
         head = self.model.get_output_embeddings()
-        n_rows = len(rows)
-        slot = attention.sum(1) - 1  # the last marker token: the next token is the score
-        bins = head.weight[self.reward_model.bin_token_ids]  # only the K bin rows of the LM head
-        slot_logits = hidden[torch.arange(n_rows, device=device), slot] @ bins.T
-        # rationale token j of row i sits at position starts[i] + j and is predicted at starts[i] + j - 1
+        slot_logits = rm.bin_logits(hidden[row, seq.slots[row, segment]])  # (N, K)
+        # rationale token j of rollout n sits at start + j and is predicted at start + j - 1
+        starts, lengths = seq.starts[row, segment], seq.lengths[row, segment]
         length = rollouts.tokens.shape[1]
-        offsets = torch.tensor(starts, device=device)[:, None] + torch.arange(length, device=device)[None] - 1
-        mask = (torch.arange(length, device=device)[None] < rollouts.lengths.to(device)[:, None]).float()
-        offsets = offsets.clamp(max=width - 1)
-        h = hidden.gather(1, offsets[..., None].expand(-1, -1, hidden.shape[-1]))  # (N, L, H)
+        offsets = (starts[:, None] + torch.arange(length, device=device)[None] - 1).clamp(max=hidden.shape[1] - 1)
+        mask = (torch.arange(length, device=device)[None] < lengths[:, None]).float()
+        h = hidden[row[:, None], offsets]  # (N, L, H)
         logprobs = F.log_softmax(head(h).float(), dim=-1)
         targets = rollouts.tokens.to(device).clamp(min=0)
         token_logprobs = logprobs.gather(-1, targets[..., None]).squeeze(-1) * mask
         # the first marker token sits right after the rationale and is predicted from the position before it
-        before_marker = torch.tensor(starts, device=device) + rollouts.lengths.to(device) - 1
-        marker_logits = head(hidden[torch.arange(n_rows, device=device), before_marker]).float()
+        marker_logits = head(hidden[row, starts + lengths - 1]).float()
         marker_logprob = F.log_softmax(marker_logits, dim=-1)[:, self.marker_ids[0]]
-        return TeacherForward(slot_logits.float(), token_logprobs, mask, marker_logprob)
+        return TeacherForward(slot_logits, token_logprobs, mask, marker_logprob)
 
     # ------------------------------------------------------------------ scoring
     @torch.no_grad()

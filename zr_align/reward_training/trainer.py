@@ -10,6 +10,7 @@ RISD / OPD `teacher_targets.pt` (the teacher's marginal distributions, computed 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -46,6 +47,33 @@ def build_initial_model(config: RewardTrainConfig) -> ZRewardModel:
         model.config.rubric, model.config.bin_token_ids = rubric.to_dict(), None
         model = ZRewardModel(model.model, model.tokenizer, model.config, model.processor_config)
     return model
+
+
+def copy_vision_tower(model: ZRewardModel, source: str) -> int:
+    """Copy the vision-tower weights of the reward folder `source` whose names and shapes match `model`'s (the
+    projection into a language model of another width does not); returns how many tensors were copied."""
+    donor = ZRewardModel.from_pretrained(source).model.state_dict()
+    own = model.model.state_dict()
+    copied = {k: v for k, v in donor.items() if ".visual." in f".{k}" and k in own and own[k].shape == v.shape}
+    if not copied:
+        raise ValueError(f"vision_init {source!r} has no vision weights of this model's shapes")
+    model.model.load_state_dict(copied, strict=False)
+    return len(copied)
+
+
+def lr_lambda(config: RewardTrainConfig):
+    """Linear warm-up to `lr`, then constant or cosine down to `min_lr_ratio * lr` at `max_steps`."""
+    warmup = max(1, config.warmup_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, config.max_steps - warmup))
+        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
 
 
 def make_trainable(model: ZRewardModel, config: RewardTrainConfig) -> list[torch.nn.Parameter]:
@@ -133,7 +161,13 @@ def grouped_batch(by_prompt: dict[str, list[int]], config: RewardTrainConfig, ge
     return indices
 
 
-def train_reward_model(config: RewardTrainConfig, resume: str | None = None, log=print) -> Path:
+def train_reward_model(config: RewardTrainConfig, resume: str | None = None, log=print, on_eval=None) -> Path:
+    """Train one reward model (see the module docstring for the output folder).
+
+    Args:
+        on_eval (*optional*): `on_eval(step, model) -> dict` called every `config.eval_every` steps and at the end,
+            with the model being trained (a `ZRewardModel`); its numbers join that step's line of `metrics.jsonl`.
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -148,11 +182,12 @@ def train_reward_model(config: RewardTrainConfig, resume: str | None = None, log
     set_seed(config.seed)
     data = RatedImages(config.data)
     model = build_initial_model(config).to(accelerator.device)
+    if config.vision_init:
+        log(f"vision tower: {copy_vision_tower(model, config.vision_init)} tensors from {config.vision_init}")
     params = make_trainable(model, config)
     objective = build_objective(config, model, data, out, log)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(1, config.warmup_steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
     optimizer, schedule = accelerator.prepare(optimizer, schedule)
     accelerator.register_for_checkpointing(TrainableState({"model": model.model}))
 
@@ -183,7 +218,11 @@ def train_reward_model(config: RewardTrainConfig, resume: str | None = None, log
         grad_norm, skipped = guarded_step(accelerator, params, optimizer, config.max_grad_norm, skipped)
         schedule.step()
         record = {"step": step + 1, "loss": float(loss.detach()), "grad_norm": grad_norm, "skipped": skipped,
-                  "seconds": time.perf_counter() - begin, **metrics}
+                  "seconds": time.perf_counter() - begin, "lr": schedule.get_last_lr()[0], **metrics}
+        if on_eval is not None and config.eval_every and ((step + 1) % config.eval_every == 0
+                                                          or step + 1 == config.max_steps):
+            record["eval"] = on_eval(step + 1, model)
+            log(f"{config.method} step {step + 1} eval {record['eval']}")
         if accelerator.is_main_process:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")

@@ -38,6 +38,16 @@ def _no_extra_inputs(input_ids: torch.Tensor, image_token_id: int) -> dict[str, 
     return {}
 
 
+def _keep_model(model) -> None:
+    return None
+
+
+def _qwen2_vl_fast_vision(model) -> None:
+    from .vision_attention import enable_batched_vision_attention
+
+    enable_batched_vision_attention(model)
+
+
 def _model_class(name: str) -> Callable[[], type]:
     def load():
         import transformers
@@ -66,6 +76,7 @@ class VLMFamily:
         image_prompt: how one image appears in the prompt, `{}` standing for the expanded image tokens.
         template: default `Rubric.template` for this family.
         extra_text_inputs: extra forward kwargs computed from `input_ids` (Qwen's `mm_token_type_ids`).
+        prepare_model: called once on a loaded backbone (exact speed-ups such as batched vision attention).
     """
 
     name: str
@@ -75,12 +86,13 @@ class VLMFamily:
     image_prompt: str
     template: str
     extra_text_inputs: Callable[[torch.Tensor, int], dict[str, torch.Tensor]] = _no_extra_inputs
+    prepare_model: Callable = _keep_model
 
     def build_preprocessor(self, processor_config: dict, **options):
         return build_preprocessor(self.preprocessor, processor_config, image_token=self.image_token, **options)
 
 
-def _qwen(name: str, cls: str) -> VLMFamily:
+def _qwen(name: str, cls: str, prepare_model: Callable = _keep_model) -> VLMFamily:
     return VLMFamily(
         name=name,
         model_class=_model_class(cls),
@@ -89,11 +101,12 @@ def _qwen(name: str, cls: str) -> VLMFamily:
         image_prompt="<|vision_start|>{}<|vision_end|>",
         template=CHATML_TEMPLATE,
         extra_text_inputs=_qwen_mm_token_type_ids,
+        prepare_model=prepare_model,
     )
 
 
 FAMILIES: dict[str, VLMFamily] = {
-    "qwen2_vl": _qwen("qwen2_vl", "Qwen2VLForConditionalGeneration"),
+    "qwen2_vl": _qwen("qwen2_vl", "Qwen2VLForConditionalGeneration", _qwen2_vl_fast_vision),
     "qwen2_5_vl": _qwen("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration"),
     "qwen3_vl": _qwen("qwen3_vl", "Qwen3VLForConditionalGeneration"),
     "qwen3_5": _qwen("qwen3_5", "Qwen3_5ForConditionalGeneration"),

@@ -20,6 +20,7 @@ from ..preprocess import VisionInputs
 from ..rubrics import Rubric, resolve_bin_token_ids
 from ..scores import ScoreDistribution
 from .families import MODEL_TYPES, get_family
+from .layout import LAYOUTS, assemble
 from .output import RewardOutput
 
 CONFIG_NAME = "zreward_config.json"
@@ -44,6 +45,10 @@ class ZRewardConfig:
             writes a rationale after the prompt, then `score_marker`, and the score slot follows the marker.
             Keys: "score_marker" (e.g. "Score:"), "max_rationale_tokens". None for a student (score slot at
             the end of the prompt).
+        layout: "per_dimension" (one sequence per image and dimension, the rubric template) or "joint" (one
+            sequence per image carrying every dimension's slot; see `zr_align.rewards.layout`).
+        joint_marker: the text that ends each dimension's segment of a student in the joint layout (a teacher
+            uses its `score_marker`).
     """
 
     family: str
@@ -57,9 +62,13 @@ class ZRewardConfig:
     max_image_tokens: int | None = None
     quantize: bool = False
     teacher: dict | None = None
+    layout: str = "per_dimension"
+    joint_marker: str = "Score:"
 
     def __post_init__(self):
         get_family(self.family)
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.kappa < 0:
@@ -153,6 +162,7 @@ class ZRewardModel(nn.Module):
         self.tokenizer.padding_side = "right"  # the score slot is then found from the attention mask
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.family.prepare_model(model)
         model.requires_grad_(False)
         model.eval()
 
@@ -257,10 +267,50 @@ class ZRewardModel(nn.Module):
     def dimensions(self) -> tuple[str, ...]:
         return self.rubric.dimensions
 
+    @property
+    def joint(self) -> bool:
+        return self.config.layout == "joint"
+
     def build_texts(self, prompts: list[str], image_text: str) -> list[str]:
         """Prompt texts in (image, dimension) order: row `b * D + d`."""
         image = self.family.image_prompt.format(image_text)
         return [self.rubric.render(p, d, image) for p in prompts for d in self.dimensions]
+
+    def prefix_ids(self, prompts: list[str], image_text: str) -> list[list[int]]:
+        """Token ids of the part before the first segment: per dimension one row per (image, dimension) (row
+        `b * D + d`, the whole rubric prompt), joint one row per image (image and prompt only)."""
+        if not self.joint:
+            texts = self.build_texts(prompts, image_text)
+        else:
+            image = self.family.image_prompt.format(image_text)
+            texts = [self.rubric.render_joint(p, image) for p in prompts]
+        return [self.tokenizer(t)["input_ids"] for t in texts]
+
+    def segment_headers(self) -> list[list[int]]:
+        """Per segment, the tokens that open it: the dimension's name in the joint layout; `[[]]` otherwise."""
+        if not self.joint:
+            return [[]]
+        return [self.tokenizer.encode(f" {d}", add_special_tokens=False) for d in self.dimensions]
+
+    def marker_ids(self, marker: str | None) -> list[int]:
+        """Token ids of a segment's closing marker (`[]` for None)."""
+        return self.tokenizer.encode(f" {marker}", add_special_tokens=False) if marker else []
+
+    def bin_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Bin logits `(..., K)` of hidden states `(..., H)`: only the K bin rows of the LM head."""
+        head = self.model.get_output_embeddings()
+        logits = hidden @ head.weight[self.bin_token_ids].T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[self.bin_token_ids]
+        return logits.float()
+
+    def pixel_inputs(self, vision: VisionInputs, repeats: int) -> dict[str, torch.Tensor]:
+        """The VLM's image inputs with every image repeated `repeats` times (once per row that shows it)."""
+        batch = vision.batch_size
+        device = next(iter(vision.tensors.values())).device
+        index = None if repeats == 1 else torch.arange(batch, device=device).repeat_interleave(repeats)
+        dtype = self.model.dtype
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in vision.model_inputs(index).items()}
 
     def slot_logits(self, **model_inputs) -> torch.Tensor:
         """Bin logits `(N, K)` at the score slot (the last attended token of each right-padded row).
@@ -271,12 +321,7 @@ class ZRewardModel(nn.Module):
         attention_mask = model_inputs["attention_mask"]
         hidden = self.model.model(**model_inputs).last_hidden_state  # (N, L, H)
         slot = attention_mask.sum(dim=1) - 1
-        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), slot]  # (N, H)
-        head = self.model.get_output_embeddings()
-        logits = h @ head.weight[self.bin_token_ids].T  # only the K bin rows of the LM head
-        if getattr(head, "bias", None) is not None:
-            logits = logits + head.bias[self.bin_token_ids]
-        return logits.float()
+        return self.bin_logits(hidden[torch.arange(hidden.shape[0], device=hidden.device), slot])  # (N, K)
 
     def _check_prompts(self, prompts, batch: int) -> list[str]:
         if isinstance(prompts, str):
@@ -320,19 +365,17 @@ class ZRewardModel(nn.Module):
         batch, dims = images.shape[0], len(self.dimensions)
         prompts = self._check_prompts(prompts, batch)
         device = images.device
-        text = self.tokenizer(self.build_texts(prompts, vision.image_text), padding=True, return_tensors="pt")
-        input_ids = text["input_ids"].to(device)
-        index = torch.arange(batch, device=device).repeat_interleave(dims)  # each image once per dimension
-        pixel_inputs = vision.model_inputs(index)
-        dtype = self.model.dtype
-        pixel_inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in pixel_inputs.items()}
-        logits = self.slot_logits(
-            input_ids=input_ids,
-            attention_mask=text["attention_mask"].to(device),
-            **pixel_inputs,
-            **self.family.extra_text_inputs(input_ids, self.image_token_id),
-        )
-        return logits.view(batch, dims, -1)
+        marker = self.config.joint_marker if self.joint else None
+        rows = assemble(self.prefix_ids(prompts, vision.image_text), self.segment_headers(), self.marker_ids(marker),
+                        None, self.tokenizer.pad_token_id, device)
+        hidden = self.model.model(
+            input_ids=rows.input_ids,
+            attention_mask=rows.attention_mask,
+            **self.pixel_inputs(vision, 1 if self.joint else dims),  # per dimension: each image once per row
+            **self.family.extra_text_inputs(rows.input_ids, self.image_token_id),
+        ).last_hidden_state  # (R, W, H)
+        row = torch.arange(rows.slots.shape[0], device=device)[:, None]
+        return self.bin_logits(hidden[row, rows.slots]).view(batch, dims, -1)  # (R, S, K) -> (B, D, K)
 
     def output_from_distribution(self, dist: ScoreDistribution) -> RewardOutput:
         """`RewardOutput` of `(B, D, K)` distributions: `r = sum_d w_d (E_d - kappa * sigma_d)`. Differentiable."""

@@ -32,7 +32,8 @@ RUNS = [
 TEACHERS = ("teacher_sft", "gdso", "grpo")
 
 
-def run_config(name: str, file: str, work: Path, steps_scale: float, seed: int, log, reuse: bool = False):
+def run_config(name: str, file: str, work: Path, steps_scale: float, seed: int, log, reuse: bool = False,
+               on_eval=None, teacher: str | None = None):
     from ..reward_training.config import RewardTrainConfig
     from ..reward_training.trainer import train_reward_model
     from ..train_config import load_config
@@ -46,8 +47,10 @@ def run_config(name: str, file: str, work: Path, steps_scale: float, seed: int, 
     }
     if not config.init.startswith("tinyworld:"):
         overrides["init"] = str(work / "teacher_sft" / "model")
+    if config.vision_init:
+        overrides["vision_init"] = str(work / "teacher_sft" / "model")
     if config.method in ("risd", "opd"):
-        config.risd.teacher = str(work / "gdso" / "model")
+        config.risd.teacher = str(work / (teacher or "gdso") / "model")
     for key, value in overrides.items():
         setattr(config, key, value)
     config.__post_init__()
@@ -55,7 +58,7 @@ def run_config(name: str, file: str, work: Path, steps_scale: float, seed: int, 
         log(f"reusing {work / name / 'model'}")
         return work / name / "model", _minutes_of(work / name) * 60
     start = time.perf_counter()
-    path = train_reward_model(config, log=log)
+    path = train_reward_model(config, log=log, on_eval=on_eval)
     return path, time.perf_counter() - start
 
 
@@ -64,11 +67,48 @@ def _minutes_of(run: Path) -> float:
     return sum(json.loads(line)["seconds"] for line in lines) / 60
 
 
+def reading_hook(eval_dir, limit: int = 160):
+    """`on_eval` hook of the trainer: a teacher's greedy reading accuracy on the first `limit` images of an
+    evaluation set (per check; students and RewardDance have no rationale and report nothing)."""
+    from ..reward_training.teacher import ReasoningTeacher
+    from .reward_eval import reading_accuracy
+
+    def hook(step, model):
+        if not model.config.teacher:
+            return {}
+        return reading_accuracy(ReasoningTeacher(model), eval_dir, limit=limit)
+
+    return hook
+
+
+def evaluate_reward(path: Path, eval_dir: Path, teacher: bool, num_rationales: int) -> dict:
+    """Accuracy per pair kind on an evaluation set; for a teacher greedy and sampled (x N), plus its reading."""
+    from ..reward_training.evaluate import load_scorer
+    from ..reward_training.teacher import ReasoningTeacher
+    from .reward_eval import evaluate_kinds, reading_accuracy, score_eval_images
+
+    results = {}
+    modes = [("greedy", 1), (f"sample x{num_rationales}", num_rationales)] if teacher else [("", None)]
+    for label, n in modes:
+        options = {} if n is None else {"mode": "greedy" if n == 1 else "sample", "num_rationales": n}
+        start = time.perf_counter()
+        rewards = score_eval_images(load_scorer(path, **options), eval_dir)
+        results[label or "student"] = {**evaluate_kinds(rewards, eval_dir),
+                                       "images_per_second": round(len(rewards) / (time.perf_counter() - start), 1)}
+    if teacher:
+        model = ReasoningTeacher.from_pretrained(path)
+        results["reading_renders"] = reading_accuracy(model, eval_dir, sources=("render", "wrong_"))
+        results["reading_generator"] = reading_accuracy(model, eval_dir, sources=("sft_sample",))
+        results["reading_artefacts"] = reading_accuracy(model, eval_dir, sources=tuple(
+            k for k in ("blur", "noise", "color_shift", "fragments", "crop", "low_contrast", "clutter")))
+    return results
+
+
 def build_reward_models(
     work_dir: str | Path = "outputs/tinyworld_rewards",
     out_dir: str | Path = "models/tinyworld",
     sft_model: str | None = "models/tinyworld/sft",
-    images_per_prompt: int = 8,
+    images_per_prompt: int = 80,
     steps_scale: float = 1.0,
     num_rationales: int = 4,
     seed: int = 0,
@@ -76,48 +116,78 @@ def build_reward_models(
     log=print,
     reuse: bool = False,
 ) -> dict:
-    from ..reward_training.data import PreferencePairs, RatedImages
-    from ..reward_training.evaluate import evaluate_scorer, format_table, load_scorer
+    """Data, every reward model of `RUNS`, the table per pair kind on the test-split evaluation set, and the
+    shipped teacher (the better of teacher_sft and gdso on the *validation* set) and RISD student."""
     from .reward_data import make_reward_data
+    from .reward_eval import make_eval_set
 
     work, out = Path(work_dir), Path(out_dir)
     sft = sft_model if sft_model and Path(sft_model, "model_index.json").is_file() else None
     log(f"reward data (SFT samples from {sft})")
     data_stats = {}
-    for split, split_seed in (("train", seed), ("test", seed + 1)):
-        stats_file = work / "data" / split / "stats.json"
-        if reuse and stats_file.is_file():
-            data_stats[split] = json.loads(stats_file.read_text())
-        else:
-            data_stats[split] = make_reward_data(work / "data" / split, split, images_per_prompt, split_seed,
-                                                 sft_model=sft)
-    times = {}
+    for name, make in (
+        ("eval_validation", lambda d: make_eval_set(d, "validation", seed + 2, sft, pairs_per_kind=90,
+                                                    generator_pairs=200, samples_per_prompt=12)),
+        ("eval_test", lambda d: make_eval_set(d, "test", seed + 1, sft)),
+        ("train", lambda d: make_reward_data(d, "train", images_per_prompt, seed, sft_model=sft,
+                                             sft_fraction=0.12, recipe="perception")),
+    ):
+        stats_file = work / "data" / name / "stats.json"
+        data_stats[name] = (json.loads(stats_file.read_text()) if reuse and stats_file.is_file()
+                            else make(work / "data" / name))
+    times, hook = {}, reading_hook(work / "data" / "eval_validation")
+    shipped_teacher = None
     for name, file in RUNS:
+        if name in ("risd", "opd") and shipped_teacher is None:
+            shipped_teacher = choose_teacher(work, num_rationales, log)
         log(f"== {name}")
-        _, times[name] = run_config(name, file, work, steps_scale, seed, log, reuse)
+        _, times[name] = run_config(name, file, work, steps_scale, seed, log, reuse, hook, shipped_teacher)
 
-    pairs = PreferencePairs(work / "data" / "test" / "pairs.jsonl")
-    rated = RatedImages(work / "data" / "test" / "rated.jsonl")
     results = {}
     for name, _ in RUNS:
-        path = work / name / "model"
-        modes = [("greedy", 1), ("sample", num_rationales)] if name in TEACHERS else [(None, None)]
-        for mode, n in modes:
-            label = name if mode is None else f"{name} ({mode}{f' x{n}' if mode == 'sample' else ''})"
-            options = {} if mode is None else {"mode": mode, "num_rationales": n}
-            results[label] = evaluate_scorer(load_scorer(path, **options), pairs, rated, batch_size=16)
-            results[label]["train_minutes"] = round(times[name] / 60, 1)
-    table = format_table(results)
-    log(table)
-    report = {"data": data_stats, "results": results}
+        results[name] = evaluate_reward(work / name / "model", work / "data" / "eval_test", name in TEACHERS,
+                                        num_rationales)
+        results[name]["train_minutes"] = round(times[name] / 60, 1)
+        log(f"{name}: {results[name]}")
+    report = {"data": data_stats, "shipped_teacher": shipped_teacher, "results": results}
     if docs:
         Path(docs).mkdir(parents=True, exist_ok=True)
         Path(docs, "tinyworld_rewards.json").write_text(json.dumps(report, indent=1, default=float))
-        Path(docs, "tinyworld_rewards.md").write_text(
-            "# TinyWorld reward models on held-out pairs\n\nGenerated by `zr-align tinyworld build-rewards` "
-            f"(images per prompt {images_per_prompt}, steps scale {steps_scale}, seed {seed}; test-split prompts "
-            "never seen in training).\n\n```\n" + table + "\n```\n")
-    for name, target in (("gdso", "teacher"), ("risd", "student")):
+        Path(docs, "tinyworld_rewards.md").write_text(format_report(report, images_per_prompt, steps_scale, seed))
+    for source, target in ((shipped_teacher, "teacher"), ("risd", "student")):
         shutil.rmtree(out / target, ignore_errors=True)
-        shutil.copytree(work / name / "model", out / target)
+        shutil.copytree(work / source / "model", out / target)
     return report
+
+
+def choose_teacher(work: Path, num_rationales: int, log) -> str:
+    """teacher_sft or gdso, whichever ranks the validation pairs better (greedy, all kinds)."""
+    scores = {name: evaluate_reward(work / name / "model", work / "data" / "eval_validation", True,
+                                    num_rationales)["greedy"]["all"] for name in ("teacher_sft", "gdso")}
+    log(f"validation accuracy of the teachers: {scores}")
+    return max(scores, key=scores.get)
+
+
+def format_report(report: dict, images_per_prompt: int, steps_scale: float, seed: int) -> str:
+    from .reward_eval import KINDS
+
+    lines = ["# TinyWorld reward models on held-out pairs", "",
+             f"Generated by `zr-align tinyworld build-rewards` (images per prompt {images_per_prompt}, steps scale "
+             f"{steps_scale}, seed {seed}); test-split prompts never seen in training; ground truth = the judge. "
+             f"Shipped teacher: {report['shipped_teacher']}.", "",
+             "| model | mode | " + " | ".join(KINDS) + " | all | img/s | train min |",
+             "|---|---|" + "---|" * (len(KINDS) + 3)]
+    for name, result in report["results"].items():
+        for mode, row in result.items():
+            if not isinstance(row, dict) or mode.startswith("reading"):
+                continue
+            cells = [f"{row.get(k, float('nan')):.3f}" for k in (*KINDS, "all")]
+            lines.append(f"| {name} | {mode} | " + " | ".join(cells) + f" | {row['images_per_second']} | "
+                         f"{result['train_minutes']} |")
+    lines += ["", "Reading accuracy of the teachers' greedy rationales (share of images where a check says what "
+              "the judge's says; attributes: value and verdict):", ""]
+    for name, result in report["results"].items():
+        for part in ("reading_renders", "reading_generator", "reading_artefacts"):
+            if part in result:
+                lines.append(f"- {name}, {part[8:]}: " + ", ".join(f"{k} {v:.3f}" for k, v in result[part].items()))
+    return "\n".join(lines) + "\n"

@@ -96,9 +96,9 @@ def _add_build_rewards(sub) -> None:
     p = sub.add_parser("build-rewards", help="rebuild the reward models (data, teacher SFT -> GDSO, RISD student, "
                                              "baselines) and the comparison table")
     p.add_argument("--work-dir", default="outputs/tinyworld_rewards")
-    p.add_argument("--out", default="models/tinyworld", help="the GDSO teacher and RISD student go here")
+    p.add_argument("--out", default="models/tinyworld", help="the chosen teacher and the RISD student go here")
     p.add_argument("--sft-model", default="models/tinyworld/sft", help="its samples join the reward data")
-    p.add_argument("--images-per-prompt", type=int, default=8)
+    p.add_argument("--images-per-prompt", type=int, default=80, help="rated training images per train prompt")
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiplies every config's max_steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--docs", default="docs", help="where the table is written ('' for nowhere)")

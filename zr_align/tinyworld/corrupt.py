@@ -52,8 +52,23 @@ class Corrupted:
     detail: str
 
 
-# A corruption function maps (image, scene, rng) to (new image, scene now drawn, detail); the image is uint8.
-CorruptionFn = Callable[[np.ndarray, Scene, np.random.Generator], "tuple[np.ndarray, Scene, str]"]
+# A corruption function maps (image, scene, rng, severity) to (new image, scene now drawn, detail); the image is
+# uint8 and `severity` the `(low, high)` range its strength is drawn from (ignored by the wrong-attribute kinds).
+CorruptionFn = Callable[[np.ndarray, Scene, np.random.Generator, tuple], "tuple[np.ndarray, Scene, str]"]
+
+# kind -> (low, high) range of its strength, as in the table above: blur sigma (px), noise sigma (of 255), cast
+# length, number of fragments, share of the object kept inside the canvas, contrast kept, number of distractors.
+# Every draw from these ranges is flagged by the judge (the controlled negatives of evaluation).
+SEVERITIES: dict[str, tuple[float, float]] = {
+    "blur": (1.2, 2.0), "noise": (8.0, 16.0), "color_shift": (30.0, 45.0), "fragments": (1, 3),
+    "crop": (0.5, 0.7), "low_contrast": (0.45, 0.6), "clutter": (3, 5),
+}
+# Wider ranges for training data that teaches where the judge's thresholds lie: from barely visible (below the
+# judge's flag, so labelled clean) to severe.
+WIDE_SEVERITIES: dict[str, tuple[float, float]] = {
+    "blur": (0.4, 2.6), "noise": (1.5, 24.0), "color_shift": (6.0, 60.0), "fragments": (1, 3),
+    "crop": (0.5, 0.85), "low_contrast": (0.3, 0.9), "clutter": (1, 5),
+}
 
 
 def _other(values: tuple[str, ...], current: str, rng: np.random.Generator) -> str:
@@ -62,7 +77,7 @@ def _other(values: tuple[str, ...], current: str, rng: np.random.Generator) -> s
 
 
 def _wrong_attribute(attribute: str) -> CorruptionFn:
-    def apply(image: np.ndarray, scene: Scene, rng: np.random.Generator):
+    def apply(image: np.ndarray, scene: Scene, rng: np.random.Generator, severity=None):
         new = _other(VALUES[attribute], getattr(scene, attribute), rng)
         if attribute == "size":
             # Keep the jitter scale; move the centre only as far as the new extent needs to fit its third.
@@ -94,20 +109,20 @@ def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     return out
 
 
-def _blur(image, scene, rng):
-    sigma = rng.uniform(1.2, 2.0)
+def _blur(image, scene, rng, severity):
+    sigma = rng.uniform(*severity)
     return to_uint8(gaussian_blur(image.astype(np.float64), sigma)), scene, f"blur sigma {sigma:.2f}"
 
 
-def _noise(image, scene, rng):
-    sigma = rng.uniform(8.0, 16.0)
+def _noise(image, scene, rng, severity):
+    sigma = rng.uniform(*severity)
     noisy = image.astype(np.float64) + rng.normal(0.0, sigma, image.shape)
     return to_uint8(noisy), scene, f"noise sigma {sigma:.1f}"
 
 
-def _color_shift(image, scene, rng):
+def _color_shift(image, scene, rng, severity):
     direction = rng.normal(size=3)
-    offset = direction / np.linalg.norm(direction) * rng.uniform(30.0, 45.0)
+    offset = direction / np.linalg.norm(direction) * rng.uniform(*severity)
     shifted = to_uint8(image.astype(np.float64) + offset)
     return shifted, scene, "color shift " + " ".join(f"{v:+.0f}" for v in offset)
 
@@ -141,22 +156,24 @@ def _add_blobs(image: np.ndarray, scene: Scene, rng: np.random.Generator, count:
     return to_uint8(canvas), painted
 
 
-def _fragments(image, scene, rng):
-    image, n = _add_blobs(image, scene, rng, int(rng.integers(1, 4)), (3.5, 5.0), [scene.color], ("circle",))
+def _fragments(image, scene, rng, severity):
+    count = int(rng.integers(severity[0], severity[1] + 1))
+    image, n = _add_blobs(image, scene, rng, count, (3.5, 5.0), [scene.color], ("circle",))
     return image, scene, f"{n} fragment(s) of {scene.color}"
 
 
-def _clutter(image, scene, rng):
+def _clutter(image, scene, rng, severity):
     others = [c for c in COLORS if c != scene.color]
-    image, n = _add_blobs(image, scene, rng, int(rng.integers(3, 6)), (5.0, 8.0), others, SHAPES)
+    count = int(rng.integers(severity[0], severity[1] + 1))
+    image, n = _add_blobs(image, scene, rng, count, (5.0, 8.0), others, SHAPES)
     return image, scene, f"{n} distractor(s)"
 
 
-def _crop(image, scene, rng):
+def _crop(image, scene, rng, severity):
     # Push the object out through the border its position is nearest to (a random one for the center).
     side = {"on the left": "left", "on the right": "right", "at the top": "top", "at the bottom": "bottom"}.get(
         scene.position) or ("left", "right", "top", "bottom")[rng.integers(4)]
-    visible = rng.uniform(0.5, 0.7)
+    visible = rng.uniform(*severity)
     offset = scene.extent * (visible - 0.5)  # centre distance from the border, inside the canvas
     x, y = scene.center
     x = offset if side == "left" else CANVAS - offset if side == "right" else x
@@ -165,8 +182,8 @@ def _crop(image, scene, rng):
     return draw(moved), moved, f"crop {side}, {1 - visible:.0%} outside"
 
 
-def _low_contrast(image, scene, rng):
-    keep = rng.uniform(0.45, 0.6)
+def _low_contrast(image, scene, rng, severity):
+    keep = rng.uniform(*severity)
     background = np.asarray(BACKGROUND, dtype=np.float64)
     faded = background + keep * (image.astype(np.float64) - background)
     return to_uint8(faded), scene, f"contrast x{keep:.2f}"
@@ -197,13 +214,16 @@ CORRUPTIONS: dict[str, Corruption] = {
 WRONG_ATTRIBUTE: dict[str, str] = {f"wrong_{a}": a for a in ("color", "shape", "size", "position")}
 
 
-def corrupt(rendered: Rendered, kind: str, seed: int | np.random.Generator | None = None) -> Corrupted:
+def corrupt(rendered: Rendered, kind: str, seed: int | np.random.Generator | None = None,
+            severity: tuple[float, float] | None = None) -> Corrupted:
     """Apply the corruption `kind` to a clean rendering.
 
     Args:
         rendered ([`Rendered`]): output of `render.render` (the scene is needed to re-draw it).
         kind (`str`): a key of `CORRUPTIONS`.
         seed (`int`, `np.random.Generator` or `None`): the corruption's randomness (a Generator is advanced).
+        severity (`tuple[float, float]`, *optional*): the range the strength is drawn from; default
+            `SEVERITIES[kind]` (see `WIDE_SEVERITIES` for training data).
 
     Raises:
         `ValueError`: for an unknown `kind`.
@@ -211,6 +231,7 @@ def corrupt(rendered: Rendered, kind: str, seed: int | np.random.Generator | Non
     if kind not in CORRUPTIONS:
         raise ValueError(f"unknown corruption {kind!r}; allowed: {', '.join(CORRUPTIONS)}")
     corruption = CORRUPTIONS[kind]
-    image, scene, detail = corruption.apply(rendered.image, rendered.scene, as_generator(seed))
+    severity = SEVERITIES.get(kind) if severity is None else severity
+    image, scene, detail = corruption.apply(rendered.image, rendered.scene, as_generator(seed), severity)
     return Corrupted(image, scene, kind, corruption.dimension, detail)
 

@@ -29,11 +29,15 @@ def overall(verdict: Verdict, weights: dict[str, float] | None = None) -> float:
     return sum(weights[d] * verdict.scores[d] for d in weights) / sum(weights.values())
 
 
-def net_preference(candidate: list[Verdict], baseline: list[Verdict], margin: float = 0.25) -> dict:
+def net_preference(candidate: list[Verdict], baseline: list[Verdict], margin: float = 0.2) -> dict:
     """Good-Same-Bad comparison on paired images (same prompt, same seed): GSB net = (good - bad) / all.
 
     An image pair is "good" when the candidate's overall judge score beats the baseline's by more than
-    `margin` (a tie band like a human's), "bad" when it loses by more, "same" otherwise.
+    `margin` (a tie band like a human's), "bad" when it loses by more, "same" otherwise. The overall score is
+    the mean of four rubric scores, so one attribute more or less right moves it by exactly 0.25 and a half point
+    on one artefact dimension by 0.125: the default band 0.2 counts every attribute a person would see as a
+    difference and ties the smallest artefact changes. (Before 2026-11 it was 0.25, which tied one-attribute
+    differences; reports give both.)
     """
     good = bad = 0
     for c, b in zip(candidate, baseline):

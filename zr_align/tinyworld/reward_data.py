@@ -41,12 +41,17 @@ from pathlib import Path
 import numpy as np
 
 from .annotators import AnnotatorPanel, Ratings
-from .corrupt import CORRUPTIONS, WRONG_ATTRIBUTE, corrupt
-from .grammar import ATTRIBUTES, COLORS, SHAPES, SIZES, split_prompts
+from .corrupt import CORRUPTIONS, WIDE_SEVERITIES, WRONG_ATTRIBUTE, corrupt
+from .grammar import ATTRIBUTES, COLORS, SHAPES, SIZES, VALUES, Attributes, parse_prompt, split_prompts
 from .judge import Verdict, judge
 from .render import Rendered, render
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
+RECIPES: tuple[str, ...] = ("mixed", "perception")
+# The "perception" recipe: each artefact is drawn independently with this probability (from `WIDE_SEVERITIES`):
+# blur, noise and colour casts often, the scene-level artefacts sometimes.
+ARTEFACT_RATES: dict[str, float] = {"blur": 0.25, "noise": 0.25, "color_shift": 0.2, "crop": 0.1, "fragments": 0.1,
+                                    "low_contrast": 0.12, "clutter": 0.12}
 
 # The word each position value reads as in a rationale; the judge's corner cells all read "corner".
 POSITION_WORDS: dict[str, str] = {"on the left": "left", "on the right": "right", "at the top": "top",
@@ -109,6 +114,33 @@ def _corrupt_kinds(first: str, rng: np.random.Generator, double_fraction: float)
     return sorted(kinds, key=lambda k: rank.get(k, len(rank)))  # stable: pixel corruptions keep their order
 
 
+def _wrong_attributes(prompt: str, num_wrong: int, rng: np.random.Generator) -> Attributes:
+    """The prompt's attributes with `num_wrong` of them (chosen at random) replaced by another value."""
+    shown = parse_prompt(prompt).as_dict()
+    for attribute in rng.choice(ATTRIBUTES, num_wrong, replace=False):
+        others = [v for v in VALUES[attribute] if v != shown[attribute]]
+        shown[attribute] = others[rng.integers(len(others))]
+    return Attributes(**shown)
+
+
+def perception_image(prompt: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """One image of the "perception" recipe and its source tag: 0-4 wrong attributes drawn uniformly, then each
+    artefact of `ARTEFACT_RATES` independently at a strength from `WIDE_SEVERITIES` (re-drawing crops first).
+
+    Why: a reward model must *read* the image. With mostly clean renders of the prompt, "copy the prompt and say
+    yes" is nearly optimal; with the number of wrong attributes uniform, "yes" and "no" are equally common and
+    only reading the pixels pays (issue "Reward models that see").
+    """
+    num_wrong = int(rng.integers(0, len(ATTRIBUTES) + 1))
+    picture = render(_wrong_attributes(prompt, num_wrong, rng), seed=rng)
+    kinds = [kind for kind, rate in ARTEFACT_RATES.items() if rng.random() < rate]
+    kinds.sort(key=lambda k: k != "crop")  # crop re-draws the scene: before the pixel corruptions
+    for kind in kinds:
+        done = corrupt(picture, kind, rng, severity=WIDE_SEVERITIES[kind])
+        picture = Rendered(done.image, done.scene)
+    return picture.image, f"wrong{num_wrong}" + "".join(f"+{k}" for k in kinds)
+
+
 def make_reward_data(
     out_dir,
     split: str,
@@ -117,6 +149,7 @@ def make_reward_data(
     sft_model: str | None = None,
     sft_fraction: float = 0.3,
     *,
+    recipe: str = "mixed",
     num_prompts: int | None = None,
     pairs_per_prompt: int | None = None,
     double_fraction: float = 0.25,
@@ -135,6 +168,10 @@ def make_reward_data(
         sft_model (`str`, *optional*): a TinyWorld diffusion pipeline folder (e.g. `models/tinyworld/sft`); its
             samples make up `sft_fraction` of each prompt's images. Cost: one sampling run of all of them.
         sft_fraction (`float`, *optional*, defaults to 0.3): share of SFT samples per prompt (rounded).
+        recipe (`str`, *optional*, defaults to "mixed"): how the non-SFT images are made. "mixed": a third clean
+            renders, the rest one corruption of `CORRUPTIONS` each (all kinds in turn), some a second one.
+            "perception": every image from [`perception_image`] (0-4 wrong attributes uniformly, independent
+            artefacts over wide severities): the recipe that teaches a reward model to read the image.
         num_prompts (`int`, *optional*): use a seeded subset of this many prompts of the split (all by default).
         pairs_per_prompt (`int`, *optional*): pairs per prompt, drawn without replacement among all image pairs
             of the prompt; default `images_per_prompt` (capped at the number of pairs).
@@ -156,6 +193,8 @@ def make_reward_data(
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; allowed: {', '.join(RECIPES)}")
     if images_per_prompt < 2:
         raise ValueError(f"images_per_prompt must be >= 2 (pairs need two images), got {images_per_prompt}")
     if not 0.0 <= sft_fraction < 1.0:
@@ -175,6 +214,8 @@ def make_reward_data(
         raise ValueError(f"pairs_per_prompt must be >= 1, got {pairs_per_prompt}")
     panel = panel or AnnotatorPanel(seed=seed)
     n_clean, n_corrupt, n_sft = _image_plan(images_per_prompt, sft_fraction, sft_model is not None)
+    if recipe == "perception":
+        n_clean, n_corrupt = 0, images_per_prompt - n_sft
 
     sft_images = None
     if n_sft:
@@ -195,7 +236,9 @@ def make_reward_data(
     for p, prompt in enumerate(prompts):
         rng = np.random.default_rng([seed, split_id, p])
         images: list[tuple[np.ndarray, str]] = [(render(prompt, seed=rng).image, "render") for _ in range(n_clean)]
-        for _ in range(n_corrupt):
+        if recipe == "perception":
+            images += [perception_image(prompt, rng) for _ in range(n_corrupt)]
+        for _ in range(n_corrupt if recipe == "mixed" else 0):
             kinds = _corrupt_kinds(kind_order[kind_counter % len(kind_order)], rng, double_fraction)
             kind_counter += 1
             picture = render(prompt, seed=rng)
@@ -239,21 +282,33 @@ def make_reward_data(
     for file, lines in (("rated.jsonl", rated_lines), ("pairs.jsonl", pair_lines)):
         (out_dir / file).write_text("".join(json.dumps(line) + "\n" for line in lines))
     decided = preferences["a"] + preferences["b"]
+    words = [w for line in rated_lines for text in line["rationale"].values() for w in text.split()]
     mean_ratings = {d: round(float(np.mean([np.mean(r["ratings"][d]) for r in rated_lines])), 4)
                     for d in panel.dimensions}
     stats = {
-        "split": split, "seed": seed, "split_seed": split_seed,
+        "split": split, "recipe": recipe, "seed": seed, "split_seed": split_seed,
         "sft_model": None if sft_model is None else str(sft_model),
         "prompts": len(prompts), "images": len(rated_lines), "images_per_prompt": images_per_prompt,
-        "images_by_source": dict(sorted(sources.items())), "pairs": len(pair_lines),
+        "images_by_source": _summarise_sources(sources) if recipe == "perception" else dict(sorted(sources.items())),
+        "pairs": len(pair_lines),
         "pairs_per_prompt": pairs_per_prompt, "preferences": preferences,
         "tie_rate": round(preferences["tie"] / len(pair_lines), 4),
         "judge_pairwise_accuracy": round(judge_hits / decided, 4) if decided else None,
         "raters": panel.num_raters, "mean_ratings": mean_ratings,
+        "yes_share": round(words.count("yes") / max(1, words.count("yes") + words.count("no")), 4),
     }
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
 
 
-__all__ = ["ARTEFACT_CHECKS", "POSITION_WORDS", "RATIONALE_DIMENSIONS", "RATIONALE_WORDS", "SPLITS",
+def _summarise_sources(sources: dict[str, int]) -> dict[str, int]:
+    """Counts by number of wrong attributes and by artefact (an image counts once per artefact it has)."""
+    out: dict[str, int] = {}
+    for source, n in sources.items():
+        for part in source.split("+"):
+            out[part] = out.get(part, 0) + n
+    return dict(sorted(out.items()))
+
+
+__all__ = ["ARTEFACT_CHECKS", "ARTEFACT_RATES", "RECIPES", "perception_image", "POSITION_WORDS", "RATIONALE_DIMENSIONS", "RATIONALE_WORDS", "SPLITS",
            "make_reward_data", "rationale_text"]

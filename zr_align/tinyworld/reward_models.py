@@ -2,8 +2,13 @@
 
 Both use the real `Qwen2VLForConditionalGeneration` at tiny size, patch 8 / merge 2 (a 64x64 image is 16 image
 tokens, no resize), and one word-level tokenizer that knows the grammar, the rubric text, the rationale words
-and every score bin as a single token. The teacher writes a rationale then "Score:" (SPEC §3); the student reads
-its score at the end of the prompt (SPEC §4).
+and every score bin as a single token.
+
+Both use the *joint* layout (`zr_align.rewards.layout`): one short sequence per image, the image and the prompt
+followed by every rubric dimension in turn. The teacher writes each dimension's rationale, then "Score:", and
+the score slot follows (Z-Reward's reasoning teacher); the student has no rationale and reads all four
+distributions in one forward pass (the RISD student). The student's vision tower has the teacher's size, so it
+can see as well (and may be initialised from it, `RewardTrainConfig.vision_init`).
 """
 
 from __future__ import annotations
@@ -20,9 +25,13 @@ from .reward_data import RATIONALE_WORDS
 # name -> (text hidden, text layers, heads, vision width, vision depth)
 SIZES = {
     "teacher": (128, 4, 4, 64, 3),
-    "student": (64, 3, 4, 48, 2),
+    "student": (64, 3, 4, 64, 3),
 }
 SCORE_MARKER = "Score:"
+# The joint layout's prefix: the image and the prompt only (the rubric's long per-dimension sentences would cost
+# ~80 tokens per dimension for nothing the model can use).
+JOINT_TEMPLATE = "<|im_start|>{image}{prompt}<|im_end|>"
+MAX_RATIONALE_TOKENS = 14
 # Words of the rationales (zr_align.tinyworld.reward_data) and the RewardDance answer, besides the grammar.
 EXTRA_WORDS = (
     "Score : color shape size position blur noise shift fragments crop contrast clutter object yes no none "
@@ -66,13 +75,16 @@ def tiny_qwen2_vl(tokenizer, size: str, seed: int = 0):
     return transformers.Qwen2VLForConditionalGeneration(config).eval()
 
 
-def build_reward_model(size: str, teacher: bool, seed: int = 0) -> ZRewardModel:
-    """A random TinyWorld reward model: `size` "teacher" or "student"; `teacher=True` adds the rationale slot."""
+def build_reward_model(size: str, teacher: bool, seed: int = 0, layout: str = "joint") -> ZRewardModel:
+    """A random TinyWorld reward model: `size` "teacher" or "student"; `teacher=True` adds the rationale slot;
+    `layout` "joint" (one sequence per image, the default) or "per_dimension"."""
     tokenizer = reward_tokenizer()
     model = tiny_qwen2_vl(tokenizer, size, seed)
     config = ZRewardConfig(
         family="qwen2_vl",
-        rubric=Rubric(template=CHATML_TEMPLATE).to_dict(),
-        teacher={"score_marker": SCORE_MARKER, "max_rationale_tokens": 16} if teacher else None,
+        rubric=Rubric(template=CHATML_TEMPLATE, joint_template=JOINT_TEMPLATE).to_dict(),
+        teacher={"score_marker": SCORE_MARKER, "max_rationale_tokens": MAX_RATIONALE_TOKENS} if teacher else None,
+        layout=layout,
+        joint_marker=SCORE_MARKER,
     )
     return ZRewardModel(model, tokenizer, config, qwen_processor_config("qwen2_vl"))

@@ -1,0 +1,82 @@
+"""Held-out evaluation of TinyWorld reward models by pair kind, reading accuracy, and the GSB tie band."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from zr_align.rewards.output import RewardOutput
+from zr_align.reward_training.teacher import ReasoningTeacher
+from zr_align.scores import DEFAULT_BINS, ScoreDistribution
+from zr_align.tinyworld.evaluate import net_preference
+from zr_align.tinyworld.judge import judge
+from zr_align.tinyworld.render import render
+from zr_align.tinyworld.reward_eval import (KINDS, _checks, evaluate_kinds, make_eval_set, reading_accuracy,
+                                            score_eval_images)
+from zr_align.tinyworld.reward_models import build_reward_model
+
+DIMS = ("alignment", "realism", "aesthetics", "plausibility")
+
+
+def judge_scorer(images, prompts):
+    """The ground truth as a scorer: reward = the judge's mean rubric score."""
+    pixels = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    verdicts = [judge(p, prompt) for p, prompt in zip(pixels, prompts)]
+    scores = {d: ScoreDistribution.from_score(torch.tensor([v.scores[d] for v in verdicts])) for d in DIMS}
+    return RewardOutput(torch.stack([s.mean for s in scores.values()]).mean(0), scores)
+
+
+def prompt_copier(images, prompts):
+    """A reward that ignores the image: what a blind model that copies the prompt can at best do."""
+    probs = torch.full((len(prompts), 9), 1 / 9)
+    return RewardOutput(torch.full((len(prompts),), 3.0), {d: ScoreDistribution(probs, DEFAULT_BINS) for d in DIMS})
+
+
+@pytest.fixture(scope="module")
+def eval_set(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    stats = make_eval_set(out, "validation", seed=0, pairs_per_kind=14)
+    return out, stats
+
+
+def test_eval_set_kinds_and_ground_truth(eval_set):
+    out, stats = eval_set
+    assert stats["pairs"]["clean_vs_one"] == stats["pairs"]["one_vs_two"] == 14
+    assert stats["pairs"]["quality"] == 14 and stats["pairs"]["generator"] == 0  # no SFT model given
+    pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    rated = {r["image"]: r for r in map(json.loads, (out / "rated.jsonl").read_text().splitlines())}
+    for p in pairs:
+        a, b = (sum(rated[p[k]]["scores"].values()) for k in ("image_a", "image_b"))
+        assert (a > b) == (p["preference"] == "a")  # the judge decides; no tie band
+        if p["kind"] == "clean_vs_one":  # one attribute: 1 point of alignment
+            assert abs(a - b) == pytest.approx(1.0)
+    assert {p["preference"] for p in pairs} == {"a", "b"}  # the better image is not always first
+
+
+def test_judge_scorer_is_perfect_and_a_blind_one_is_chance(eval_set):
+    out, _ = eval_set
+    perfect = evaluate_kinds(score_eval_images(judge_scorer, out), out)
+    blind = evaluate_kinds(score_eval_images(prompt_copier, out), out)
+    assert perfect["all"] == 1.0
+    assert blind == {k: 0.5 for k in (*KINDS[:3], "all")}
+
+
+def test_reading_accuracy_parses_checks_and_rejects_a_blind_reader(eval_set):
+    assert _checks("size large yes color blue no shape circle yes position left yes", "alignment") == {
+        "size": "large yes", "color": "blue no", "shape": "circle yes", "position": "left yes"}
+    assert _checks("blur no noise yes shift no", "realism") == {"blur": "no", "noise": "yes", "shift": "no"}
+    out, _ = eval_set
+    teacher = ReasoningTeacher(build_reward_model("teacher", teacher=True))  # random: reads nothing
+    reading = reading_accuracy(teacher, out, limit=12)
+    assert set(reading) == {"size", "color", "shape", "position", "blur", "noise", "shift", "faded", "clutter",
+                            "fragments", "crop"}
+    assert max(reading[a] for a in ("size", "color", "shape", "position")) < 0.5
+
+
+def test_gsb_tie_band_counts_one_attribute():
+    prompt = "a large red circle on the left"
+    right = judge(render(prompt, seed=0).image, prompt)
+    wrong = judge(render("a large blue circle on the left", seed=0).image, prompt)
+    assert net_preference([right], [wrong]) == {"good": 1, "same": 0, "bad": 0, "net": 1.0}
+    assert net_preference([right], [wrong], margin=0.25)["same"] == 1  # the old band tied it

@@ -1,0 +1,185 @@
+"""The joint layout (one sequence per image for every rubric dimension), the teacher's segment forcing, batched
+vision attention, and the training options that came with them (soft score labels, cosine lr, vision init)."""
+
+import json
+
+import pytest
+import torch
+
+from zr_align.reward_training.config import RewardTrainConfig
+from zr_align.reward_training.data import RatedImages, collate
+from zr_align.reward_training.objectives import score_slot_loss
+from zr_align.reward_training.teacher import ReasoningTeacher, SegmentForcing
+from zr_align.reward_training.trainer import copy_vision_tower, lr_lambda, train_reward_model
+from zr_align.rewards.layout import assemble
+from zr_align.tinyworld.reward_data import make_reward_data
+from zr_align.tinyworld.reward_models import build_reward_model
+
+PROMPTS = ["a large red circle on the left", "a small blue square at the top", "a large green triangle in the center"]
+
+
+def images(n=3, seed=0):
+    return torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def test_assemble_positions():
+    out = assemble([[1, 2], [3]], headers=[[10], [11]], marker=[20, 21], rationales=[[[5, 6], []], [[7], [8, 9]]],
+                   pad_id=0)
+    assert out.input_ids.tolist() == [[1, 2, 10, 5, 6, 20, 21, 11, 20, 21],
+                                      [3, 10, 7, 20, 21, 11, 8, 9, 20, 21]]
+    assert out.starts.tolist() == [[3, 8], [2, 6]]
+    assert out.lengths.tolist() == [[2, 0], [1, 2]]
+    assert out.slots.tolist() == [[6, 9], [4, 9]]  # the last marker token of each segment
+    assert out.attention_mask.sum(1).tolist() == [10, 10]
+
+
+def test_joint_student_equals_separate_passes_over_its_own_rows():
+    """The joint student reads dimension d at the end of its segment: the same logits as a pass over the sequence
+    cut right after that segment (causal attention), so later segments cannot leak into earlier scores."""
+    torch.manual_seed(0)
+    rm = build_reward_model("student", teacher=False)
+    x = images()
+    logits = rm.forward_logits(x, PROMPTS)  # (B, D, K)
+    assert logits.shape == (3, 4, 9)
+    vision = rm.preprocessor(x)
+    headers, marker = rm.segment_headers(), rm.marker_ids(rm.config.joint_marker)
+    for d in range(4):
+        rows = assemble(rm.prefix_ids(PROMPTS, vision.image_text), headers[: d + 1], marker, None,
+                        rm.tokenizer.pad_token_id)
+        hidden = rm.model.model(input_ids=rows.input_ids, attention_mask=rows.attention_mask,
+                                **rm.pixel_inputs(vision, 1),
+                                **rm.family.extra_text_inputs(rows.input_ids, rm.image_token_id)).last_hidden_state
+        alone = rm.bin_logits(hidden[torch.arange(3), rows.slots[:, d]])
+        torch.testing.assert_close(alone, logits[:, d], atol=1e-5, rtol=1e-5)
+
+
+def test_joint_student_pixel_gradient_and_one_sequence_per_image():
+    rm = build_reward_model("student", teacher=False)
+    calls = []
+    language_model = rm.model.model.language_model
+    hook = language_model.register_forward_hook(lambda m, a, k, o: calls.append(k["inputs_embeds"]), with_kwargs=True)
+    x = images().requires_grad_(True)
+    rm(x, PROMPTS).reward.sum().backward()
+    hook.remove()
+    assert calls[0].shape[0] == 3  # one row per image, not per (image, dimension)
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    per_dim = build_reward_model("student", teacher=False, layout="per_dimension")
+    assert per_dim(images(), PROMPTS).reward.shape == (3,)
+
+
+def test_segment_forcing_state_machine():
+    forcing = SegmentForcing(headers=[[10], [11]], marker=[20, 21], max_tokens=3, pad_id=0, prompt_width=0)
+    walk = forcing._walk
+    assert walk([5]) == (None, [[5]])  # free rationale
+    assert walk([5, 6, 7])[0] == 20  # budget reached: the marker starts
+    assert walk([5, 20])[0] == 21  # the marker is completed
+    assert walk([5, 20, 21])[0] == 11  # then the next dimension's header
+    assert walk([5, 20, 21, 11])[0] is None
+    assert walk([5, 20, 21, 11, 8, 20, 21])[0] == 0  # after the last segment: padding (the end)
+    assert forcing.parse([5, 20, 21, 11, 8, 9, 20, 21, 0, 0]) == [[5], [8, 9]]
+
+
+def test_teacher_generation_keeps_the_layout_and_matches_teacher_forcing():
+    torch.manual_seed(0)
+    teacher = ReasoningTeacher(build_reward_model("teacher", teacher=True))
+    x = images()
+    rollouts = teacher.generate(x, PROMPTS, num=2, generator=torch.Generator().manual_seed(1))
+    assert rollouts.tokens.shape[0] == 3 * 4 * 2
+    assert (rollouts.lengths <= teacher.max_rationale_tokens).all()
+    stop = teacher.marker_ids[0]  # a rationale ends at the marker's first token
+    assert not any(stop in t[:n].tolist() for t, n in zip(rollouts.tokens, rollouts.lengths))
+    out = teacher.forward_rollouts(x, PROMPTS, rollouts)
+    assert out.slot_logits.shape == (24, 9) and torch.isfinite(out.token_logprobs).all()
+    # greedy generation picks, at every free step, the token teacher forcing finds most likely
+    greedy = teacher.generate(x, PROMPTS, greedy=True)
+    forced = teacher.forward_rollouts(x, PROMPTS, greedy)
+    assert (forced.token_logprobs * forced.mask).sum() > (out.token_logprobs * out.mask).sum() / 2
+
+
+def test_batched_vision_attention_is_exact():
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import VisionAttention
+
+    rm = build_reward_model("teacher", teacher=False)
+    x = images(4).requires_grad_(True)
+    fast = rm(x, PROMPTS + PROMPTS[:1]).reward
+    (grad_fast,) = torch.autograd.grad(fast.sum(), x)
+    swapped = 0
+    for module in rm.model.modules():
+        if type(module) is VisionAttention:
+            module.forward = module._stock_forward
+            swapped += 1
+    assert swapped == 3
+    slow = rm(x, PROMPTS + PROMPTS[:1]).reward
+    (grad_slow,) = torch.autograd.grad(slow.sum(), x)
+    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(grad_fast, grad_slow, atol=1e-6, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def perception_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pdata")
+    stats = make_reward_data(root, "train", images_per_prompt=20, seed=0, num_prompts=5, recipe="perception")
+    return root, stats
+
+
+def test_perception_recipe_balances_yes_and_no(perception_data):
+    root, stats = perception_data
+    assert stats["recipe"] == "perception" and stats["images"] == 100
+    wrong = [stats["images_by_source"].get(f"wrong{k}", 0) for k in range(5)]
+    assert min(wrong) >= 10  # 0-4 wrong attributes drawn uniformly
+    rated = [json.loads(line) for line in (root / "rated.jsonl").read_text().splitlines()]
+    verdicts = [w for r in rated for w in r["rationale"]["alignment"].split() if w in ("yes", "no")]
+    assert 0.35 < verdicts.count("yes") / len(verdicts) < 0.65  # "copy the prompt, say yes" scores badly
+    assert sum(k in stats["images_by_source"] for k in ("blur", "noise", "color_shift")) == 3
+    with pytest.raises(ValueError, match="unknown recipe 'clean'"):
+        make_reward_data(root / "x", "train", 4, 0, recipe="clean")
+
+
+def test_soft_score_label_is_cross_entropy_to_the_histogram(perception_data):
+    root, _ = perception_data
+    batch = collate([RatedImages(root / "rated.jsonl")[i] for i in range(4)])
+    dims = ("alignment", "realism", "aesthetics", "plausibility")
+    bins = torch.linspace(1, 5, 9)
+    logits = torch.randn(4, 4, 9)
+    labels = torch.stack([batch["labels"][d] for d in dims], 1)
+    expected = -(labels * logits.log_softmax(-1)).sum(-1).mean()
+    config = RewardTrainConfig(data=str(root / "rated.jsonl"))
+    torch.testing.assert_close(score_slot_loss(logits, batch, dims, bins, config), expected)
+    config.dimension_weights = {"alignment": 3.0}
+    weighted = (-(labels * logits.log_softmax(-1)).sum(-1) * torch.tensor([3.0, 1, 1, 1])).sum(-1).mean() / 6
+    torch.testing.assert_close(score_slot_loss(logits, batch, dims, bins, config), weighted)
+    config.dimension_weights = {"style": 1.0}
+    with pytest.raises(ValueError, match="dimension_weights names"):
+        score_slot_loss(logits, batch, dims, bins, config)
+
+
+def test_cosine_schedule_and_vision_init(perception_data, tmp_path):
+    root, _ = perception_data
+    config = RewardTrainConfig(data=str(root / "rated.jsonl"), max_steps=100, warmup_steps=10, lr_schedule="cosine",
+                               min_lr_ratio=0.1)
+    f = lr_lambda(config)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.1 + 0.9 * 0.5, abs=0.02) and f(100) == pytest.approx(0.1)
+    teacher = build_reward_model("teacher", teacher=True, seed=3)
+    teacher.save_pretrained(tmp_path / "teacher")
+    student = build_reward_model("student", teacher=False, seed=4)
+    copied = copy_vision_tower(student, str(tmp_path / "teacher"))
+    assert copied > 10
+    for (name, p), (_, q) in zip(student.model.model.visual.blocks.named_parameters(),
+                                 teacher.model.model.visual.blocks.named_parameters()):
+        assert torch.equal(p, q), name
+    # the merger projects into a language model of another width: not copied
+    assert not torch.equal(student.model.model.visual.merger.mlp[-1].weight[:1, :1],
+                           teacher.model.model.visual.merger.mlp[-1].weight[:1, :1])
+    with pytest.raises(ValueError, match="lr_schedule"):
+        RewardTrainConfig(data="x", lr_schedule="linear")
+
+
+def test_trainer_eval_hook_lands_in_metrics(perception_data, tmp_path):
+    root, _ = perception_data
+    seen = []
+    config = RewardTrainConfig(method="student_sft", init="tinyworld:student", data=str(root / "rated.jsonl"),
+                               output_dir=str(tmp_path / "run"), max_steps=4, batch_size=8, eval_every=2)
+    train_reward_model(config, log=lambda *_: None, on_eval=lambda step, model: seen.append(step) or {"n": step})
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert seen == [2, 4] and [r.get("eval") for r in records] == [None, {"n": 2}, None, {"n": 4}]
