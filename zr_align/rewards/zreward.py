@@ -192,17 +192,41 @@ class ZRewardModel(nn.Module):
         path: str | os.PathLike,
         family: str | None = None,
         rubric: Rubric | None = None,
+        bins=None,
+        bin_texts="auto",
         torch_dtype: torch.dtype | None = None,
         **config_fields,
     ) -> "ZRewardModel":
-        """Wrap a plain HF VLM folder; the family is read from its `config.json` when not given."""
+        """A zero-shot reward from a plain HF VLM folder (no zr_align files): Q-Align-style rating prompts, the
+        distribution read from one token per bin (`zr_align.rewards.zero_shot`).
+
+        Args:
+            path: a local VLM folder (`config.json`, weights, tokenizer, `preprocessor_config.json`).
+            family: key of `FAMILIES`; read from `config.json`'s `model_type` when not given.
+            rubric: criteria and template; default the family's zero-shot template and the default criteria.
+            bins: the bin values (default the rubric's: 1.0, 1.5, ..., 5.0).
+            bin_texts: how the bins are spelled at the score slot: "auto" (the rubric's texts if each is one
+                token there, else a 1-9 digit scale, else letters), a scheme of `BIN_SCHEMES`, or the texts.
+            torch_dtype: dtype of the backbone (default float32).
+            config_fields: further `ZRewardConfig` fields (weights, kappa, clamp, image-token budget...).
+
+        `save_pretrained` then writes a folder that `from_pretrained` loads like a trained student.
+        """
+        from .zero_shot import zero_shot_rubric
+
         path = Path(path)
         if family is None:
+            if not (path / "config.json").is_file():
+                raise ValueError(f"{path} has no config.json; pass a Hugging Face VLM folder")
             model_type = json.loads((path / "config.json").read_text()).get("model_type")
             if model_type not in MODEL_TYPES:
                 raise ValueError(f"model_type {model_type!r} of {path} is not a supported family; pass family=")
             family = MODEL_TYPES[model_type]
-        rubric = rubric or Rubric(template=get_family(family).template)
+        from .loading import load_tokenizer
+
+        vlm_family = get_family(family)
+        image_text = vlm_family.image_prompt.format(vlm_family.image_token)  # one image token stands for all
+        rubric = zero_shot_rubric(family, load_tokenizer(path), image_text, rubric, bins, bin_texts)
         config = ZRewardConfig(family=family, rubric=rubric.to_dict(), **config_fields)
         return cls._load(path, config, torch_dtype)
 
