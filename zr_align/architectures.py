@@ -26,6 +26,7 @@ ARCHITECTURES: dict[str, str] = {
     "pixart_sigma_1024": "pixart_sigma_1024.json",
     "qwen2_5_vl_3b": "qwen2_5_vl_3b.json",
     "qwen3_vl_4b": "qwen3_vl_4b.json",
+    "qwen2_vl_2b": "qwen2_vl_2b.json",
 }
 # `model.family` of train_t2i.py -> the architecture its real-model template (configs/<family>.yaml) is written for
 DEFAULT_DIFFUSION: dict[str, str] = {"sd": "sd15", "sdxl": "sdxl", "sd3": "sd35_medium", "flux": "flux_dev",
@@ -146,6 +147,54 @@ def meta_reward(name: str, dtype: str | torch.dtype = torch.bfloat16, tokenizer=
     rubric = zero_shot_rubric(family.name, tokenizer, family.image_prompt.format(family.image_token))
     config = ZRewardConfig(family=family.name, rubric=rubric.to_dict(), **config_fields)
     return ZRewardModel(meta_vlm(name, dtype), tokenizer, config, spec["processor"])
+
+
+def setup_models(config, architecture: str | None = None, reward_architecture: str | None = None):
+    """`train_t2i.py`'s sections 3-5 for `config` up to the first forward, without weights: the pipeline, the
+    sampler (resolution checks, checkpointing switches), the LoRA, the reward (image-token budget, dtype).
+
+    Real-model paths are replaced by meta-device models of `architecture` (default: the one the family's
+    template is written for) and `reward_architecture` (default `DEFAULT_REWARD`); `tiny:` paths are built for
+    real, as `train_t2i.py` builds them. Returns `(pipe, sampler, denoiser, reward)`; reward is None for SFT.
+    """
+    from .lora import add_lora
+    from .rewards.zreward import ZRewardModel
+    from .sampling import DifferentiableSampler
+
+    family = config.model.family
+    if config.model.path.startswith("tiny:"):
+        from .testing.diffusion import tiny_pipeline
+
+        pipe = tiny_pipeline(config.model.path[5:], prediction_type=config.model.prediction_type)
+        pipe.to(_DTYPES[config.model.dtype])
+        for component in pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                component.requires_grad_(False)
+    else:
+        spec = load_architecture(architecture or DEFAULT_DIFFUSION[family])
+        if spec["family"] != family:
+            raise ValueError(f"architecture {spec['name']} is a {spec['family']} model, but model.family is {family}")
+        pipe = meta_pipeline(spec["name"] if architecture is None or architecture in ARCHITECTURES else architecture,
+                             config.model.dtype)
+    sampler = DifferentiableSampler(pipe, family, config.sampling, config.model.resolution)
+    add_lora(sampler.denoiser, family, rank=config.lora.rank, alpha=config.lora.alpha, dropout=config.lora.dropout,
+             target_modules=config.lora.targets)
+    reward = None
+    if config.method != "sft" and config.reward.kind == "zreward":
+        path = config.reward.path or ""
+        if path.startswith("tiny:"):
+            import tempfile
+
+            from .testing import tiny_reward_model
+
+            folder = tiny_reward_model(path[5:], tempfile.mkdtemp(prefix="zr_plan_"))
+            reward = ZRewardModel.from_pretrained(folder, torch_dtype=_DTYPES[config.reward.dtype],
+                                                  clamp=config.reward.clamp)
+        else:
+            reward = meta_reward(reward_architecture or DEFAULT_REWARD, config.reward.dtype, clamp=config.reward.clamp)
+        if config.reward.gradient_checkpointing:
+            reward.enable_gradient_checkpointing()
+    return pipe, sampler, sampler.denoiser, reward
 
 
 def count_parameters(module: torch.nn.Module, trainable_only: bool = False) -> int:
