@@ -58,9 +58,31 @@ def command_group(name: str, help: str, commands: dict):
     return add, run
 
 
+def _add_plan(sub) -> None:
+    p = sub.add_parser("plan", help="plan the peak GPU memory of one reward fine-tuning step, without weights")
+    p.add_argument("--config", required=True, help="a train_t2i.py YAML config (e.g. configs/sdxl.yaml)")
+    p.add_argument("--gpu-memory", help="a budget such as 24GB or 80GiB: suggest the switches and batch that fit")
+    p.add_argument("--architecture", help="diffusion architecture (configs/architectures); default: the family's")
+    p.add_argument("--reward-architecture", help="reward VLM architecture; default qwen2_5_vl_3b")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, as for train_t2i.py")
+
+
+def _run_plan(args) -> int:
+    from .architectures import setup_models
+    from .memory_plan import parse_size, plan_report
+    from .train_config import load_config
+
+    budget = parse_size(args.gpu_memory) if args.gpu_memory else None
+    config = load_config(args.config, args.overrides)
+    setup = setup_models(config, args.architecture, args.reward_architecture)
+    print(json.dumps(plan_report(config, setup, budget), indent=1))
+    return 0
+
+
 # name -> (add arguments, run)
 COMMANDS = {
     "score": (_add_score, _run_score),
+    "plan": (_add_plan, _run_plan),
     "tinyworld": command_group("tinyworld", "TinyWorld, the built-in miniature world (SPEC §8)", TINYWORLD_COMMANDS),
     "reward": command_group("reward", "reward-model training, data and evaluation (SPEC §3-4)", REWARD_COMMANDS),
 }
