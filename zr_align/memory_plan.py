@@ -87,7 +87,7 @@ def count_saved(parameters=()):
         key = storage._cdata
         if key not in seen and key not in skip:
             seen.add(key)
-            size = storage.nbytes() if tensor.device.type != "meta" else tensor.numel() * tensor.element_size()
+            size = storage.nbytes()  # a view keeps its whole storage alive
             result.total += size
             result.largest = max(result.largest, size)
         return tensor
