@@ -162,8 +162,12 @@ def build_reward_models(
 
 def choose_teacher(work: Path, num_rationales: int, log) -> str:
     """teacher_sft or gdso, whichever ranks the validation pairs better (greedy, all kinds)."""
-    scores = {name: evaluate_reward(work / name / "model", work / "data" / "eval_validation", True,
-                                    num_rationales)["greedy"]["all"] for name in ("teacher_sft", "gdso")}
+    from ..reward_training.evaluate import load_scorer
+    from .reward_eval import evaluate_kinds, score_eval_images
+
+    validation = work / "data" / "eval_validation"
+    scores = {name: evaluate_kinds(score_eval_images(load_scorer(work / name / "model"), validation), validation)["all"]
+              for name in ("teacher_sft", "gdso")}
     log(f"validation accuracy of the teachers: {scores}")
     return max(scores, key=scores.get)
 
