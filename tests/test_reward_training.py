@@ -76,7 +76,7 @@ def test_distillation_targets_are_cached_once(method, sft_teacher, data, tmp_pat
     config = RewardTrainConfig(method=method, output_dir=str(tmp_path), init="tinyworld:student", data=str(data),
                                max_steps=15, batch_size=8, lr=2e-3, risd=risd)
     train_reward_model(config, log=lambda *_: None)
-    cache = tmp_path / "teacher_targets.pt"
+    (cache,) = (data.parent / "teacher_targets").glob("*.pt")  # beside the data: RISD and OPD share it
     stored = torch.load(cache, weights_only=False)["targets"]
     assert stored.shape == (len(RatedImages(data)), 4, 9)
     assert torch.allclose(stored.sum(-1), torch.ones(stored.shape[:2]), atol=1e-5)
@@ -84,6 +84,10 @@ def test_distillation_targets_are_cached_once(method, sft_teacher, data, tmp_pat
     config.max_steps = 16
     train_reward_model(config, resume="latest", log=lambda *_: None)
     assert cache.stat().st_mtime_ns == mtime  # reused, not recomputed
+    other = RewardTrainConfig(method="opd" if method == "risd" else "risd", output_dir=str(tmp_path / "other"),
+                              init="tinyworld:student", data=str(data), max_steps=1, batch_size=8, risd=risd)
+    train_reward_model(other, log=lambda *_: None)
+    assert cache.stat().st_mtime_ns == mtime  # the other distillation method reuses it too
     values = losses_of(tmp_path)
     assert sum(values[-5:]) < sum(values[:5])
 

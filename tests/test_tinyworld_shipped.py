@@ -64,3 +64,17 @@ def test_student_and_teacher_prefer_the_matching_image(student):
         s = student(images, prompts).scores["alignment"].mean
     t = ReasoningTeacher.from_pretrained(MODELS / "teacher").score(images, prompts).scores["alignment"].mean
     assert s[0] > s[1] and t[0] > t[1]
+
+
+def test_shipped_reward_models_read_the_image(student, tmp_path):
+    """Fresh held-out pairs (validation prompts, a seed of their own): one attribute wrong, one more wrong, one
+    artefact. A model that copies the prompt sits at 0.5 on every kind (tests/test_reward_eval.py)."""
+    from zr_align.reward_training.evaluate import load_scorer
+    from zr_align.tinyworld.reward_eval import evaluate_kinds, make_eval_set, score_eval_images
+
+    make_eval_set(tmp_path, "validation", seed=11, pairs_per_kind=21)
+    assert student.config.layout == "joint"  # one forward per image for all four dimensions
+    for name in ("student", "teacher"):
+        accuracy = evaluate_kinds(score_eval_images(load_scorer(MODELS / name), tmp_path), tmp_path)
+        for kind in ("clean_vs_one", "one_vs_two", "quality"):
+            assert accuracy[kind] >= 0.8, (name, accuracy)

@@ -4,11 +4,13 @@
 
 Output folder: `model/` (the trained reward folder, loadable with `ZRewardModel.from_pretrained` or, for
 teachers, `ReasoningTeacher.from_pretrained`), `checkpoints/step_N/`, `metrics.jsonl`, `config.yaml`, and for
-RISD / OPD `teacher_targets.pt` (the teacher's marginal distributions, computed once).
+RISD / OPD the teacher's marginal distributions, computed once and cached beside the data
+(`teacher_targets/<digest>.pt`, shared by RISD and OPD runs of the same teacher and data).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -40,6 +42,9 @@ def build_initial_model(config: RewardTrainConfig) -> ZRewardModel:
         if not Path(config.init, "zreward_config.json").is_file():
             raise ValueError(f"init {config.init!r} is not a reward-model folder (no zreward_config.json)")
         model = ZRewardModel.from_pretrained(config.init)
+        if config.role == "student" and model.config.teacher:
+            # a student initialised from a teacher keeps its weights and layout but reads its score with no rationale
+            model.config.teacher = None
     if config.method == "reward_dance" and model.rubric.bin_texts != ("no", "yes"):
         # RewardDance reads P("yes") at the slot: a two-bin rubric, "no" = 1.0, "yes" = 5.0
         rubric = Rubric(criteria=model.rubric.criteria, template=model.rubric.template, bins=(1.0, 5.0),
@@ -110,11 +115,13 @@ def merge_lora(model: ZRewardModel) -> None:
 @torch.no_grad()
 def teacher_targets(config: RewardTrainConfig, data: RatedImages, out: Path, log=print) -> torch.Tensor:
     """`(N, D, K)` teacher distributions marginalised over `num_rationales` sampled rationales, for every data
-    row; computed once and cached in `out/teacher_targets.pt` (keyed by teacher, data and N)."""
-    cache = out / "teacher_targets.pt"
+    row; computed once and cached beside the data, in `teacher_targets/<digest of the key>.pt` (keyed by teacher,
+    data, N, temperature and seed), so RISD and OPD runs on the same data share them."""
     key = {"teacher": str(Path(config.risd.teacher).resolve()), "data": str(Path(config.data).resolve()),
            "num_rationales": config.risd.num_rationales, "temperature": config.risd.temperature,
            "seed": config.seed}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    cache = Path(config.data).parent / "teacher_targets" / f"{digest}.pt"
     if cache.is_file():
         stored = torch.load(cache, weights_only=False)
         if stored["key"] == key:
@@ -129,6 +136,7 @@ def teacher_targets(config: RewardTrainConfig, data: RatedImages, out: Path, log
     targets = torch.cat(chunks)
     log(f"teacher targets for {len(data)} images x {config.risd.num_rationales} rationales "
         f"in {time.perf_counter() - start:.0f}s")
+    cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"key": key, "targets": targets}, cache)
     return targets
 

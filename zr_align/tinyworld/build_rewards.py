@@ -45,8 +45,8 @@ def run_config(name: str, file: str, work: Path, steps_scale: float, seed: int, 
         "max_steps": max(1, round(config.max_steps * steps_scale)),
         "seed": seed,
     }
-    if not config.init.startswith("tinyworld:"):
-        overrides["init"] = str(work / "teacher_sft" / "model")
+    if not config.init.startswith("tinyworld:"):  # teachers refine the SFT teacher, students start from the chosen one
+        overrides["init"] = str(work / ((teacher or "gdso") if config.role == "student" else "teacher_sft") / "model")
     if config.vision_init:
         overrides["vision_init"] = str(work / "teacher_sft" / "model")
     if config.method in ("risd", "opd"):
