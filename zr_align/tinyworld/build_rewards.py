@@ -28,6 +28,7 @@ RUNS = [
     ("student_sft", "tinyworld_student_sft.yaml"),
     ("risd", "tinyworld_risd.yaml"),
     ("opd", "tinyworld_opd.yaml"),
+    ("risd_long", "tinyworld_risd_long.yaml"),  # the shipped student
 ]
 TEACHERS = ("teacher_sft", "gdso", "grpo")
 
@@ -138,7 +139,7 @@ def build_reward_models(
     times, hook = {}, reading_hook(work / "data" / "eval_validation")
     shipped_teacher = None
     for name, file in RUNS:
-        if name in ("risd", "opd") and shipped_teacher is None:
+        if name in ("risd", "opd", "risd_long") and shipped_teacher is None:
             shipped_teacher = choose_teacher(work, num_rationales, log)
         log(f"== {name}")
         _, times[name] = run_config(name, file, work, steps_scale, seed, log, reuse, hook, shipped_teacher)
@@ -154,7 +155,7 @@ def build_reward_models(
         Path(docs).mkdir(parents=True, exist_ok=True)
         Path(docs, "tinyworld_rewards.json").write_text(json.dumps(report, indent=1, default=float))
         Path(docs, "tinyworld_rewards.md").write_text(format_report(report, images_per_prompt, steps_scale, seed))
-    for source, target in ((shipped_teacher, "teacher"), ("risd", "student")):
+    for source, target in ((shipped_teacher, "teacher"), ("risd_long", "student")):
         shutil.rmtree(out / target, ignore_errors=True)
         shutil.copytree(work / source / "model", out / target)
     return report
