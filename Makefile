@@ -30,7 +30,9 @@ test-slow: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest -q -m "slow" $(PYTEST_ARGS)
 
 # Rebuild every shipped TinyWorld weight from scratch (fixed seeds; one thread, as the shipped weights were
-# built: float reductions differ with the thread count; about 1 h 40 min: SFT 31 min, reward models about 70 min).
+# built: float reductions differ with the thread count; about 2 h 20 min: SFT 31 min; reward data 7 min, reward
+# models 85 min of training (teacher SFT 26, GDSO 4, GRPO 4, RewardDance 3.5, three 2000-step students 7 each,
+# RISD targets 6, the shipped 6000-step student 20), their evaluation about 15 min).
 tinyworld: $(STAMP)
 	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m zr_align.cli tinyworld build --out models/tinyworld/sft --work-dir outputs/tinyworld_build
 	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m zr_align.cli tinyworld build-rewards --sft-model models/tinyworld/sft --out models/tinyworld

@@ -1,14 +1,18 @@
-"""Rebuild TinyWorld's reward models: data, the teacher (SFT -> GDSO), the student (RISD), the baselines, and
-the comparison table on held-out pairs (issue "Reward-model training"; SPEC §3, §4, §9).
+"""Rebuild TinyWorld's reward models: data, the teacher (SFT -> GDSO), the students (RISD), the baselines, and
+the comparison table on held-out pairs by kind (SPEC §3, §4, §9; issue "Reward models that see").
 
-    zr-align tinyworld build-rewards [--work-dir outputs/tinyworld_rewards] [--steps-scale 1.0]
+    zr-align tinyworld build-rewards [--work-dir outputs/tinyworld_rewards] [--steps-scale 1.0] [--reuse]
 
-1. Rated images + preference pairs: train split (training) and test split (evaluation; prompts never trained
-   on), each from renders, corrupted renders and samples of the SFT generator, rated by the annotator panel.
-2. `configs/reward/tinyworld_*.yaml` in order: teacher_sft -> gdso, grpo (both from the SFT teacher),
-   reward_dance, student_sft, risd and opd (both from the GDSO teacher's cached marginal targets).
-3. Every model evaluated on the held-out pairs; the table goes to `docs/tinyworld_rewards.md` and `.json`.
-4. The GDSO teacher and the RISD student are copied to `models/tinyworld/teacher` and `.../student`.
+1. Data: the train split's rated images from the perception recipe (0-4 wrong attributes uniformly, independent
+   artefacts, 12% SFT-generator samples; `reward_data.make_reward_data(recipe="perception")`), and evaluation
+   sets of pairs by kind for the validation split (to choose) and the test split (to report)
+   (`reward_eval.make_eval_set`).
+2. `configs/reward/tinyworld_*.yaml` in the order of `RUNS`: teacher_sft (its reading accuracy on validation
+   images logged every `eval_every` steps) -> gdso, grpo; reward_dance; then the better teacher on the
+   validation pairs is chosen, and the students start from it: student_sft, risd, opd at one budget, and
+   risd_long, the shipped student.
+3. Every model evaluated on the test pairs; the table goes to `docs/tinyworld_rewards.md` and `.json`.
+4. The chosen teacher and risd_long are copied to `models/tinyworld/teacher` and `.../student`.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# (run name, config file, role, how to evaluate)
+# (run name, config file under configs/reward/), in training order
 RUNS = [
     ("teacher_sft", "tinyworld_teacher_sft.yaml"),
     ("gdso", "tinyworld_gdso.yaml"),
