@@ -205,3 +205,19 @@ def test_lora_of_another_model_is_refused_and_the_pipeline_untouched(tmp_path, c
     assert cli_main(["tinyworld", "sample", "--model", str(ROOT / "models" / "tinyworld" / "sft"), "--lora", str(lora),
                      "--prompts", str(prompts), "--out", str(out), "--steps", "2"]) == 2
     assert "the LoRA was trained on another model" in one_cli_error(capsys, "tinyworld") and not out.exists()
+
+
+def test_lora_of_another_model_is_refused_on_sdxl_and_by_load_lora(tmp_path):
+    """SDXL: peft's own loader fails only after adding a stray adapter; the check refuses first, from the file."""
+    from zr_align.lora import check_lora_fits, load_lora
+    from zr_align.testing.diffusion import tiny_pipeline
+
+    lora = _tiny_sd_lora(tmp_path)
+    pipe = tiny_pipeline("sdxl")
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    for load in (check_lora_fits, load_lora):
+        with pytest.raises(ValueError, match="the LoRA was trained on another model"):
+            load(pipe.unet, lora)
+        assert not getattr(pipe.unet, "peft_config", None)  # no stray adapter
+    after = pipe.unet.state_dict()
+    assert len(after) == len(before) and all(torch.equal(before[k], v) for k, v in after.items())

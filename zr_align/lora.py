@@ -202,6 +202,7 @@ def load_lora(denoiser: nn.Module, lora_dir) -> None:
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
     from safetensors import safe_open
 
+    check_lora_fits(denoiser, lora_dir)  # refuse another model's LoRA before peft adds anything
     component = _denoiser_name(denoiser)
     path = Path(lora_dir) / LORA_WEIGHT_NAME
     prefix = f"{component}."
