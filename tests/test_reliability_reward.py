@@ -221,3 +221,16 @@ def test_lora_of_another_model_is_refused_on_sdxl_and_by_load_lora(tmp_path):
         assert not getattr(pipe.unet, "peft_config", None)  # no stray adapter
     after = pipe.unet.state_dict()
     assert len(after) == len(before) and all(torch.equal(before[k], v) for k, v in after.items())
+
+
+def test_signed_tinyworld_renders_are_refused():
+    """Real images in [-1, 1], not just random tensors: renders of every large-object prompt are refused."""
+    from zr_align.preprocess.pixels import check_images
+    from zr_align.tinyworld.grammar import all_prompts
+    from zr_align.tinyworld.render import render
+
+    for prompt in [p for p in all_prompts() if " large " in p]:
+        image = torch.from_numpy(render(prompt, seed=0).image.copy()).permute(2, 0, 1).float()[None] / 255
+        check_images(image)  # the [0, 1] image passes
+        with pytest.raises(ValueError, match="from_signed"):
+            check_images(image * 2 - 1)
