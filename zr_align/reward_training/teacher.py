@@ -4,11 +4,14 @@ For each (image, prompt, rubric dimension) the teacher continues the rubric prom
 the score marker ("Score:"); the distribution over bins is read at the slot after the marker, teacher-forced,
 exactly as a student reads it at the end of the prompt. The score token itself is never sampled (SPEC §3).
 
-    prompt (rubric template, ends at the assistant turn) | rationale tokens | "Score" ":" | <slot>
+    per_dimension layout:  prompt (rubric template, ends at the assistant turn) | rationale | "Score" ":" <slot>
+    joint layout:          image + prompt | alignment rationale Score: <slot> | realism rationale Score: <slot> | ...
 
+In the joint layout (`zr_align.rewards.layout`) one sequence per image carries every dimension: the slot of
+dimension d is read at its marker, and the next token is the next dimension's name, never a score token.
 One forward over the whole sequence gives both what GDSO needs: the log-probabilities of the rationale tokens
-(the policy) and the slot distribution (the value read after that rationale). Rationales are sampled with
-Hugging Face `generate` (KV cache, left padding), stopping at the first marker token.
+(the policy) and the slot distributions (the values read after those rationales). Rationales are sampled with
+Hugging Face `generate` (KV cache, left padding) under [`SegmentForcing`], which keeps the layout.
 """
 
 from __future__ import annotations
