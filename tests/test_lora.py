@@ -168,6 +168,17 @@ def test_saved_lora_reloads_exactly_in_a_stock_pipeline(family, base_dirs, tmp_p
     torch.testing.assert_close(run(family, denoiser_of(fresh)), expected, rtol=0, atol=1e-4)
 
 
+def test_repeated_saves_give_the_same_bytes(base_dirs, tmp_path):
+    """safetensors orders its metadata map at random per call; save_lora sorts it, so 8 saves agree byte for byte
+    (without the sort, 8 agreeing saves of two entries happen with probability 1/128)."""
+    pipe = load_pipeline("sd", base_dirs("sd"))
+    config = add_lora(pipe.unet, "sd", rank=RANK, alpha=ALPHA)
+    saved = {save_lora(tmp_path / str(i), type(pipe), pipe.unet, config).read_bytes() for i in range(8)}
+    assert len(saved) == 1
+    with safe_open(tmp_path / "0" / LORA_WEIGHT_NAME, framework="pt") as file:
+        assert set(file.metadata()) == {"format", "lora_adapter_metadata"}
+
+
 def test_interrupted_save_keeps_the_previous_file(base_dirs, tmp_path):
     pipe = load_pipeline("sd", base_dirs("sd"))
     config = add_lora(pipe.unet, "sd", rank=RANK, alpha=ALPHA)

@@ -140,6 +140,21 @@ def _replace_atomically(write, path: Path) -> None:
         tmp_path.unlink(missing_ok=True)
 
 
+def _sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite `path`'s header with its `__metadata__` entries in sorted order (tensor data untouched).
+
+    safetensors keeps the metadata in a Rust HashMap, whose order is random per call: two saves of the same
+    adapter differed in the order of "format" and "lora_adapter_metadata" and so in their bytes."""
+    raw = path.read_bytes()
+    size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors writes it
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + size:])
+
+
 def save_lora(out_dir, pipeline_class, denoiser: nn.Module, lora_config) -> Path:
     """Write the "default" LoRA of `denoiser` to `out_dir/pytorch_lora_weights.safetensors` in diffusers format.
 
@@ -187,6 +202,7 @@ def save_lora(out_dir, pipeline_class, denoiser: nn.Module, lora_config) -> Path
                 safe_serialization=True,
                 lora_adapter_metadata={f"{component}.{key}": value for key, value in metadata.items()},
             )
+        _sort_safetensors_metadata(tmp_path)
 
     _replace_atomically(write, path)
     return path
