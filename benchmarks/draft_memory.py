@@ -28,11 +28,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 def child(family: str, k: int, steps: int, ckpt: bool, cache: str, all_ckpt: bool = False) -> dict:
     import torch
 
+    from zr_align.diffusion.sampling import DifferentiableSampler, SamplingConfig
     from zr_align.lora import add_lora, lora_parameters
     from zr_align.rewards import ZRewardModel
-    from zr_align.sampling import DifferentiableSampler, SamplingConfig
     from zr_align.testing import tiny_reward_model
-    from zr_align.testing.diffusion import tiny_pipeline
+    from zr_align.tiny.diffusion import tiny_pipeline
 
     torch.manual_seed(0)
     pipe = tiny_pipeline(family)

@@ -35,10 +35,15 @@ PROMPTS = ["a photo of a red bicycle leaning on a brick wall at sunset",
 
 def sd15_pipeline(device, dtype):
     """A StableDiffusionPipeline with SD1.5-size components, random init (built directly on `device`)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from zr_align.testing.diffusion import clip_tokenizer
+    from zr_align.tiny.diffusion import clip_tokenizer
 
     tokenizer = clip_tokenizer()
     tokenizer.model_max_length = 77
@@ -71,7 +76,7 @@ def qwen2_vl_2b_reward(device, dtype):
     from zr_align.rewards.families import FAMILIES
     from zr_align.rewards.zreward import ZRewardConfig, ZRewardModel
     from zr_align.rubrics import Rubric
-    from zr_align.testing.qwen import _token_ids, qwen_processor_config, qwen_tokenizer
+    from zr_align.tiny.qwen import _token_ids, qwen_processor_config, qwen_tokenizer
 
     tokenizer = qwen_tokenizer()
     config = transformers.Qwen2VLConfig(
@@ -97,7 +102,7 @@ def qwen2_vl_2b_reward(device, dtype):
 def tiny_stack(device, dtype, cache):
     from zr_align.rewards import ZRewardModel
     from zr_align.testing import tiny_reward_model
-    from zr_align.testing.diffusion import tiny_pipeline
+    from zr_align.tiny.diffusion import tiny_pipeline
 
     pipe = tiny_pipeline("sd").to(device, dtype)
     reward = ZRewardModel.from_pretrained(tiny_reward_model("qwen2_vl", os.path.join(cache, "reward")))
@@ -120,7 +125,7 @@ class Bench:
         reward.enable_gradient_checkpointing()
 
     def sampler(self, steps, k, ckpt=True):
-        from zr_align.sampling import DifferentiableSampler, SamplingConfig
+        from zr_align.diffusion.sampling import DifferentiableSampler, SamplingConfig
 
         config = SamplingConfig(num_steps=steps, k=k, guidance_scale=self.guidance, checkpoint_steps=ckpt,
                                 checkpoint_vae=True)

@@ -17,8 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main():
-    from zr_align.tinyworld.evaluate import judge_images, summarize
     from zr_align.tinyworld.grammar import split_prompts
+    from zr_align.tinyworld.judge import judge_images, summarize
     from zr_align.tinyworld.sample import generate, load_pipeline
 
     parser = argparse.ArgumentParser()

@@ -7,9 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from zr_align.architectures import (ARCHITECTURES, DEFAULT_DIFFUSION, count_parameters, load_architecture,
-                                    meta_pipeline, meta_vlm, setup_models)
-from zr_align.train_config import load_config
+from zr_align.architectures import (
+    ARCHITECTURES,
+    DEFAULT_DIFFUSION,
+    count_parameters,
+    load_architecture,
+    meta_pipeline,
+    meta_vlm,
+    setup_models,
+)
+from zr_align.diffusion.config import load_train_config as load_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 REAL_CONFIGS = ["sd15.yaml", "sdxl.yaml", "sd35.yaml", "flux.yaml", "pixart_sigma.yaml"]

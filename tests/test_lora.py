@@ -8,8 +8,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from zr_align.lora import LORA_TARGETS, LORA_WEIGHT_NAME, add_lora, export_kohya, load_lora, lora_parameters, save_lora
-from zr_align.testing.diffusion import DIFFUSION_FAMILIES, tiny_pipeline
+from zr_align.lora import (
+    LORA_TARGETS,
+    LORA_WEIGHT_NAME,
+    add_lora,
+    export_kohya,
+    load_lora,
+    lora_parameters,
+    save_lora,
+)
+from zr_align.tiny.diffusion import DIFFUSION_FAMILIES, tiny_pipeline
 
 RANK, ALPHA = 4, 8  # alpha != rank: a save that drops alpha reloads at half the LoRA scale
 

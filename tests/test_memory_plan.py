@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from zr_align.architectures import setup_models
+from zr_align.diffusion.config import load_train_config as load_config
 from zr_align.memory_plan import count_saved, gib, parse_size, plan_step
-from zr_align.train_config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")

@@ -8,7 +8,7 @@ from PIL import Image
 from zr_align.preprocess import build_preprocessor
 from zr_align.preprocess.idefics3 import Idefics3Preprocessor
 from zr_align.preprocess.resample import pil_resize
-from zr_align.testing.idefics3 import idefics3_processor_config, idefics3_tokenizer
+from zr_align.tiny.idefics3 import idefics3_processor_config, idefics3_tokenizer
 
 # square, wide, tall, tiny, exactly one tile, already at the target, large, very tall (vertical pass first in
 # Pillow 13 for both the first resize and the global view), very wide
@@ -31,7 +31,9 @@ def to_tensor(array: np.ndarray) -> torch.Tensor:
 
 def hf_processor(config: dict):
     from transformers import Idefics3Processor
-    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+    from transformers.models.idefics3.image_processing_pil_idefics3 import (
+        Idefics3ImageProcessorPil,
+    )
 
     image_config = {k: v for k, v in config.items() if k not in ("image_processor_type", "image_seq_len")}
     return Idefics3Processor(Idefics3ImageProcessorPil(**image_config), idefics3_tokenizer(),

@@ -8,11 +8,10 @@ from PIL import Image
 from zr_align.preprocess import build_preprocessor
 from zr_align.preprocess.llava import LlavaPreprocessor, resize_output_size
 from zr_align.preprocess.resample import resample_matrix
-from zr_align.testing.llava import (
+from zr_align.testing.parity import hf_image_processor, hf_llava_processor
+from zr_align.tiny.llava import (
     build_siglip,
     clip_processor_config,
-    hf_image_processor,
-    hf_llava_processor,
     llava_tokenizer,
     siglip_processor_config,
 )

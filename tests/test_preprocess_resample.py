@@ -5,7 +5,12 @@ import pytest
 import torch
 from PIL import Image
 
-from zr_align.preprocess import QwenVLPreprocessor, clamp_pixels, from_signed, pil_resize
+from zr_align.preprocess import (
+    QwenVLPreprocessor,
+    clamp_pixels,
+    from_signed,
+    pil_resize,
+)
 from zr_align.preprocess.qwen_vl import smart_resize
 from zr_align.preprocess.resample import resample_matrix
 
@@ -57,9 +62,11 @@ def test_clamp_modes_and_signed_mapping():
 
 @pytest.mark.parametrize("size", [(64, 64), (48, 80), (50, 70), (90, 33), (20, 28)])
 def test_qwen_pixel_values_match_hf_image_processor(size):
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
 
-    from zr_align.testing.qwen import qwen_processor_config
+    from zr_align.tiny.qwen import qwen_processor_config
 
     config = qwen_processor_config("qwen2_vl")
     hf = Qwen2VLImageProcessorPil(**{k: v for k, v in config.items() if k != "image_processor_type"})

@@ -15,8 +15,9 @@ import torch
 from safetensors import safe_open
 
 import train_t2i
-from zr_align.checkpointing import RunLock, list_checkpoints
-from zr_align.train_config import load_config
+from zr_align.diffusion.components import warn_long_prompts
+from zr_align.diffusion.config import load_train_config as load_config
+from zr_align.runs.folders import RunLock, list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny_debug.yaml")
@@ -182,7 +183,7 @@ def test_skipped_steps_log_null_and_stop_after_a_limit(tmp_path, tiny_cache, cap
 
 
 def test_nan_decoded_pixels_skip_the_step(tmp_path, tiny_cache, monkeypatch):
-    from zr_align.sampling import DifferentiableSampler
+    from zr_align.diffusion.sampling import DifferentiableSampler
 
     real_decode = DifferentiableSampler.decode
     calls = {"n": 0}
@@ -208,7 +209,7 @@ def test_long_prompts_are_announced_once(tiny_cache, tmp_path, capsys):
     assert run(out, tiny_cache, "max_steps=1", "checkpoint_every=0") == 0  # builds the tiny pipeline in the cache
     capsys.readouterr()
     pipe = StableDiffusionPipeline.from_pretrained(tiny_cache / "sd")
-    train_t2i.warn_long_prompts(pipe, ["a red circle", "a red circle " * 40, "a blue square " * 40])
+    warn_long_prompts(pipe, ["a red circle", "a red circle " * 40, "a blue square " * 40])
     err = [line for line in capsys.readouterr().err.splitlines() if "longer" in line]
     assert len(err) == 1 and "2 of 3 prompts are longer than the text encoder's 16 tokens" in err[0]
 
@@ -233,7 +234,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_checkpoint_of_another_shape_is_a_one_line_error():
-    from zr_align.checkpointing import TrainableState
+    from zr_align.runs.folders import TrainableState
 
     state = TrainableState({"denoiser": torch.nn.Linear(4, 8)})
     with pytest.raises(ValueError, match=r"the checkpoint does not fit this model: 0 trained weights missing, 1 of "
@@ -275,7 +276,7 @@ def test_a_second_run_on_a_locked_folder_is_refused(finished, tmp_path, tiny_cac
 
 def test_the_lock_dies_with_a_killed_process(tmp_path):
     out = tmp_path / "run"
-    code = f"from zr_align.checkpointing import RunLock; RunLock({str(out)!r}).acquire(); print('locked', flush=True); " \
+    code = f"from zr_align.runs.folders import RunLock; RunLock({str(out)!r}).acquire(); print('locked', flush=True); " \
            "import time; time.sleep(60)"
     holder = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "OMP_NUM_THREADS": "1"})

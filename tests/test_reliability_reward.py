@@ -178,7 +178,7 @@ def _tiny_sd_lora(tmp_path) -> Path:
     from diffusers import StableDiffusionPipeline
 
     from zr_align.lora import add_lora, save_lora
-    from zr_align.testing.diffusion import tiny_pipeline
+    from zr_align.tiny.diffusion import tiny_pipeline
 
     pipe = tiny_pipeline("sd")
     config = add_lora(pipe.unet, "sd", rank=4)
@@ -210,7 +210,7 @@ def test_lora_of_another_model_is_refused_and_the_pipeline_untouched(tmp_path, c
 def test_lora_of_another_model_is_refused_on_sdxl_and_by_load_lora(tmp_path):
     """SDXL: peft's own loader fails only after adding a stray adapter; the check refuses first, from the file."""
     from zr_align.lora import check_lora_fits, load_lora
-    from zr_align.testing.diffusion import tiny_pipeline
+    from zr_align.tiny.diffusion import tiny_pipeline
 
     lora = _tiny_sd_lora(tmp_path)
     pipe = tiny_pipeline("sdxl")

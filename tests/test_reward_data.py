@@ -15,8 +15,12 @@ from zr_align.rewards import RewardOutput
 from zr_align.scores import DEFAULT_BINS, ScoreDistribution
 from zr_align.tinyworld.grammar import split_prompts
 from zr_align.tinyworld.judge import judge
-from zr_align.tinyworld.reward_data import RATIONALE_WORDS, make_reward_data, rationale_text
 from zr_align.tinyworld.render import render
+from zr_align.tinyworld.reward_data import (
+    RATIONALE_WORDS,
+    make_reward_data,
+    rationale_text,
+)
 
 DIMS = ("alignment", "realism", "aesthetics", "plausibility")
 
@@ -213,7 +217,7 @@ def test_splits_are_disjoint(tmp_path):
 
 
 def test_generator_with_sft_samples(tmp_path):
-    from zr_align.testing.diffusion import tiny_pipeline
+    from zr_align.tiny.diffusion import tiny_pipeline
 
     tiny_pipeline("sd", tmp_path / "sft")
     stats = make_reward_data(tmp_path / "data", "validation", images_per_prompt=4, seed=0,

@@ -6,14 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from zr_align.rewards.output import RewardOutput
 from zr_align.reward_training.teacher import ReasoningTeacher
+from zr_align.rewards.output import RewardOutput
 from zr_align.scores import DEFAULT_BINS, ScoreDistribution
-from zr_align.tinyworld.evaluate import net_preference
-from zr_align.tinyworld.judge import judge
+from zr_align.tinyworld.judge import judge, net_preference
 from zr_align.tinyworld.render import render
-from zr_align.tinyworld.reward_eval import (KINDS, _checks, evaluate_kinds, make_eval_set, reading_accuracy,
-                                            score_eval_images)
+from zr_align.tinyworld.reward_eval import (
+    KINDS,
+    _checks,
+    evaluate_kinds,
+    make_eval_set,
+    reading_accuracy,
+    score_eval_images,
+)
 from zr_align.tinyworld.reward_models import build_reward_model
 
 DIMS = ("alignment", "realism", "aesthetics", "plausibility")

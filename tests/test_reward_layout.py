@@ -10,10 +10,17 @@ from zr_align.reward_training.config import RewardTrainConfig
 from zr_align.reward_training.data import RatedImages, collate
 from zr_align.reward_training.objectives import score_slot_loss
 from zr_align.reward_training.teacher import ReasoningTeacher, SegmentForcing
-from zr_align.reward_training.trainer import copy_vision_tower, lr_lambda, train_reward_model
+from zr_align.reward_training.trainer import copy_vision_tower, train_reward_model
 from zr_align.rewards.layout import assemble
+from zr_align.runs import lr_factor
 from zr_align.tinyworld.reward_data import make_reward_data
-from zr_align.tinyworld.reward_models import build_reward_model
+from zr_align.tinyworld.reward_models import build_reward_model, initial_model
+
+
+def train_tinyworld(config, **kwargs):
+    """`train_reward_model`, starting from TinyWorld's random model when `init` is `tinyworld:...`."""
+    return train_reward_model(config, model=initial_model(config), **kwargs)
+
 
 PROMPTS = ["a large red circle on the left", "a small blue square at the top", "a large green triangle in the center"]
 
@@ -157,7 +164,9 @@ def test_cosine_schedule_and_vision_init(perception_data, tmp_path):
     root, _ = perception_data
     config = RewardTrainConfig(data=str(root / "rated.jsonl"), max_steps=100, warmup_steps=10, lr_schedule="cosine",
                                min_lr_ratio=0.1)
-    f = lr_lambda(config)
+    def f(step):
+        return lr_factor(step, config.warmup_steps, config.lr_schedule, config.max_steps, config.min_lr_ratio)
+
     assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
     assert f(55) == pytest.approx(0.1 + 0.9 * 0.5, abs=0.02) and f(100) == pytest.approx(0.1)
     teacher = build_reward_model("teacher", teacher=True, seed=3)
@@ -180,6 +189,6 @@ def test_trainer_eval_hook_lands_in_metrics(perception_data, tmp_path):
     seen = []
     config = RewardTrainConfig(method="student_sft", init="tinyworld:student", data=str(root / "rated.jsonl"),
                                output_dir=str(tmp_path / "run"), max_steps=4, batch_size=8, eval_every=2)
-    train_reward_model(config, log=lambda *_: None, on_eval=lambda step, model: seen.append(step) or {"n": step})
+    train_tinyworld(config, log=lambda *_: None, on_eval=lambda step, model: seen.append(step) or {"n": step})
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert seen == [2, 4] and [r.get("eval") for r in records] == [None, {"n": 2}, None, {"n": 4}]

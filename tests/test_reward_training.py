@@ -13,7 +13,12 @@ from zr_align.reward_training.teacher import ReasoningTeacher
 from zr_align.reward_training.trainer import train_reward_model
 from zr_align.rewards import ZRewardModel
 from zr_align.tinyworld.reward_data import make_reward_data
-from zr_align.tinyworld.reward_models import build_reward_model
+from zr_align.tinyworld.reward_models import build_reward_model, initial_model
+
+
+def train_tinyworld(config, **kwargs):
+    """`train_reward_model`, starting from TinyWorld's random model when `init` is `tinyworld:...`."""
+    return train_reward_model(config, model=initial_model(config), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +33,7 @@ def sft_teacher(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft")
     config = RewardTrainConfig(method="teacher_sft", output_dir=str(out), data=str(data), max_steps=30,
                                batch_size=8, lr=2e-3)
-    return train_reward_model(config, log=lambda *_: None)
+    return train_tinyworld(config, log=lambda *_: None)
 
 
 def losses_of(out_dir):
@@ -50,7 +55,7 @@ def test_teacher_sft_learns_rationales_and_scores(sft_teacher, data):
 def test_policy_methods_update_from_the_sft_teacher(method, sft_teacher, data, tmp_path):
     config = RewardTrainConfig(method=method, output_dir=str(tmp_path), init=str(sft_teacher), data=str(data),
                                max_steps=2, batch_size=4, lr=1e-3)
-    path = train_reward_model(config, log=lambda *_: None)
+    path = train_tinyworld(config, log=lambda *_: None)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert all(r["grad_norm"] > 0 and not r["skipped"] for r in records)
     before = ZRewardModel.from_pretrained(sft_teacher).model.state_dict()
@@ -62,7 +67,7 @@ def test_policy_methods_update_from_the_sft_teacher(method, sft_teacher, data, t
 def test_direct_methods_reduce_their_loss(method, init, data, tmp_path):
     config = RewardTrainConfig(method=method, output_dir=str(tmp_path), init=init, data=str(data), max_steps=25,
                                batch_size=8, lr=2e-3)
-    path = train_reward_model(config, log=lambda *_: None)
+    path = train_tinyworld(config, log=lambda *_: None)
     values = losses_of(tmp_path)
     assert sum(values[-5:]) < sum(values[:5])
     model = ZRewardModel.from_pretrained(path)
@@ -75,18 +80,18 @@ def test_distillation_targets_are_cached_once(method, sft_teacher, data, tmp_pat
     risd = RisdConfig(teacher=str(sft_teacher), num_rationales=2)
     config = RewardTrainConfig(method=method, output_dir=str(tmp_path), init="tinyworld:student", data=str(data),
                                max_steps=15, batch_size=8, lr=2e-3, risd=risd)
-    train_reward_model(config, log=lambda *_: None)
+    train_tinyworld(config, log=lambda *_: None)
     (cache,) = (data.parent / "teacher_targets").glob("*.pt")  # beside the data: RISD and OPD share it
     stored = torch.load(cache, weights_only=False)["targets"]
     assert stored.shape == (len(RatedImages(data)), 4, 9)
     assert torch.allclose(stored.sum(-1), torch.ones(stored.shape[:2]), atol=1e-5)
     mtime = cache.stat().st_mtime_ns
     config.max_steps = 16
-    train_reward_model(config, resume="latest", log=lambda *_: None)
+    train_tinyworld(config, resume="latest", log=lambda *_: None)
     assert cache.stat().st_mtime_ns == mtime  # reused, not recomputed
     other = RewardTrainConfig(method="opd" if method == "risd" else "risd", output_dir=str(tmp_path / "other"),
                               init="tinyworld:student", data=str(data), max_steps=1, batch_size=8, risd=risd)
-    train_reward_model(other, log=lambda *_: None)
+    train_tinyworld(other, log=lambda *_: None)
     assert cache.stat().st_mtime_ns == mtime  # the other distillation method reuses it too
     values = losses_of(tmp_path)
     assert sum(values[-5:]) < sum(values[:5])
@@ -97,9 +102,9 @@ def test_resume_continues_exactly(data, tmp_path):
         return RewardTrainConfig(method="student_sft", output_dir=str(out), init="tinyworld:student",
                                  data=str(data), max_steps=steps, batch_size=4, checkpoint_every=2)
 
-    straight = train_reward_model(config(tmp_path / "a", 4), log=lambda *_: None)
-    train_reward_model(config(tmp_path / "b", 2), log=lambda *_: None)  # stopped after 2 steps
-    resumed = train_reward_model(config(tmp_path / "b", 4), resume="latest", log=lambda *_: None)
+    straight = train_tinyworld(config(tmp_path / "a", 4), log=lambda *_: None)
+    train_tinyworld(config(tmp_path / "b", 2), log=lambda *_: None)  # stopped after 2 steps
+    resumed = train_tinyworld(config(tmp_path / "b", 4), resume="latest", log=lambda *_: None)
     a = ZRewardModel.from_pretrained(straight).model.state_dict()
     b = ZRewardModel.from_pretrained(resumed).model.state_dict()
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from zr_align.diffusion.losses import denoising_loss, encode_images
+from zr_align.diffusion.sampling import DifferentiableSampler, SamplingConfig
 from zr_align.lora import add_lora, lora_parameters
 from zr_align.rewards import ZRewardModel
-from zr_align.sampling import DifferentiableSampler, SamplingConfig
-from zr_align.sft import denoising_loss, encode_images
-from zr_align.testing.diffusion import tiny_pipeline
+from zr_align.tiny.diffusion import tiny_pipeline
 
 PROMPTS = ["a large red circle on the left", "a small blue square at the top"]
 METHODS = ["draft_k", "refl", "draft_lv", "full"]

@@ -3,7 +3,12 @@
 import pytest
 import torch
 
-from zr_align.testing.diffusion import DIFFUSION_FAMILIES, clip_tokenizer, t5_tokenizer, tiny_pipeline
+from zr_align.tiny.diffusion import (
+    DIFFUSION_FAMILIES,
+    clip_tokenizer,
+    t5_tokenizer,
+    tiny_pipeline,
+)
 
 PROMPT = "a large red circle on the left"
 STOCK_CLASSES = {

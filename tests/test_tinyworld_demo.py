@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from zr_align.tinyworld.demo import run_demo
+from zr_align.recipes.demo import run_demo
 from zr_align.tinyworld.grammar import split_prompts
 
 

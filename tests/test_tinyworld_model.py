@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from zr_align.cli import main as cli_main
-from zr_align.tinyworld.build import build_sft_model
+from zr_align.recipes.build_sft import build_sft_model
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,11 @@ def test_shipped_reward_models_read_the_image(student, tmp_path):
     """Fresh held-out pairs (validation prompts, a seed of their own): one attribute wrong, one more wrong, one
     artefact. A model that copies the prompt sits at 0.5 on every kind (tests/test_reward_eval.py)."""
     from zr_align.reward_training.evaluate import load_scorer
-    from zr_align.tinyworld.reward_eval import evaluate_kinds, make_eval_set, score_eval_images
+    from zr_align.tinyworld.reward_eval import (
+        evaluate_kinds,
+        make_eval_set,
+        score_eval_images,
+    )
 
     make_eval_set(tmp_path, "validation", seed=11, pairs_per_kind=21)
     assert student.config.layout == "joint"  # one forward per image for all four dimensions

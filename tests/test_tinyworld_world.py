@@ -7,20 +7,30 @@ import pytest
 import torch
 
 from zr_align.cli import main
-from zr_align.data import tinyworld_prompts
+from zr_align.diffusion.datasets import load_prompts
 from zr_align.rubrics import DEFAULT_DIMENSIONS
 from zr_align.scores import DEFAULT_BINS
-from zr_align.tinyworld import (CORRUPTIONS, AnnotatorPanel, Attributes, Ratings, all_prompts, corrupt, judge,
-                                parse_prompt, render, split_prompts)
+from zr_align.tinyworld import (
+    CORRUPTIONS,
+    AnnotatorPanel,
+    Attributes,
+    Ratings,
+    all_prompts,
+    corrupt,
+    judge,
+    parse_prompt,
+    render,
+    split_prompts,
+)
 from zr_align.tinyworld.corrupt import WRONG_ATTRIBUTE
 from zr_align.tinyworld.grammar import ATTRIBUTES, COLORS, POSITION_CELLS, VALUES
 from zr_align.tinyworld.judge import label_components
 from zr_align.tinyworld.render import draw
 
 
-def test_all_prompts_are_the_data_module_prompts():
+def test_all_prompts_are_the_default_training_prompts():
     prompts = all_prompts()
-    assert prompts == tinyworld_prompts()
+    assert prompts == load_prompts(None)  # no prompt file: the whole grammar
     assert len(prompts) == len(set(prompts)) == 2 * 6 * 3 * 5
     assert prompts[0] == "a small red circle on the left"
 

@@ -13,8 +13,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import train_t2i
-from zr_align.checkpointing import MARKER, list_checkpoints, resolve_resume
-from zr_align.train_config import load_config
+from zr_align.diffusion.config import load_train_config as load_config
+from zr_align.runs.folders import MARKER, list_checkpoints, resolve_resume
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny_debug.yaml")

@@ -12,9 +12,13 @@ import torch
 
 from zr_align.architectures import load_architecture
 from zr_align.rewards import ZRewardModel
-from zr_align.rewards.zero_shot import ZERO_SHOT_CHATML, choose_bin_texts, slot_token_ids
+from zr_align.rewards.zero_shot import (
+    ZERO_SHOT_CHATML,
+    choose_bin_texts,
+    slot_token_ids,
+)
 from zr_align.rubrics import Rubric
-from zr_align.testing.bpe import qwen_bpe_tokenizer
+from zr_align.tiny.bpe import qwen_bpe_tokenizer
 
 PROMPTS = ["a photo of a red fox sitting in fresh snow", "a watercolor painting of a lighthouse"]
 
@@ -78,7 +82,7 @@ def test_bin_spelling_is_checked_in_context(tokenizer):
     with pytest.raises(ValueError, match=r"no bin spelling is one token per bin for Qwen2Tokenizer"):
         choose_bin_texts(tokenizer, rubric, prefix, [f"{b:.1f}" for b in rubric.bins])
     # a word-level tokenizer with decimal bins keeps them (the rubric's own spelling comes first)
-    from zr_align.testing.qwen import qwen_tokenizer
+    from zr_align.tiny.qwen import qwen_tokenizer
 
     assert choose_bin_texts(qwen_tokenizer(), rubric, prefix) == rubric.bin_texts
 

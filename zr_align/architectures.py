@@ -81,7 +81,7 @@ def meta_module(spec: dict, dtype: torch.dtype = torch.float32) -> torch.nn.Modu
 
 def _stand_in_tokenizer(spec: dict):
     """An offline word-level tokenizer in place of the real one (only its context length matters here)."""
-    from .testing.diffusion import clip_tokenizer, t5_tokenizer
+    from .tiny.diffusion import clip_tokenizer, t5_tokenizer
 
     tokenizer = clip_tokenizer() if spec["class"] == "CLIPTokenizer" else t5_tokenizer()
     tokenizer.model_max_length = spec["model_max_length"]
@@ -95,7 +95,7 @@ def meta_pipeline(name: str, dtype: str | torch.dtype = torch.bfloat16):
     weights). Nothing can run through it, but everything up to the first forward can be set up on it: the
     sampler, LoRA adapters, gradient-checkpointing switches, parameter counts.
     """
-    from .denoisers import get_denoiser_family
+    from .diffusion.families import get_denoiser_family
 
     spec = load_architecture(name)
     dtype = _DTYPES.get(dtype, dtype)
@@ -132,7 +132,7 @@ def meta_reward(name: str, dtype: str | torch.dtype = torch.bfloat16, tokenizer=
     """A `ZRewardModel` around the meta-device VLM of architecture `name`, with its real image-processor settings.
 
     `tokenizer` defaults to the offline byte-level BPE with Qwen's pre-tokenisation
-    (`zr_align.testing.bpe.qwen_bpe_tokenizer`); the rubric is the zero-shot one for that tokenizer.
+    (`zr_align.tiny.bpe.qwen_bpe_tokenizer`); the rubric is the zero-shot one for that tokenizer.
     """
     from .rewards.families import get_family
     from .rewards.zero_shot import zero_shot_rubric
@@ -141,7 +141,7 @@ def meta_reward(name: str, dtype: str | torch.dtype = torch.bfloat16, tokenizer=
     spec = load_architecture(name)
     family = get_family(spec["family"])
     if tokenizer is None:
-        from .testing.bpe import qwen_bpe_tokenizer
+        from .tiny.bpe import qwen_bpe_tokenizer
 
         tokenizer = qwen_bpe_tokenizer()
     rubric = zero_shot_rubric(family.name, tokenizer, family.image_prompt.format(family.image_token))
@@ -157,13 +157,13 @@ def setup_models(config, architecture: str | None = None, reward_architecture: s
     template is written for) and `reward_architecture` (default `DEFAULT_REWARD`); `tiny:` paths are built for
     real, as `train_t2i.py` builds them. Returns `(pipe, sampler, denoiser, reward)`; reward is None for SFT.
     """
+    from .diffusion.sampling import DifferentiableSampler
     from .lora import add_lora
     from .rewards.zreward import ZRewardModel
-    from .sampling import DifferentiableSampler
 
     family = config.model.family
     if config.model.path.startswith("tiny:"):
-        from .testing.diffusion import tiny_pipeline
+        from .tiny.diffusion import tiny_pipeline
 
         pipe = tiny_pipeline(config.model.path[5:], prediction_type=config.model.prediction_type)
         pipe.to(_DTYPES[config.model.dtype])
@@ -185,7 +185,7 @@ def setup_models(config, architecture: str | None = None, reward_architecture: s
         if path.startswith("tiny:"):
             import tempfile
 
-            from .testing import tiny_reward_model
+            from .tiny import tiny_reward_model
 
             folder = tiny_reward_model(path[5:], tempfile.mkdtemp(prefix="zr_plan_"))
             reward = ZRewardModel.from_pretrained(folder, torch_dtype=_DTYPES[config.reward.dtype],

@@ -1,13 +1,13 @@
-"""`zr-align` command line. Subcommands are registered in `COMMANDS`."""
+"""`zr-align` command line. Subcommands are registered in `COMMANDS`; the groups `zr-align tinyworld ...` and
+`zr-align reward ...` in `TINYWORLD_COMMANDS` and `REWARD_COMMANDS`. Each command parses its arguments and calls
+the library; the work is done there."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-
-from .reward_training.commands import REWARD_COMMANDS
-from .tinyworld.commands import TINYWORLD_COMMANDS
+from pathlib import Path
 
 
 def _positive_int(text: str) -> int:
@@ -69,22 +69,242 @@ def _add_plan(sub) -> None:
 
 def _run_plan(args) -> int:
     from .architectures import setup_models
+    from .diffusion.config import load_train_config
     from .memory_plan import parse_size, plan_report
-    from .train_config import load_config
 
     budget = parse_size(args.gpu_memory) if args.gpu_memory else None
-    config = load_config(args.config, args.overrides)
+    config = load_train_config(args.config, args.overrides)
     setup = setup_models(config, args.architecture, args.reward_architecture)
     print(json.dumps(plan_report(config, setup, budget), indent=1))
     return 0
+
+
+# ------------------------------------------------------------------ zr-align tinyworld ...
+def _add_judge(sub) -> None:
+    p = sub.add_parser("judge", help="judge images with TinyWorld's ground-truth judge; one JSON line per image, "
+                                     "then a summary line")
+    p.add_argument("--prompts", required=True, help='JSONL file, one {"image": file name, "prompt": ...} per line')
+    p.add_argument("--images", default=None, help="folder the image names are relative to (default: the JSONL's)")
+
+
+def _run_judge(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from .tinyworld.judge import judge, summarize
+
+    index = Path(args.prompts)
+    if not index.is_file():
+        raise ValueError(f"prompt file {index} does not exist")
+    root = Path(args.images) if args.images is not None else index.parent
+    records = [(n, json.loads(line)) for n, line in enumerate(index.read_text().splitlines(), 1) if line.strip()]
+    if not records:
+        raise ValueError(f"prompt file {index} has no lines")
+    verdicts = []
+    for number, record in records:
+        name = record.get("image", record.get("file_name"))
+        if name is None or "prompt" not in record:
+            raise ValueError(f"{index} line {number} needs 'image' and 'prompt' fields")
+        if not (root / name).is_file():
+            raise ValueError(f"{index} line {number}: image {root / name} does not exist")
+        with Image.open(root / name) as image:
+            pixels = np.asarray(image.convert("RGB"))
+        verdict = judge(pixels, record["prompt"])
+        verdicts.append(verdict)
+        print(json.dumps({"image": name, **verdict.to_record()}))
+    print(json.dumps({"summary": summarize(verdicts)}))
+    return 0
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate one PNG per prompt with a TinyWorld model (optionally + LoRA)")
+    p.add_argument("--model", required=True, help="TinyWorld pipeline folder (e.g. models/tinyworld/sft)")
+    p.add_argument("--lora", default=None, help="folder with pytorch_lora_weights.safetensors (train_t2i output)")
+    p.add_argument("--prompts", required=True, help=".txt (one per line) or .jsonl with a 'prompt' field")
+    p.add_argument("--out", required=True, help="output folder: 00000.png, ... and samples.jsonl")
+    p.add_argument("--seed", type=int, default=0, help="image i uses noise seed seed + i")
+    p.add_argument("--steps", type=int, default=20)
+
+
+def _run_sample(args) -> int:
+    from .diffusion.datasets import load_prompts
+    from .tinyworld.grammar import parse_prompt
+    from .tinyworld.sample import generate, load_pipeline, write_samples
+
+    prompts = load_prompts(args.prompts)
+    for prompt in prompts:
+        parse_prompt(prompt)  # a prompt outside the grammar: one-line error naming the word
+    pipe = load_pipeline(args.model)
+    if args.lora is not None:
+        from .lora import check_lora_fits
+
+        check_lora_fits(pipe.unet, args.lora)  # before peft touches the pipeline
+        pipe.load_lora_weights(args.lora)
+    index = write_samples(generate(pipe, prompts, seed=args.seed, steps=args.steps), prompts, args.out)
+    print(json.dumps({"samples": len(prompts), "index": str(index)}))
+    return 0
+
+
+def _add_build(sub) -> None:
+    p = sub.add_parser("build", help="rebuild the SFT baseline from scratch (VAE, then SFT with train_t2i.py)")
+    p.add_argument("--out", default="models/tinyworld/sft")
+    p.add_argument("--work-dir", default="outputs/tinyworld_build")
+    p.add_argument("--vae-steps", type=int, default=700)
+    p.add_argument("--sft-steps", type=int, default=2500)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-zero-snr", dest="zero_snr", action="store_false",
+                   help="keep the non-zero terminal SNR of SD (the baseline then places objects at chance)")
+
+
+def _run_build(args) -> int:
+    from .recipes.build_sft import build_sft_model
+
+    report = build_sft_model(args.out, args.work_dir, vae_steps=args.vae_steps, sft_steps=args.sft_steps,
+                             batch_size=args.batch_size, seed=args.seed, zero_snr=args.zero_snr)
+    print(json.dumps(report))
+    return 0
+
+
+def _add_build_rewards(sub) -> None:
+    p = sub.add_parser("build-rewards", help="rebuild the reward models (data, teacher SFT -> GDSO, RISD student, "
+                                             "baselines) and the comparison table")
+    p.add_argument("--work-dir", default="outputs/tinyworld_rewards")
+    p.add_argument("--out", default="models/tinyworld", help="the chosen teacher and the RISD student go here")
+    p.add_argument("--sft-model", default="models/tinyworld/sft", help="its samples join the reward data")
+    p.add_argument("--images-per-prompt", type=int, default=80, help="rated training images per train prompt")
+    p.add_argument("--steps-scale", type=float, default=1.0, help="multiplies every config's max_steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--docs", default="docs", help="where the table is written ('' for nowhere)")
+    p.add_argument("--reuse", action="store_true", help="keep data and trained models already in --work-dir")
+
+
+def _run_build_rewards(args) -> int:
+    from .recipes.build_rewards import build_reward_models
+
+    build_reward_models(args.work_dir, args.out, args.sft_model, args.images_per_prompt, args.steps_scale,
+                        seed=args.seed, docs=args.docs or None, reuse=args.reuse)
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="reward fine-tuning of the SFT baseline with the shipped student, judged on "
+                                    "held-out prompts; writes OUT/report.md")
+    p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--config", default="configs/tinyworld_draft.yaml")
+    p.add_argument("--num-eval", type=int, default=200)
+    p.add_argument("--eval-split", choices=("test", "validation"), default="test",
+                   help="held-out prompts to judge on (choose settings on validation, report on test)")
+    p.add_argument("overrides", nargs="*", help="train_t2i.py key=value overrides, e.g. max_steps=50")
+
+
+def _run_demo(args) -> int:
+    from .recipes.demo import run_demo
+
+    run_demo(args.out, args.config, num_eval=args.num_eval, overrides=tuple(args.overrides),
+             eval_split=args.eval_split)
+    return 0
+
+
+# `zr-align tinyworld NAME ...`: name -> (add arguments, run)
+TINYWORLD_COMMANDS = {
+    "judge": (_add_judge, _run_judge),
+    "sample": (_add_sample, _run_sample),
+    "build": (_add_build, _run_build),
+    "build-rewards": (_add_build_rewards, _run_build_rewards),
+    "demo": (_add_demo, _run_demo),
+}
+
+
+# ------------------------------------------------------------------ zr-align reward ...
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate reward folders on preference pairs (and rated images); prints a table")
+    p.add_argument("--reward", required=True, nargs="+", metavar="DIR",
+                   help="reward folders (ZRewardModel students or reasoning teachers), one table row each")
+    p.add_argument("--data", required=True, metavar="PAIRS.jsonl", help="preference pairs (held-out)")
+    p.add_argument("--rated", default=None, metavar="RATED.jsonl",
+                   help="rated images, for Spearman, calibration (ECE) and NLL")
+    p.add_argument("--mode", default="greedy", choices=("greedy", "sample"),
+                   help="teachers only: one greedy rationale, or the average over --num-rationales sampled ones")
+    p.add_argument("--num-rationales", type=int, default=4, help="teachers only, with --mode sample")
+    p.add_argument("--batch-size", type=int, default=16, help="images per scorer call (also the timing batch)")
+    p.add_argument("--tie-eps", type=float, default=0.05, help="predicted-tie band of the tie-aware accuracy")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write every metric to this JSON file")
+
+
+def _run_eval(args) -> int:
+    from .reward_training.data import PreferencePairs, RatedImages
+    from .reward_training.evaluate import evaluate_scorer, format_table, load_scorer
+
+    pairs = PreferencePairs(args.data)
+    rated = RatedImages(args.rated) if args.rated is not None else None
+    results = {}
+    for folder in args.reward:
+        scorer = load_scorer(folder, mode=args.mode, num_rationales=args.num_rationales)
+        results[folder] = evaluate_scorer(scorer, pairs, rated, batch_size=args.batch_size, tie_eps=args.tie_eps)
+    print(format_table(results))
+    if args.json is not None:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def _add_make_data(sub) -> None:
+    p = sub.add_parser("make-data", help="generate TinyWorld rated images + preference pairs for one prompt split")
+    p.add_argument("--out", required=True, help="output folder: images/, rated.jsonl, pairs.jsonl, stats.json")
+    p.add_argument("--split", required=True, choices=("train", "validation", "test"))
+    p.add_argument("--images-per-prompt", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sft-model", default=None, help="TinyWorld pipeline folder whose samples join the images")
+    p.add_argument("--sft-fraction", type=float, default=0.3)
+    p.add_argument("--num-prompts", type=int, default=None, help="a seeded subset of the split's prompts")
+    p.add_argument("--pairs-per-prompt", type=int, default=None, help="default: --images-per-prompt")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the train/validation/test prompt split")
+
+
+def _run_make_data(args) -> int:
+    from .tinyworld.reward_data import make_reward_data
+
+    stats = make_reward_data(args.out, args.split, args.images_per_prompt, args.seed, sft_model=args.sft_model,
+                             sft_fraction=args.sft_fraction, num_prompts=args.num_prompts,
+                             pairs_per_prompt=args.pairs_per_prompt, split_seed=args.split_seed)
+    print(json.dumps(stats))
+    return 0
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a reward model (teacher SFT, GDSO, GRPO, RewardDance, student SFT, "
+                                     "RISD, OPD)")
+    p.add_argument("--config", required=True, help="YAML of zr_align.reward_training.config.RewardTrainConfig")
+    p.add_argument("--resume", default=None, help="'latest' or a checkpoints/step_N folder")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides, e.g. max_steps=100 gdso.rollouts=8")
+
+
+def _run_train(args) -> int:
+    from .reward_training.config import RewardTrainConfig
+    from .reward_training.trainer import train_reward_model
+    from .runs import load_config
+    from .tinyworld.reward_models import initial_model
+
+    config = load_config(args.config, args.overrides, RewardTrainConfig)
+    path = train_reward_model(config, resume=args.resume, model=initial_model(config))
+    print(json.dumps({"model": str(path)}))
+    return 0
+
+
+# `zr-align reward NAME ...`: name -> (add arguments, run)
+REWARD_COMMANDS = {
+    "train": (_add_train, _run_train),
+    "eval": (_add_eval, _run_eval),
+    "make-data": (_add_make_data, _run_make_data),
+}
 
 
 # name -> (add arguments, run)
 COMMANDS = {
     "score": (_add_score, _run_score),
     "plan": (_add_plan, _run_plan),
-    "tinyworld": command_group("tinyworld", "TinyWorld, the built-in miniature world (SPEC §8)", TINYWORLD_COMMANDS),
-    "reward": command_group("reward", "reward-model training, data and evaluation (SPEC §3-4)", REWARD_COMMANDS),
+    "tinyworld": command_group("tinyworld", "TinyWorld, the built-in miniature world with a ground-truth judge (README: TinyWorld)", TINYWORLD_COMMANDS),
+    "reward": command_group("reward", "reward-model training (GDSO, RISD and baselines), data and evaluation", REWARD_COMMANDS),
 }
 
 

@@ -1,6 +1,7 @@
-"""LoRA adapters on the denoiser (peft), saved in the diffusers format that stock pipelines load.
+"""Every peft call of the project: LoRA adapters on the denoiser, saved in the diffusers format that stock
+pipelines load, and the LoRA of reward-model training on a VLM's language model.
 
-The training script calls `add_lora` on the pipeline's UNet or transformer, optimises `lora_parameters(...)` and
+The diffusion trainer calls `add_lora` on the pipeline's UNet or transformer, optimises `lora_parameters(...)` and
 writes the result with `save_lora`; a stock pipeline then restores it with `pipe.load_lora_weights(out_dir)`.
 `export_kohya` additionally writes the UNet families in the kohya/AUTOMATIC1111/ComfyUI key format.
 
@@ -13,6 +14,7 @@ Two traps this module exists to avoid (see PITFALLS):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Sequence
@@ -122,6 +124,48 @@ def add_lora(
         if is_lora and param.dtype != torch.float32:
             param.data = param.data.float()
     return config
+
+
+@contextlib.contextmanager
+def adapters_disabled(module: nn.Module):
+    """Run the base model inside the block: every peft layer of `module` is switched off, and back on after
+    (works for models with and without diffusers' PeftAdapterMixin)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [layer for layer in module.modules() if isinstance(layer, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield module
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+
+
+def add_language_lora(model: nn.Module, rank: int) -> list[nn.Parameter]:
+    """A LoRA (alpha = rank) on the attention projections of a VLM's language model, the only trained weights;
+    returns them. Reward-model training uses it; `merge_lora` folds it back before saving."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model.requires_grad_(False)
+    lora = LoraConfig(r=rank, lora_alpha=rank, target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)")
+    inject_adapter_in_model(lora, model)
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name)
+    return [param for param in model.parameters() if param.requires_grad]
+
+
+def merge_lora(model: nn.Module) -> None:
+    """Fold every LoRA of `model` into its base layers and remove the peft wrappers: a plain model again."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in list(model.modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, LoraLayer):
+                setattr(parent, name, child.get_base_layer())
 
 
 def lora_parameters(denoiser: nn.Module) -> list[nn.Parameter]:

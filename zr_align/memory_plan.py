@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .train_config import TrainConfig
+from .diffusion.config import TrainConfig
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ADAMW_BYTES_PER_LORA_PARAM = 16  # fp32 weight + fp32 grad + exp_avg + exp_avg_sq

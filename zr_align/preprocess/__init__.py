@@ -6,8 +6,8 @@ Hugging Face `preprocessor_config.json` so that it reproduces the HF processor (
 
 from __future__ import annotations
 
-from .llava import LlavaPreprocessor
 from .idefics3 import Idefics3Preprocessor
+from .llava import LlavaPreprocessor
 from .pixels import CLAMP_MODES, check_images, clamp_pixels, from_signed, normalize
 from .qwen_vl import QwenVLPreprocessor
 from .resample import pil_resize

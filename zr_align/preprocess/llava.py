@@ -18,7 +18,7 @@ The number of image tokens is what `LlavaProcessor` inserts: `(h // patch) * (w 
 num_additional_image_tokens`, minus one for `vision_feature_select_strategy == "default"` (the CLS token is
 dropped), where `(h, w)` is the size of the processed image. `patch_size`, `vision_feature_select_strategy` and
 `num_additional_image_tokens` live in the processor / model config of a checkpoint, not in the image-processor
-config: the tiny models of `zr_align.testing` store them as extra keys of their `preprocessor_config.json`.
+config: the tiny models of `zr_align.tiny` store them as extra keys of their `preprocessor_config.json`.
 Without them the defaults describe the two stock towers: patch 14; CLIP-type processors "default" with one
 extra (CLS) token, SigLIP-type "full" with none; either way one token per patch.
 

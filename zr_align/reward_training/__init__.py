@@ -19,7 +19,13 @@ from .losses import (
     sft_cross_entropy,
     thurstone_fidelity,
 )
-from .metrics import distribution_nll, expected_calibration_error, pairwise_accuracy, spearman, throughput
+from .metrics import (
+    distribution_nll,
+    expected_calibration_error,
+    pairwise_accuracy,
+    spearman,
+    throughput,
+)
 
 __all__ = [
     "PolicyLossOutput",

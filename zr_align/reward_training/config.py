@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..checks import check_choice
+from ..runs.checks import check_choice
 
 # method -> (role of the trained model, what it needs)
 METHODS = {

@@ -21,7 +21,13 @@ from ..rewards.loading import load_image
 from ..rewards.output import RewardOutput
 from ..rewards.zreward import CONFIG_NAME, ZRewardConfig, ZRewardModel
 from .data import PreferencePairs, RatedImages
-from .metrics import distribution_nll, expected_calibration_error, pairwise_accuracy, spearman, throughput
+from .metrics import (
+    distribution_nll,
+    expected_calibration_error,
+    pairwise_accuracy,
+    spearman,
+    throughput,
+)
 
 Scorer = Callable[[torch.Tensor, list], RewardOutput]
 TEACHER_MODES: tuple[str, ...] = ("greedy", "sample")

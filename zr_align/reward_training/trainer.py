@@ -12,35 +12,40 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from pathlib import Path
 
 import torch
 
-from ..checkpointing import TrainableState, checkpoint_step, resolve_resume, save_checkpoint
-from ..distributed import guarded_step
+from ..lora import add_language_lora, merge_lora
 from ..rewards.zreward import ZRewardModel
 from ..rubrics import Rubric
+from ..runs import (
+    MetricsLog,
+    TrainableState,
+    checkpoint_due,
+    checkpoint_step,
+    guarded_step,
+    lr_factor,
+    resolve_resume,
+    save_checkpoint,
+    save_config,
+    step_generator,
+)
 from . import objectives
 from .config import RewardTrainConfig
 from .data import RatedImages, collate
 from .teacher import ReasoningTeacher
 
 
-def build_initial_model(config: RewardTrainConfig) -> ZRewardModel:
-    """The model to train: a folder, or a random TinyWorld teacher / student (`tinyworld:teacher|student`)."""
-    if config.init.startswith("tinyworld:"):
-        from ..tinyworld.reward_models import build_reward_model
-
-        size = config.init.split(":", 1)[1]
-        if size not in ("teacher", "student"):
-            raise ValueError(f"init {config.init!r}: use tinyworld:teacher or tinyworld:student")
-        reasoning = config.role == "teacher" and config.method != "reward_dance"
-        model = build_reward_model(size, teacher=reasoning, seed=config.seed)
-    else:
+def build_initial_model(config: RewardTrainConfig, model: ZRewardModel | None = None) -> ZRewardModel:
+    """The model to train: `model` when the caller built one (e.g. TinyWorld's random models for
+    `init: tinyworld:...`, `zr_align.tinyworld.reward_models.initial_model`), else the reward folder `init`."""
+    if model is None:
         if not Path(config.init, "zreward_config.json").is_file():
-            raise ValueError(f"init {config.init!r} is not a reward-model folder (no zreward_config.json)")
+            hint = ("; a tinyworld: init is built by zr_align.tinyworld.reward_models.initial_model (as `zr-align "
+                    "reward train` does)") if config.init.startswith("tinyworld:") else ""
+            raise ValueError(f"init {config.init!r} is not a reward-model folder (no zreward_config.json){hint}")
         model = ZRewardModel.from_pretrained(config.init)
         if config.role == "student" and model.config.teacher:
             # a student initialised from a teacher keeps its weights and layout but reads its score with no rationale
@@ -66,50 +71,16 @@ def copy_vision_tower(model: ZRewardModel, source: str) -> int:
     return len(copied)
 
 
-def lr_lambda(config: RewardTrainConfig):
-    """Linear warm-up to `lr`, then constant or cosine down to `min_lr_ratio * lr` at `max_steps`."""
-    warmup = max(1, config.warmup_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if config.lr_schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, config.max_steps - warmup))
-        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
 def make_trainable(model: ZRewardModel, config: RewardTrainConfig) -> list[torch.nn.Parameter]:
     """Unfreeze the VLM (or add a LoRA to its language model's attention); return the trained parameters."""
     if config.lora_rank > 0:
-        from peft import LoraConfig, inject_adapter_in_model
-
-        model.model.requires_grad_(False)
-        lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank,
-                          target_modules=r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)")
-        inject_adapter_in_model(lora, model.model)
-        for name, p in model.model.named_parameters():
-            p.requires_grad_("lora_" in name)
+        params = add_language_lora(model.model, config.lora_rank)
     else:
         model.model.requires_grad_(True)
+        params = [p for p in model.model.parameters() if p.requires_grad]
     if config.gradient_checkpointing:
         model.enable_gradient_checkpointing()
-    return [p for p in model.model.parameters() if p.requires_grad]
-
-
-def merge_lora(model: ZRewardModel) -> None:
-    """Fold LoRA weights into the base layers so the saved folder is a plain model."""
-    from peft.tuners.lora import LoraLayer
-
-    for module in list(model.model.modules()):
-        if isinstance(module, LoraLayer):
-            module.merge()
-    for parent in list(model.model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, LoraLayer):
-                setattr(parent, name, child.get_base_layer())
+    return params
 
 
 @torch.no_grad()
@@ -169,17 +140,18 @@ def grouped_batch(by_prompt: dict[str, list[int]], config: RewardTrainConfig, ge
     return indices
 
 
-def train_reward_model(config: RewardTrainConfig, resume: str | None = None, log=print, on_eval=None) -> Path:
-    """Train one reward model (see the module docstring for the output folder).
+def train_reward_model(config: RewardTrainConfig, resume: str | None = None, log=print, on_eval=None,
+                       model: ZRewardModel | None = None) -> Path:
+    """Train one reward model (see the module docstring for the output folder); returns the `model/` folder.
 
     Args:
+        resume: "latest" or a `checkpoints/step_N` folder.
         on_eval (*optional*): `on_eval(step, model) -> dict` called every `config.eval_every` steps and at the end,
             with the model being trained (a `ZRewardModel`); its numbers join that step's line of `metrics.jsonl`.
+        model (*optional*): the model to start from, built by the caller; default: the folder `config.init`.
     """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
-
-    from ..train_config import save_config
 
     out = Path(config.output_dir)
     accelerator = Accelerator()
@@ -189,13 +161,14 @@ def train_reward_model(config: RewardTrainConfig, resume: str | None = None, log
         save_config(config, out / "config.yaml")
     set_seed(config.seed)
     data = RatedImages(config.data)
-    model = build_initial_model(config).to(accelerator.device)
+    model = build_initial_model(config, model).to(accelerator.device)
     if config.vision_init:
         log(f"vision tower: {copy_vision_tower(model, config.vision_init)} tensors from {config.vision_init}")
     params = make_trainable(model, config)
     objective = build_objective(config, model, data, out, log)
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, config.warmup_steps, config.lr_schedule, config.max_steps, config.min_lr_ratio))
     optimizer, schedule = accelerator.prepare(optimizer, schedule)
     accelerator.register_for_checkpointing(TrainableState({"model": model.model}))
 
@@ -205,49 +178,48 @@ def train_reward_model(config: RewardTrainConfig, resume: str | None = None, log
         accelerator.load_state(str(resume_from))
         start = checkpoint_step(resume_from)
         log(f"resumed from {resume_from} at step {start}")
-    metrics_path = out / "metrics.jsonl"
-    if accelerator.is_main_process:
-        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
-                if start and json.loads(line)["step"] <= start]
-        metrics_path.write_text("".join(line + "\n" for line in kept))
+    metrics = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
+    metrics.restart(start)
 
     by_prompt: dict[str, list[int]] = {}
     for i, item in enumerate(data.items):
         by_prompt.setdefault(item["prompt"], []).append(i)
     for step in range(start, config.max_steps):
         begin = time.perf_counter()
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step * 7919 + rank)
+        generator = step_generator(config.seed, step, rank)
         batch = collate([data[i] for i in grouped_batch(by_prompt, config, generator)])
         batch["images"] = batch["images"].to(accelerator.device)
-        loss, metrics = objective.loss(batch, generator)
+        loss, values = objective.loss(batch, generator)
         skipped = not torch.isfinite(loss)
         if not skipped:
             accelerator.backward(loss)
         grad_norm, skipped = guarded_step(accelerator, params, optimizer, config.max_grad_norm, skipped)
         schedule.step()
         record = {"step": step + 1, "loss": float(loss.detach()), "grad_norm": grad_norm, "skipped": skipped,
-                  "seconds": time.perf_counter() - begin, "lr": schedule.get_last_lr()[0], **metrics}
+                  "seconds": time.perf_counter() - begin, "lr": schedule.get_last_lr()[0], **values}
         if on_eval is not None and config.eval_every and ((step + 1) % config.eval_every == 0
                                                           or step + 1 == config.max_steps):
             record["eval"] = on_eval(step + 1, model)
             log(f"{config.method} step {step + 1} eval {record['eval']}")
-        if accelerator.is_main_process:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            if step % 20 == 0 or step + 1 == config.max_steps:
-                log(f"{config.method} step {step + 1}/{config.max_steps} loss {record['loss']:.4f} "
-                    + " ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-        done = step + 1
-        if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.max_steps:
-            save_checkpoint(accelerator, out / "checkpoints", done)
+        metrics.append(record)
+        if accelerator.is_main_process and (step % 20 == 0 or step + 1 == config.max_steps):
+            log(f"{config.method} step {step + 1}/{config.max_steps} loss {record['loss']:.4f} "
+                + " ".join(f"{k} {v:.3f}" for k, v in values.items()))
+        if checkpoint_due(step + 1, config.checkpoint_every, config.max_steps):
+            save_checkpoint(accelerator, out / "checkpoints", step + 1)
+    _save(model, config, accelerator)
+    return out / "model"
 
+
+def _save(model: ZRewardModel, config: RewardTrainConfig, accelerator) -> None:
+    """The last checkpoint (only it is kept), then `model/`: a plain reward folder (a LoRA merged)."""
+    out = Path(config.output_dir)
     save_checkpoint(accelerator, out / "checkpoints", config.max_steps, keep=1)
     if accelerator.is_main_process:
         if config.lora_rank > 0:
-            merge_lora(model)
+            merge_lora(model.model)
         model.model.requires_grad_(False)
         if config.gradient_checkpointing:
             model.disable_gradient_checkpointing()
         model.save_pretrained(out / "model")
     accelerator.wait_for_everyone()
-    return out / "model"

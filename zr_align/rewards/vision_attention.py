@@ -21,7 +21,9 @@ import torch.nn.functional as F
 
 def _batched_forward(self, hidden_states: torch.Tensor, cu_seqlens: torch.Tensor, position_embeddings=None,
                      max_seqlen=None, **kwargs) -> torch.Tensor:
-    from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import (
+        apply_rotary_pos_emb_vision,
+    )
 
     lengths = cu_seqlens[1:] - cu_seqlens[:-1]
     if "flash" in str(self.config._attn_implementation) or bool((lengths != lengths[0]).any()):

@@ -6,14 +6,77 @@ import json
 from pathlib import Path
 
 from ..rewards.loading import load_tokenizer
+from ..tiny.llava import PROCESSOR_KEYS
 
-from .idefics3 import _idefics3_processor
-from .llava import _llava_processor
+
+def hf_image_processor(config: dict):
+    """The stock PIL image processor for a preprocessor config dict (CLIP, SigLIP or LLaVA)."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.llava.image_processing_pil_llava import (
+        LlavaImageProcessorPil,
+    )
+    from transformers.models.siglip.image_processing_pil_siglip import (
+        SiglipImageProcessorPil,
+    )
+
+    classes = {"CLIPImageProcessor": CLIPImageProcessorPil, "SiglipImageProcessor": SiglipImageProcessorPil,
+               "LlavaImageProcessor": LlavaImageProcessorPil}
+    name = config.get("image_processor_type", "CLIPImageProcessor").removesuffix("Pil")
+    if name not in classes:
+        raise ValueError(f"no PIL image processor for {name!r}; available: {', '.join(classes)}")
+    kwargs = {k: v for k, v in config.items() if k not in PROCESSOR_KEYS and k != "image_processor_type"}
+    return classes[name](**kwargs)
+
+
+def hf_llava_processor(config: dict, tokenizer):
+    """The stock `LlavaProcessor` for a preprocessor config dict (with the extra `PROCESSOR_KEYS`)."""
+    from transformers import LlavaProcessor
+
+    return LlavaProcessor(
+        image_processor=hf_image_processor(config),
+        tokenizer=tokenizer,
+        patch_size=config.get("patch_size", 14),
+        vision_feature_select_strategy=config.get("vision_feature_select_strategy", "default"),
+        num_additional_image_tokens=config.get("num_additional_image_tokens", 0),
+        image_token="<image>",
+    )
+
+
+def _llava_processor(path: Path):
+    """The HF processor (parity oracle) of a tiny LLaVA reward-model folder."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    config = json.loads((path / "preprocessor_config.json").read_text())
+    return hf_llava_processor(config, AutoTokenizer.from_pretrained(path))
+
+
+def _idefics3_processor(path: Path):
+    """The stock `Idefics3Processor` (PIL image processor) for a tiny Idefics3 reward-model folder."""
+    from transformers import AutoTokenizer, Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import (
+        Idefics3ImageProcessorPil,
+    )
+
+    path = Path(path)
+    config = json.loads((path / "preprocessor_config.json").read_text())
+    image_seq_len = config.pop("image_seq_len", None)
+    if image_seq_len is None and (path / "processor_config.json").is_file():
+        image_seq_len = json.loads((path / "processor_config.json").read_text()).get("image_seq_len")
+    config = {k: v for k, v in config.items() if k not in ("image_processor_type", "processor_class")}
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return Idefics3Processor(
+        image_processor=Idefics3ImageProcessorPil(**config),
+        tokenizer=tokenizer,
+        image_seq_len=image_seq_len or 169,
+    )
 
 
 def _qwen_processor(path: Path):
     from transformers import Qwen2VLProcessor
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
 
     class _StillImageProcessor(Qwen2VLProcessor):
         # Without torchvision there is no video processor, and the stock class check rejects None
@@ -40,7 +103,7 @@ HF_PROCESSORS = {
 
 
 def hf_processor(path):
-    """The stock HF processor for the reward-model folder `path` (the tiny models of `zr_align.testing`)."""
+    """The stock HF processor for the reward-model folder `path` (the tiny models of `zr_align.tiny`)."""
     path = Path(path)
     family = json.loads((path / "zreward_config.json").read_text())["family"]
     if family not in HF_PROCESSORS:

@@ -9,7 +9,14 @@
 
 from .annotators import AnnotatorPanel, Preference, Ratings
 from .corrupt import CORRUPTIONS, Corrupted, corrupt
-from .grammar import Attributes, PromptSplits, Scene, all_prompts, parse_prompt, split_prompts
+from .grammar import (
+    Attributes,
+    PromptSplits,
+    Scene,
+    all_prompts,
+    parse_prompt,
+    split_prompts,
+)
 from .judge import ARTEFACTS, Verdict, judge
 from .render import Rendered, draw, render
 

@@ -30,7 +30,16 @@ from typing import Callable
 import numpy as np
 
 from .grammar import BACKGROUND, CANVAS, COLORS, SHAPES, SIZE_PIXELS, VALUES, Scene
-from .render import Rendered, as_generator, center_range, composite, coverage, draw, sample_center, to_uint8
+from .render import (
+    Rendered,
+    as_generator,
+    center_range,
+    composite,
+    coverage,
+    draw,
+    sample_center,
+    to_uint8,
+)
 
 
 @dataclass

@@ -123,7 +123,7 @@ class Scene:
 
 
 def all_prompts() -> list[str]:
-    """All 180 prompts, sizes outermost and positions innermost (the order of `zr_align.data.tinyworld_prompts`)."""
+    """All 180 prompts, sizes outermost and positions innermost."""
     return [Attributes(s, c, h, p).prompt for s in SIZES for c in COLORS for h in SHAPES for p in POSITIONS]
 
 

@@ -29,7 +29,7 @@ TEXT_HIDDEN = 64
 
 
 def tinyworld_tokenizer():
-    from ..testing.diffusion import clip_tokenizer
+    from ..tiny.diffusion import clip_tokenizer
 
     return clip_tokenizer()
 

@@ -21,7 +21,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .grammar import BACKGROUND, CANVAS, COLORS, POSITION_CELLS, SIZE_PIXELS, Attributes, Scene, parse_prompt
+from .grammar import (
+    BACKGROUND,
+    CANVAS,
+    COLORS,
+    POSITION_CELLS,
+    SIZE_PIXELS,
+    Attributes,
+    Scene,
+    parse_prompt,
+)
 
 SIZE_JITTER = 0.15  # extent = SIZE_PIXELS[size] * uniform(1 - SIZE_JITTER, 1 + SIZE_JITTER)
 THIRD_MARGIN = 1.0  # px kept between the centre and its third's borders

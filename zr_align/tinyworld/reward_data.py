@@ -42,7 +42,16 @@ import numpy as np
 
 from .annotators import AnnotatorPanel, Ratings
 from .corrupt import CORRUPTIONS, WIDE_SEVERITIES, WRONG_ATTRIBUTE, corrupt
-from .grammar import ATTRIBUTES, COLORS, SHAPES, SIZES, VALUES, Attributes, parse_prompt, split_prompts
+from .grammar import (
+    ATTRIBUTES,
+    COLORS,
+    SHAPES,
+    SIZES,
+    VALUES,
+    Attributes,
+    parse_prompt,
+    split_prompts,
+)
 from .judge import Verdict, judge
 from .render import Rendered, render
 

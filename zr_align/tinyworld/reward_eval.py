@@ -28,9 +28,8 @@ import numpy as np
 import torch
 
 from .corrupt import CORRUPTIONS, WRONG_ATTRIBUTE, corrupt
-from .evaluate import overall
 from .grammar import ATTRIBUTES, split_prompts
-from .judge import judge
+from .judge import judge, overall
 from .render import Rendered, render
 from .reward_data import ARTEFACT_CHECKS, RATIONALE_DIMENSIONS, rationale_text
 

@@ -18,8 +18,8 @@ import torch
 from ..rewards.families import CHATML_TEMPLATE
 from ..rewards.zreward import ZRewardConfig, ZRewardModel
 from ..rubrics import Rubric
-from ..testing.qwen import QWEN_SPECIAL_TOKENS, qwen_processor_config
-from ..testing.tokenizer import word_level_tokenizer
+from ..tiny.qwen import QWEN_SPECIAL_TOKENS, qwen_processor_config
+from ..tiny.tokenizer import word_level_tokenizer
 from .reward_data import RATIONALE_WORDS
 
 # name -> (text hidden, text layers, heads, vision width, vision depth)
@@ -88,3 +88,15 @@ def build_reward_model(size: str, teacher: bool, seed: int = 0, layout: str = "j
         joint_marker=SCORE_MARKER,
     )
     return ZRewardModel(model, tokenizer, config, qwen_processor_config("qwen2_vl"))
+
+
+def initial_model(config) -> ZRewardModel | None:
+    """The random model that a reward-training config with `init: tinyworld:teacher | tinyworld:student` starts
+    from (RewardDance's teacher without the rationale slot); None for any other `init` (a reward folder)."""
+    if not config.init.startswith("tinyworld:"):
+        return None
+    size = config.init.split(":", 1)[1]
+    if size not in SIZES:
+        raise ValueError(f"init {config.init!r}: use tinyworld:teacher or tinyworld:student")
+    return build_reward_model(size, teacher=config.role == "teacher" and config.method != "reward_dance",
+                              seed=config.seed)

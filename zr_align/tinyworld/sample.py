@@ -54,10 +54,3 @@ def write_samples(images: np.ndarray, prompts: list[str], out_dir) -> Path:
     index = out_dir / "samples.jsonl"
     index.write_text("\n".join(lines) + "\n")
     return index
-
-
-def read_prompts(path) -> list[str]:
-    """Prompts from a .txt (one per line) or .jsonl ("prompt" field) file."""
-    from ..data import load_prompts
-
-    return load_prompts(str(path))

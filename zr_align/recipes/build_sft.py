@@ -6,8 +6,8 @@ Steps (all seeded; the same seed on the same machine gives the same weights):
 1. Train the VAE on clean renders of the train split (`model.train_vae`).
 2. Assemble a stock `StableDiffusionPipeline` folder: that VAE, a random CLIP text encoder over the grammar's
    word-level tokenizer, a random UNet, DDIM v-prediction scheduler (see `model.py` for why).
-3. `train_t2i.py method: sft model.trainable: full model.train_text_encoder: true data.sft_data:
-   tinyworld:train`: the denoiser and text encoder learn from renders drawn on the fly.
+3. `zr_align.diffusion.fine_tune` (what `train_t2i.py` runs) with `method: sft model.trainable: full
+   model.train_text_encoder: true data.sft_data: tinyworld:train`: the denoiser and text encoder learn from renders drawn on the fly.
 4. Save the trained pipeline with float16 weights (half the size; it loads as float32) to `--out`.
 """
 
@@ -21,10 +21,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .grammar import split_prompts
-from .model import tinyworld_scheduler, tinyworld_text_encoder, tinyworld_tokenizer, tinyworld_unet, tinyworld_vae
-from .model import train_vae
-from .render import render
+from ..diffusion import fine_tune, load_train_config
+from ..tinyworld.grammar import split_prompts
+from ..tinyworld.model import (
+    tinyworld_scheduler,
+    tinyworld_text_encoder,
+    tinyworld_tokenizer,
+    tinyworld_unet,
+    tinyworld_vae,
+    train_vae,
+)
+from ..tinyworld.render import render
 
 
 def _render_batch(prompts: list[str]):
@@ -60,19 +67,6 @@ def save_half(source: Path, out: Path) -> None:
     tmp.rename(out)
 
 
-def load_training_script():
-    """`train_t2i.py` of the source checkout (the recipe trains with the same script users run)."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[2] / "train_t2i.py"
-    if not path.is_file():
-        raise ValueError(f"{path} not found: rebuilding TinyWorld needs a source checkout of zr_align")
-    spec = importlib.util.spec_from_file_location("train_t2i", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def build_sft_model(
     out: str | Path,
     work_dir: str | Path,
@@ -86,7 +80,6 @@ def build_sft_model(
     log=print,
 ) -> dict:
     """Run the whole recipe; returns figures (VAE PSNR, SFT loss, wall time)."""
-    train_t2i = load_training_script()
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -97,15 +90,14 @@ def build_sft_model(
     log(f"VAE: {vae_report}")
     pipe = assemble_pipeline(vae, seed, unet_width, zero_snr)
     pipe.save_pretrained(work_dir / "init")
-    argv = [
-        "--overwrite", f"output_dir={work_dir / 'sft'}", "method=sft", f"seed={seed}", f"max_steps={sft_steps}",
+    overrides = [
+        f"output_dir={work_dir / 'sft'}", "method=sft", f"seed={seed}", f"max_steps={sft_steps}",
         f"batch_size={batch_size}", f"checkpoint_every={max(sft_steps // 4, 1)}", "model.family=sd",
         f"model.path={work_dir / 'init'}", "model.trainable=full", "model.train_text_encoder=true",
         "data.sft_data=tinyworld:train", f"optim.lr={lr}", f"optim.warmup_steps={min(100, sft_steps // 10)}",
         "optim.max_grad_norm=1.0", "optim.weight_decay=0.0", "sampling.num_steps=20",
     ]
-    if train_t2i.main(argv) != 0:
-        raise RuntimeError("SFT training failed; see the error above")
+    fine_tune(load_train_config(None, overrides), overwrite=True)
     save_half(work_dir / "sft" / "pipeline", Path(out))
     losses = [json.loads(line)["loss"] for line in (work_dir / "sft" / "metrics.jsonl").read_text().splitlines()]
     report = {

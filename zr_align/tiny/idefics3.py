@@ -8,9 +8,6 @@ the global view: 10 tiles, 40 `<image>` tokens. Vision: SigLIP-style, hidden 32,
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 
 from .tokenizer import word_level_tokenizer
@@ -100,22 +97,3 @@ def build(seed: int = 0):
     """`(model, tokenizer, processor_config)` of a tiny Idefics3 reward-model backbone."""
     tokenizer = idefics3_tokenizer()
     return tiny_idefics3_model(tokenizer, seed), tokenizer, idefics3_processor_config()
-
-
-def _idefics3_processor(path: Path):
-    """The stock `Idefics3Processor` (PIL image processor) for a tiny Idefics3 reward-model folder."""
-    from transformers import AutoTokenizer, Idefics3Processor
-    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
-
-    path = Path(path)
-    config = json.loads((path / "preprocessor_config.json").read_text())
-    image_seq_len = config.pop("image_seq_len", None)
-    if image_seq_len is None and (path / "processor_config.json").is_file():
-        image_seq_len = json.loads((path / "processor_config.json").read_text()).get("image_seq_len")
-    config = {k: v for k, v in config.items() if k not in ("image_processor_type", "processor_class")}
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    return Idefics3Processor(
-        image_processor=Idefics3ImageProcessorPil(**config),
-        tokenizer=tokenizer,
-        image_seq_len=image_seq_len or 169,
-    )

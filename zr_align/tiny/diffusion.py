@@ -3,7 +3,7 @@
 `tiny_pipeline(family)` returns a stock diffusers pipeline whose components are the real library classes at
 toy sizes: 64x64 images, an `AutoencoderKL` with three levels (downsampling factor 4, so latents are 16x16x4),
 denoisers of ~1M (UNets) or 50-80k (DiTs) parameters, CLIP / T5 text encoders of hidden size 32 and the offline
-word-level tokenizer of `zr_align.testing.tokenizer` (every TinyWorld word is one token); under 1.4M parameters per
+word-level tokenizer of `zr_align.tiny.tokenizer` (every TinyWorld word is one token); under 1.4M parameters per
 pipeline. A 4-step stock `pipe(prompt, num_inference_steps=4, height=64, width=64, output_type="pt")` call takes
 about 0.02-0.05 s on one CPU core.
 

@@ -1,7 +1,7 @@
 """The main job on the embedded TinyWorld default (`make demo`): reward fine-tuning, judged by the truth.
 
-1. `train_t2i.py --config configs/tinyworld_draft.yaml`: DRaFT-K fine-tuning of a LoRA on the shipped SFT
-   baseline (`models/tinyworld/sft`) with the shipped RISD student (`models/tinyworld/student`) as the
+1. `configs/tinyworld_draft.yaml` through `zr_align.diffusion.fine_tune` (what `train_t2i.py` runs): DRaFT-K
+   fine-tuning of a LoRA on the shipped SFT baseline (`models/tinyworld/sft`) with the shipped RISD student (`models/tinyworld/student`) as the
    differentiable reward, on the train split's prompts.
 2. Held-out evaluation: the test split's prompts (never trained on; `eval_split="validation"` to choose
    settings without touching the test split), the same noise seed per image for the baseline and the tuned
@@ -20,9 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .evaluate import judge_images, net_preference, summarize
-from .grammar import split_prompts
-from .sample import generate, load_pipeline
+from ..diffusion import fine_tune, load_train_config
+from ..rewards import ZRewardModel
+from ..tinyworld.grammar import split_prompts
+from ..tinyworld.judge import judge_images, net_preference, summarize
+from ..tinyworld.sample import generate, load_pipeline
 
 
 def _comparison_grid(base: np.ndarray, tuned: np.ndarray, path: Path, n: int = 12) -> None:
@@ -38,19 +40,14 @@ def _comparison_grid(base: np.ndarray, tuned: np.ndarray, path: Path, n: int = 1
 def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_draft.yaml",
              base_model: str = "models/tinyworld/sft", reward: str = "models/tinyworld/student",
              num_eval: int = 200, overrides: tuple[str, ...] = (), eval_split: str = "test", log=print) -> dict:
-    from ..rewards import ZRewardModel
-    from .build import load_training_script
-
     if eval_split not in ("validation", "test"):
         raise ValueError(f"eval_split must be 'validation' or 'test', got {eval_split!r}")
     out = Path(out)
     start = time.perf_counter()
-    # --overwrite: OUT/run belongs to the demo, which starts it afresh every time
-    argv = ["--config", config, "--overwrite", f"output_dir={out / 'run'}", f"model.path={base_model}",
-            f"reward.path={reward}", *overrides]
-    log("fine-tuning: train_t2i.py " + " ".join(argv))
-    if load_training_script().main(argv) != 0:
-        raise RuntimeError("train_t2i.py failed; see the error above")
+    # overwrite: OUT/run belongs to the demo, which starts it afresh every time
+    overrides = [f"output_dir={out / 'run'}", f"model.path={base_model}", f"reward.path={reward}", *overrides]
+    log(f"fine-tuning: train_t2i.py --config {config} --overwrite " + " ".join(overrides))
+    fine_tune(load_train_config(config, overrides), overwrite=True)
     train_minutes = (time.perf_counter() - start) / 60
 
     held_out = getattr(split_prompts(0), eval_split)

@@ -9,9 +9,6 @@ nothing, so gradient checkpointing would (correctly) never recompute it, and a 2
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
 
 from .tokenizer import word_level_tokenizer
@@ -121,41 +118,3 @@ def build_siglip(seed: int = 0):
     """`(model, tokenizer, processor_config)` of a tiny LLaVA-style model with a SigLIP tower."""
     tokenizer = llava_tokenizer()
     return tiny_llava_model(tokenizer, seed, "siglip"), tokenizer, siglip_processor_config()
-
-
-def hf_image_processor(config: dict):
-    """The stock PIL image processor for a preprocessor config dict (CLIP, SigLIP or LLaVA)."""
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
-    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
-
-    classes = {"CLIPImageProcessor": CLIPImageProcessorPil, "SiglipImageProcessor": SiglipImageProcessorPil,
-               "LlavaImageProcessor": LlavaImageProcessorPil}
-    name = config.get("image_processor_type", "CLIPImageProcessor").removesuffix("Pil")
-    if name not in classes:
-        raise ValueError(f"no PIL image processor for {name!r}; available: {', '.join(classes)}")
-    kwargs = {k: v for k, v in config.items() if k not in PROCESSOR_KEYS and k != "image_processor_type"}
-    return classes[name](**kwargs)
-
-
-def hf_llava_processor(config: dict, tokenizer):
-    """The stock `LlavaProcessor` for a preprocessor config dict (with the extra `PROCESSOR_KEYS`)."""
-    from transformers import LlavaProcessor
-
-    return LlavaProcessor(
-        image_processor=hf_image_processor(config),
-        tokenizer=tokenizer,
-        patch_size=config.get("patch_size", 14),
-        vision_feature_select_strategy=config.get("vision_feature_select_strategy", "default"),
-        num_additional_image_tokens=config.get("num_additional_image_tokens", 0),
-        image_token="<image>",
-    )
-
-
-def _llava_processor(path: Path):
-    """The HF processor (parity oracle) of a tiny LLaVA reward-model folder."""
-    from transformers import AutoTokenizer
-
-    path = Path(path)
-    config = json.loads((path / "preprocessor_config.json").read_text())
-    return hf_llava_processor(config, AutoTokenizer.from_pretrained(path))

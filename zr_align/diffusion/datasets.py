@@ -1,4 +1,5 @@
-"""Prompts for reward fine-tuning and (prompt, image) pairs for SFT."""
+"""Prompts for reward fine-tuning and (prompt, image) pairs for SFT; TinyWorld (`zr_align.tinyworld`) is the
+default source of both."""
 
 from __future__ import annotations
 
@@ -8,25 +9,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# Used when no prompt file is given: TinyWorld's grammar (SPEC §8), "a {size} {color} {shape} {position}".
-SIZES = ("small", "large")
-COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
-SHAPES = ("circle", "square", "triangle")
-POSITIONS = ("on the left", "on the right", "at the top", "at the bottom", "in the center")
-
-
-def tinyworld_prompts() -> list[str]:
-    return [f"a {s} {c} {h} {p}" for s in SIZES for c in COLORS for h in SHAPES for p in POSITIONS]
+from ..tinyworld.grammar import all_prompts, split_prompts
+from ..tinyworld.render import render
 
 
 def load_prompts(path: str | None) -> list[str]:
     """Prompts from a `.txt` (one per line) or `.jsonl` (a "prompt" field) file, `tinyworld:<split>` (a
     TinyWorld prompt split), or all 180 TinyWorld prompts when `path` is None."""
     if path is None:
-        return tinyworld_prompts()
+        return all_prompts()
     if path.startswith("tinyworld:"):
-        from .tinyworld.grammar import split_prompts
-
         splits = split_prompts(0).as_dict()
         split = path.split(":", 1)[1]
         if split not in splits:
@@ -99,8 +91,6 @@ class TinyWorldRenders:
     """
 
     def __init__(self, split: str, resolution: int, seed: int = 0):
-        from .tinyworld.grammar import split_prompts
-
         splits = split_prompts(seed).as_dict()
         if split not in splits:
             raise ValueError(f"unknown TinyWorld split {split!r}; use one of {', '.join(splits)}")
@@ -112,8 +102,6 @@ class TinyWorldRenders:
         return 10**9
 
     def batch(self, indices) -> tuple[list[str], torch.Tensor]:
-        from .tinyworld.render import render
-
         prompts, images = [], []
         for i in (int(i) for i in indices):
             prompt = self.prompts[i % len(self.prompts)]

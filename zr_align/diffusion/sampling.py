@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .checks import check_choice, check_positive
-from .denoisers import get_denoiser_family
-from .preprocess import from_signed
+from ..lora import adapters_disabled
+from ..preprocess import from_signed
+from ..runs.checks import check_choice, check_positive
+from .families import get_denoiser_family
+from .losses import kl_to_base
 
 METHODS = ("draft_k", "refl", "draft_lv", "full")
 K_DISTRIBUTIONS = ("fixed", "uniform", "gaussian")
@@ -33,7 +35,7 @@ K_DISTRIBUTIONS = ("fixed", "uniform", "gaussian")
 
 @dataclass
 class SamplingConfig:
-    """The differentiable sampler (zr_align.sampling)."""
+    """The differentiable sampler (zr_align.diffusion.sampling)."""
 
     num_steps: int = 20  # T denoising steps per trajectory; no-grad steps cost time, not memory
     k: int = 1  # DRaFT-K: steps at the end of the trajectory that build a graph (memory grows with K)
@@ -81,21 +83,12 @@ class Trajectory:
     timesteps: list[int] = field(default_factory=list)
 
 
-def _set_adapters(module: torch.nn.Module, enabled: bool) -> None:
-    """Switch every peft LoRA layer of `module` on or off (works for models with and without PeftAdapterMixin)."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for layer in module.modules():
-        if isinstance(layer, BaseTunerLayer):
-            layer.enable_adapters(enabled)
-
-
 class DifferentiableSampler:
     """Generates images from prompts with a gradient path from the decoded pixels into the denoiser.
 
     Args:
         pipe: a stock diffusers pipeline of `family` (its components are used, its `__call__` is not).
-        family: key of `zr_align.denoisers.DENOISER_FAMILIES`.
+        family: key of `zr_align.diffusion.families.DENOISER_FAMILIES`.
         config (`SamplingConfig`): steps, K, checkpointing, guidance.
         resolution: image side in pixels.
     """
@@ -270,13 +263,10 @@ class DifferentiableSampler:
         return Trajectory(images, final, grad_steps, 1, kl_value, [int(timesteps[i]) for i in grad_steps])
 
     def _kl_term(self, x, t, cond, out):
-        with torch.no_grad():
-            _set_adapters(self.denoiser, False)
-            try:
-                base = self.predict(x, t, cond)
-            finally:
-                _set_adapters(self.denoiser, True)
-        return ((out.float() - base.float()) ** 2).mean()
+        """The KL-to-base term of one grad step (`losses.kl_to_base`), the base being the LoRA switched off."""
+        with torch.no_grad(), adapters_disabled(self.denoiser):
+            base = self.predict(x, t, cond)
+        return kl_to_base(out, base)
 
     def _draft_lv(self, prompts, scheduler, x_final, cond, generator, kl):
         """DRaFT-LV: re-noise the final sample `lv_samples` times to the last step's level, denoise with grad."""

@@ -1,0 +1,83 @@
+"""The models a fine-tuning run loads: the stock diffusers pipeline of `model.family` and the reward.
+
+Both come from local folders (nothing is downloaded); `tiny:<family>` paths build random tiny components under
+`output_dir/.tiny/` (`zr_align.tiny`), for smoke runs.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..tiny import tiny_pipeline_path, tiny_reward_path
+from .config import BACKPROP_METHODS, TrainConfig
+from .families import get_denoiser_family
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_pipeline(config: TrainConfig, accelerator):
+    """The stock diffusers pipeline of `model.family` from a local folder, every component frozen on the
+    accelerator's device; returns `(pipe, pipeline_class)`."""
+    family = get_denoiser_family(config.model.family)
+    with accelerator.main_process_first():
+        path = tiny_pipeline_path(config.model.path, Path(config.output_dir) / ".tiny", config.model.prediction_type)
+    if not Path(path, "model_index.json").is_file():
+        raise ValueError(f"model.path {path!r} is not a diffusers pipeline folder (no model_index.json)")
+    index = json.loads(Path(path, "model_index.json").read_text())
+    declared = index["_class_name"]
+    pipeline_class = family.pipeline_class()
+    if declared != pipeline_class.__name__:
+        raise ValueError(f"model.path holds a {declared}, but model.family {family.name} needs a "
+                         f"{pipeline_class.__name__}; set model.family to match the folder")
+    # Components saved as absent (e.g. SD3 without its T5 encoder) must be passed as None explicitly.
+    absent = {name: None for name, spec in index.items() if isinstance(spec, list) and spec == [None, None]}
+    pipe = pipeline_class.from_pretrained(path, dtype=DTYPES[config.model.dtype], **absent)
+    if config.model.prediction_type is not None:
+        pipe.scheduler.register_to_config(prediction_type=config.model.prediction_type)
+    pipe.set_progress_bar_config(disable=True)
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.requires_grad_(False).to(accelerator.device)
+    return pipe, pipeline_class
+
+
+def load_reward(config: TrainConfig, accelerator):
+    """The reward named by `reward.kind`; a backprop method refuses a reward that is not differentiable."""
+    if config.reward.kind == "jpeg_compressibility":
+        from ..rewards.compressibility import JpegCompressibility
+
+        reward = JpegCompressibility()
+    else:
+        from ..rewards import ZRewardModel
+
+        with accelerator.main_process_first():
+            path = tiny_reward_path(config.reward.path, Path(config.output_dir) / ".tiny")
+        overrides = {"clamp": config.reward.clamp}
+        if config.reward.kappa is not None:
+            overrides["kappa"] = config.reward.kappa
+        if config.reward.weights is not None:
+            overrides["weights"] = config.reward.weights
+        reward = ZRewardModel.from_pretrained(path, torch_dtype=DTYPES[config.reward.dtype], **overrides)
+        reward = reward.to(accelerator.device)
+        if config.reward.gradient_checkpointing:
+            reward.enable_gradient_checkpointing()
+    if config.method in BACKPROP_METHODS and not getattr(reward, "differentiable", False):
+        raise ValueError(f"reward {config.reward.kind} is not differentiable, so method {config.method} cannot "
+                         "back-propagate through it; use a differentiable reward (reward.kind: zreward)")
+    return reward
+
+
+def warn_long_prompts(pipe, prompts: list[str]) -> None:
+    """One line when prompts exceed the text encoder's context: diffusers truncates them (and warns per batch)."""
+    tokenizer = getattr(pipe, "tokenizer", None)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if tokenizer is None or not isinstance(limit, int) or limit > 100_000:
+        return
+    long = [p for p in prompts if len(tokenizer(p, verbose=False)["input_ids"]) > limit]
+    if long:
+        print(f"train_t2i.py: warning: {len(long)} of {len(prompts)} prompts are longer than the text encoder's "
+              f"{limit} tokens and are truncated (e.g. {long[0][:60]!r})", file=sys.stderr)

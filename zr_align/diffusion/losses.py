@@ -1,0 +1,92 @@
+"""The losses of diffusion fine-tuning, in one place: the reward objective (with its normaliser), the KL term
+to the base model, and the supervised denoising loss of SFT (and of the optional SFT mixing of reward training).
+
+    loss = -loss_scale * normalise(reward).mean() + kl_weight * KL + sft_weight * denoising_loss
+
+The ideas: reward backprop through the sampler (DRaFT, Clark et al. 2023; ReFL, Xu et al. 2023); the KL term
+as the mean squared difference of the LoRA and base predictions along the trajectory (as in DPOK's KL
+regulariser, Fan et al. 2023); SFT is the standard denoising score-matching loss (Ho et al. 2020).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+@torch.no_grad()
+def encode_images(sampler, images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] -> scaled latents (the VAE posterior mean: deterministic, sharper than a sample)."""
+    vae = sampler.pipe.vae
+    z = vae.encode((images * 2.0 - 1.0).to(vae.device, vae.dtype)).latent_dist.mean
+    shift = vae.config.get("shift_factor", None) or 0.0
+    return ((z - shift) * vae.config.scaling_factor).to(sampler.denoiser.dtype)
+
+
+def denoising_loss(sampler, latents: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
+    """Mean squared error of the denoiser's prediction at a random noise level.
+
+    diffusion: `x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`, t ~ U{0..T_train-1}; target eps, or
+    `v = sqrt(a_t) eps - sqrt(1 - a_t) x0` for v-prediction. flow: `x_s = (1 - s) x0 + s eps`, s ~ U(0, 1),
+    target `eps - x0`, timestep `1000 s`. Classifier-free guidance is not used in training.
+    """
+    from diffusers import DDPMScheduler
+
+    batch = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    cond = sampler.family.encode(sampler.pipe, list(prompts), sampler.denoiser.device)
+    if sampler.family.objective == "flow":
+        sigma = torch.rand(batch, generator=generator).to(latents).view(-1, 1, 1, 1)
+        x_t = (1.0 - sigma) * latents + sigma * noise
+        pred = sampler.family.predict(sampler.pipe, x_t, sigma.flatten() * 1000.0, cond)
+        target = noise - latents
+    else:
+        scheduler = DDPMScheduler.from_config(sampler.pipe.scheduler.config)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator).to(latents.device)
+        x_t = scheduler.add_noise(latents, noise, t)
+        pred = sampler.family.predict(sampler.pipe, x_t, t, cond)
+        target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" \
+            else noise
+    return torch.nn.functional.mse_loss(pred.float(), target.float())
+
+
+def kl_to_base(prediction: torch.Tensor, base_prediction: torch.Tensor) -> torch.Tensor:
+    """The KL term of one denoising step: for Gaussian steps of equal variance, the KL between the tuned and the
+    base model's step is proportional to the squared difference of their predictions (mean over elements)."""
+    return ((prediction.float() - base_prediction.float()) ** 2).mean()
+
+
+class RewardNormalizer:
+    """Scales the reward before the loss. Only the scale matters for the gradient of a mean; a centred value
+    is logged. "running" keeps an exponential mean/variance (saved in checkpoints for exact resume)."""
+
+    def __init__(self, mode: str, momentum: float = 0.9):
+        self.mode, self.momentum = mode, momentum
+        self.mean, self.var, self.count = 0.0, 1.0, 0
+
+    def __call__(self, reward: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            return reward
+        if self.mode == "batch":
+            return (reward - reward.mean().detach()) / (reward.std(unbiased=False).detach() + 1e-6)
+        batch_mean, batch_var = float(reward.detach().mean()), float(reward.detach().var(unbiased=False))
+        m = 0.0 if self.count == 0 else self.momentum
+        self.mean = m * self.mean + (1 - m) * batch_mean
+        self.var = m * self.var + (1 - m) * batch_var
+        self.count += 1
+        return (reward - self.mean) / math.sqrt(self.var + 1e-6)
+
+    def state_dict(self):
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state):
+        self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
+
+
+def reward_loss(reward: torch.Tensor, trajectory_kl: torch.Tensor | None, optim, normalizer: RewardNormalizer):
+    """`-loss_scale * normalise(reward).mean() + kl_weight * KL` (`optim` is the run's `OptimConfig`)."""
+    loss = -optim.loss_scale * normalizer(reward).mean()
+    if trajectory_kl is not None:
+        loss = loss + optim.kl_weight * trajectory_kl
+    return loss

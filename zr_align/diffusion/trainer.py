@@ -1,0 +1,281 @@
+"""The fine-tuning engine behind `train_t2i.py`: a LoRA (or whole modules) on a text-to-image model, trained by
+backpropagating a differentiable reward through the sampler (DRaFT-K, DRaFT-LV, ReFL, full) or by SFT.
+
+    from zr_align.diffusion import fine_tune, load_train_config
+    fine_tune(load_train_config("configs/tiny_debug.yaml", ["max_steps=2"]), overwrite=True)
+
+Output folder (`output_dir`):
+    lora/pytorch_lora_weights.safetensors   diffusers format, loads with `pipe.load_lora_weights(OUT/lora)`
+    pipeline/                               instead of lora/ with model.trainable: full (a stock pipeline folder)
+    checkpoints/step_N/                     accelerate state (trained weights, optimizer, LR, RNG), crash-safe
+    metrics.jsonl                           one JSON object per optimizer step
+    config.yaml                             the resolved config
+    validation/step_N.png                   image grids of the fixed validation prompts
+
+A folder that already holds a run is refused unless `resume` (continue it: the model settings must match) or
+`overwrite` (clear it first); two runs cannot write into one folder at once (a lock). Bad input raises a one-line
+`ValueError`, and nothing is written before the input is validated.
+
+The run reads top to bottom: 1 folder and accelerator (`fine_tune`), 2 models, LoRA, reward, data and optimiser
+(`setup`), 3 resume and the first writes (`_start`), 4 the training loop (`_step`, `_record`), 5 save (`_finish`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..lora import add_lora, save_lora
+from ..runs import (
+    MetricsLog,
+    RunLock,
+    TrainableState,
+    check_run_folder,
+    checkpoint_due,
+    checkpoint_step,
+    clear_run_outputs,
+    guarded_step,
+    lr_factor,
+    peak_memory_mb,
+    plain_dict,
+    remove_stale_temporaries,
+    save_checkpoint,
+    save_config,
+    step_generator,
+)
+from .components import load_pipeline, load_reward, warn_long_prompts
+from .config import TrainConfig
+from .datasets import load_prompts, load_sft_data
+from .losses import RewardNormalizer, denoising_loss, encode_images, reward_loss
+from .sampling import DifferentiableSampler
+from .validation import validate
+
+
+@dataclass
+class Run:
+    """Everything `setup` builds for one run."""
+
+    pipe: object
+    pipeline_class: type
+    sampler: DifferentiableSampler
+    trained: dict  # name -> module whose trainable parameters are optimised (checkpointed as one object)
+    lora_config: object  # the peft LoraConfig, or None with model.trainable: full
+    params: list
+    reward_fn: object  # None for SFT
+    prompts: list[str]
+    sft_data: object
+    optimizer: object
+    lr_schedule: object
+    normalizer: RewardNormalizer
+
+
+def fine_tune(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> Path:
+    """Train as `config` says; returns the output folder (see the module docstring for what it holds).
+
+    Args:
+        resume: "latest" or a `checkpoints/step_N` folder: continue that run exactly.
+        overwrite: clear a folder that holds an earlier run (without it, such a folder is refused).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    out = Path(config.output_dir)
+    resume_from = check_run_folder(out, resume, overwrite, plain_dict(config), config.max_steps)
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        log_with=None if config.log_with == "none" else config.log_with,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
+    lock = _lock(accelerator, out)
+    try:
+        if overwrite and accelerator.is_main_process:
+            clear_run_outputs(out)
+        accelerator.wait_for_everyone()
+        return _train(config, accelerator, resume_from, resume)
+    finally:
+        lock.release()
+
+
+def _lock(accelerator, out: Path) -> RunLock:
+    """The main process locks the folder; a refusal is raised on every rank, so that no rank waits for it."""
+    lock, error = RunLock(out), None
+    if accelerator.is_main_process:
+        try:
+            lock.acquire()
+        except ValueError as refused:
+            error = refused
+    if accelerator.num_processes > 1:
+        failed = accelerator.reduce(torch.tensor([float(error is not None)], device=accelerator.device), "sum")
+        if error is None and failed.item() > 0:
+            raise ValueError("another process refused the run; see its error")
+    if error is not None:
+        raise error
+    return lock
+
+
+def setup(config: TrainConfig, accelerator) -> Run:
+    """Models, trainable weights, reward, data and optimiser, in this order (the order fixes the RNG draws)."""
+    from accelerate.utils import set_seed
+
+    # The stock pipeline, everything frozen; our differentiable sampler over its components.
+    pipe, pipeline_class = load_pipeline(config, accelerator)
+    sampler = DifferentiableSampler(pipe, config.model.family, config.sampling, config.model.resolution)
+    denoiser = sampler.denoiser
+    # A LoRA on the denoiser (fp32), or whole modules with model.trainable: full. Same seed on every rank: the
+    # weights start identical everywhere (gradients are averaged, not weights).
+    set_seed(config.seed)
+    trained, lora_config = {"denoiser": denoiser}, None
+    if config.model.trainable == "lora":
+        lora_config = add_lora(denoiser, config.model.family, rank=config.lora.rank, alpha=config.lora.alpha,
+                               dropout=config.lora.dropout, target_modules=config.lora.targets)
+    else:
+        if config.model.train_text_encoder:
+            trained["text_encoder"] = pipe.text_encoder
+        for module in trained.values():
+            module.to(torch.float32).requires_grad_(True).train()
+    params = [p for module in trained.values() for p in module.parameters() if p.requires_grad]
+    # The reward (frozen, differentiable for the backprop methods) and the data.
+    reward_fn = load_reward(config, accelerator) if config.method != "sft" else None
+    prompts = load_prompts(config.data.prompts)
+    if accelerator.is_main_process:
+        warn_long_prompts(pipe, prompts + list(config.data.validation_prompts))
+    sft_data = load_sft_data(config.data.sft_data, config.model.resolution) if config.data.sft_data else None
+    # AdamW with a linear warm-up.
+    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=config.optim.betas,
+                                  weight_decay=config.optim.weight_decay)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config.optim.warmup_steps))
+    optimizer, lr_schedule = accelerator.prepare(optimizer, lr_schedule)
+    normalizer = RewardNormalizer(config.optim.reward_normalization)
+    # The denoiser is not wrapped in DDP (the sampler calls it through the pipeline): gradients are averaged
+    # across ranks by `guarded_step`, and the trained weights are checkpointed as their own object.
+    accelerator.register_for_checkpointing(TrainableState(trained), normalizer)
+    return Run(pipe, pipeline_class, sampler, trained, lora_config, params, reward_fn, prompts, sft_data, optimizer,
+               lr_schedule, normalizer)
+
+
+def _start(config: TrainConfig, accelerator, resume_from: Path | None, resume: str | None) -> tuple[int, MetricsLog]:
+    """Restore a checkpoint; then the first writes: debris of killed saves removed, config.yaml, the log trimmed."""
+    out = Path(config.output_dir)
+    start = 0
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        start = checkpoint_step(resume_from)
+        accelerator.print(f"resumed from {resume_from} at step {start}")
+    elif resume is not None:
+        accelerator.print(f"--resume {resume}: no complete checkpoint in {out / 'checkpoints'}; starting at step 0")
+    log = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
+    if accelerator.is_main_process:
+        remove_stale_temporaries(out)
+        save_config(config, out / "config.yaml")
+    log.restart(start)
+    if config.log_with != "none":
+        accelerator.init_trackers("train_t2i", config={k: str(v) for k, v in config.to_dict().items()})
+    return start, log
+
+
+def _train(config: TrainConfig, accelerator, resume_from: Path | None, resume: str | None) -> Path:
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    out, rank = Path(config.output_dir), accelerator.process_index
+    run = setup(config, accelerator)
+    set_seed(config.seed + rank)  # global RNGs (e.g. LoRA dropout) differ per rank; the step generators too
+    start, log = _start(config, accelerator, resume_from, resume)
+    progress = tqdm(range(start, config.max_steps), initial=start, total=config.max_steps,
+                    disable=not accelerator.is_local_main_process, desc=config.method)
+    skipped_in_a_row = 0
+    for step in progress:
+        begin = time.perf_counter()
+        loss_total, rewards, skipped = _step(run, config, accelerator, step_generator(config.seed, step, rank))
+        # Average gradients across ranks, clip, step; a non-finite loss or gradient on any rank skips the step.
+        grad_norm, skipped = guarded_step(accelerator, run.params, run.optimizer, config.optim.max_grad_norm, skipped)
+        run.lr_schedule.step()
+        record = _record(accelerator, step, loss_total, rewards, grad_norm, skipped, begin)
+        log.append(record)
+        if accelerator.is_main_process:
+            progress.set_postfix(loss=f"{loss_total:.4f}", reward=record["reward_mean"])
+        accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step + 1)
+        skipped_in_a_row = skipped_in_a_row + 1 if skipped else 0
+        if config.optim.max_skipped_steps and skipped_in_a_row >= config.optim.max_skipped_steps:
+            raise ValueError(f"stopped at step {step + 1}: {skipped_in_a_row} steps in a row were skipped (non-finite "
+                             f"decoded pixels, reward, loss or gradient; the weights are those of step "
+                             f"{step + 1 - skipped_in_a_row}); lower optim.lr or check the reward "
+                             "(optim.max_skipped_steps sets the limit)")
+        if checkpoint_due(step + 1, config.checkpoint_every, config.max_steps):
+            save_checkpoint(accelerator, out / "checkpoints", step + 1)
+        if checkpoint_due(step + 1, config.validate_every, config.max_steps):
+            validate(run.sampler, config, accelerator, step + 1)
+    _finish(run, config, accelerator)
+    return out
+
+
+def _step(run: Run, config: TrainConfig, accelerator, generator: torch.Generator):
+    """Forward and backward of one optimizer step's micro-batches; returns `(loss, rewards, skipped)`."""
+    loss_total, rewards, skipped = 0.0, [], False
+    for _ in range(config.gradient_accumulation_steps):
+        with accelerator.autocast():
+            if config.method == "sft":
+                loss = _sft_loss(run, config, generator)
+            else:
+                batch = [run.prompts[int(i)] for i in torch.randint(len(run.prompts), (config.batch_size,),
+                                                                    generator=generator)]
+                trajectory = run.sampler.sample(batch, config.method, generator, kl=config.optim.kl_weight > 0)
+                if not torch.isfinite(trajectory.images.detach()).all():
+                    skipped = True  # NaN/Inf decoded pixels: skipped like a non-finite reward
+                    continue
+                reward = run.reward_fn(trajectory.images, batch * trajectory.repeats).reward.float()
+                rewards.append(reward.detach())
+                loss = reward_loss(reward, trajectory.kl, config.optim, run.normalizer)
+                if config.optim.sft_weight > 0:
+                    loss = loss + config.optim.sft_weight * _sft_loss(run, config, generator)
+            loss = loss / config.gradient_accumulation_steps
+        if not torch.isfinite(loss):
+            skipped = True  # a non-finite reward or loss: no backward, the weights stay as they are
+            continue
+        accelerator.backward(loss)
+        loss_total += float(loss.detach())
+    return loss_total, rewards, skipped
+
+
+def _sft_loss(run: Run, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    if run.sft_data is None:
+        raise ValueError("the SFT loss needs data.sft_data")
+    indices = torch.randint(len(run.sft_data), (config.batch_size,), generator=generator)
+    prompts, images = run.sft_data.batch(indices)
+    return denoising_loss(run.sampler, encode_images(run.sampler, images), prompts, generator)
+
+
+def _record(accelerator, step: int, loss_total: float, rewards: list, grad_norm: float, skipped: bool,
+            begin: float) -> dict:
+    """The step's line of metrics.jsonl. A skipped step has no loss or gradient: null, never 0.0 (which would
+    read as a real step)."""
+    reward_all = accelerator.gather(torch.cat(rewards)) if rewards else torch.zeros(0)
+    return {
+        "step": step + 1,
+        "loss": None if skipped else loss_total,
+        "reward_mean": float(reward_all.mean()) if len(reward_all) else None,
+        "reward_std": float(reward_all.std(unbiased=False)) if len(reward_all) else None,
+        "grad_norm": None if skipped or not math.isfinite(grad_norm) else grad_norm,
+        "skipped": skipped,
+        "seconds": time.perf_counter() - begin,
+        "peak_mem_mb": peak_memory_mb(accelerator.device),
+    }
+
+
+def _finish(run: Run, config: TrainConfig, accelerator) -> None:
+    """Final checkpoint, the LoRA in diffusers format (or the whole pipeline), the last validation grid."""
+    out = Path(config.output_dir)
+    save_checkpoint(accelerator, out / "checkpoints", config.max_steps)
+    for module in run.trained.values():
+        module.eval()
+    if accelerator.is_main_process:
+        if run.lora_config is not None:
+            save_lora(out / "lora", run.pipeline_class, run.sampler.denoiser, run.lora_config)
+        else:
+            run.pipe.save_pretrained(out / "pipeline")
+    validate(run.sampler, config, accelerator, config.max_steps)
+    accelerator.end_training()
