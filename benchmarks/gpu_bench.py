@@ -1,4 +1,4 @@
-"""Real-scale cost of a DRaFT-K step on a GPU (SPEC §9): random-init full-size architectures, nothing downloaded.
+"""Real-scale cost of a DRaFT-K step on a GPU (docs/ and benchmarks/results/): random-init full-size architectures, nothing downloaded.
 
     python benchmarks/gpu_bench.py                 # SD1.5-size UNet + Qwen2-VL-2B-size student, 512 px, bf16
     python benchmarks/gpu_bench.py --scale tiny    # the same measurements on the tiny test stack (CPU check)

@@ -1,6 +1,6 @@
 """Rubrics: the dimensions a reward model scores, the text that asks for each, and the score-slot tokens.
 
-A reward model reads one score distribution per rubric dimension (SPEC §2): the prompt for dimension `d`
+A reward model reads one score distribution per rubric dimension (Z-Reward's score distributions): the prompt for dimension `d`
 is `template` filled with the image placeholder, the user's prompt, `d` and its criterion; the prompt ends
 exactly where the score token would be generated (the *score slot*), and the distribution is the softmax of
 the logits of the tokens that spell the bins there. Each bin must therefore be exactly one token.

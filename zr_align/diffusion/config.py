@@ -1,4 +1,4 @@
-"""Configuration of `train_t2i.py`: one dataclass per component, nested in `TrainConfig` (SPEC §6).
+"""Configuration of `train_t2i.py`: one dataclass per component, nested in `TrainConfig` (README: "Reward fine-tuning: train_t2i.py").
 
 YAML files hold overrides only; `key.sub=value` command-line overrides go on top. Every field says what it
 does and, where it matters, what it costs. Validation happens in `__post_init__` with one-line errors that
@@ -82,7 +82,7 @@ class RewardConfig:
 
 @dataclass
 class OptimConfig:
-    """Optimiser and the guards against reward hacking (SPEC §6)."""
+    """Optimiser and the guards against reward hacking (README: "Reward fine-tuning: train_t2i.py")."""
 
     lr: float = 1e-4  # AdamW learning rate of the LoRA weights
     weight_decay: float = 1e-2  # AdamW decoupled weight decay (also moves lora_A on the first step, when B = 0)

@@ -1,4 +1,4 @@
-"""Differentiable sampling with truncated backprop: DRaFT-K, DRaFT-LV, ReFL and full backprop (SPEC §6).
+"""Differentiable sampling with truncated backprop: DRaFT-K, DRaFT-LV, ReFL and full backprop (README: "Reward fine-tuning: train_t2i.py").
 
 Diffusers pipelines run under `no_grad`, so we write the loop ourselves on stock components: the pipeline's
 `encode_prompt`, a fresh scheduler per trajectory (DDIM for epsilon/v UNets and PixArt, FlowMatchEuler for

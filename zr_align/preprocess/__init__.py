@@ -1,4 +1,4 @@
-"""Differentiable, torch-only image preprocessing for each supported VLM family (SPEC §5).
+"""Differentiable, torch-only image preprocessing for each supported VLM family (README: "The reward plugin").
 
 Every preprocessor is a callable `(B, 3, H, W)` float in [0, 1] -> `VisionInputs`, built from the model's
 Hugging Face `preprocessor_config.json` so that it reproduces the HF processor (the parity oracle in tests).

@@ -1,6 +1,6 @@
 """Checks and clamping of the pixel tensors every preprocessor receives.
 
-The contract of the reward plugin (SPEC §5): images are a float tensor `(B, 3, H, W)` in [0, 1]. A decoder
+The contract of the reward plugin (README: "The reward plugin"): images are a float tensor `(B, 3, H, W)` in [0, 1]. A decoder
 gives [-1, 1]: map it with `from_signed`. A hard clamp zeroes the gradient of every saturated pixel, so the
 clamp mode is a choice: "hard", "straight_through" (clamped forward, identity backward) or "none" (the input
 must already lie in [0, 1]).

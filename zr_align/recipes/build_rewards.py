@@ -1,5 +1,5 @@
 """Rebuild TinyWorld's reward models: data, the teacher (SFT -> GDSO), the students (RISD), the baselines, and
-the comparison table on held-out pairs by kind (SPEC §3, §4, §9; issue "Reward models that see").
+the comparison table on held-out pairs by kind (GDSO and RISD of the Z-Reward paper; README: "Training reward models").
 
     zr-align tinyworld build-rewards [--work-dir outputs/tinyworld_rewards] [--steps-scale 1.0] [--reuse]
 

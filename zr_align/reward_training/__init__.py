@@ -1,4 +1,4 @@
-"""Training objectives and metrics for score-distribution reward models: GDSO, RISD and baselines (SPEC §3–4)."""
+"""Training objectives and metrics for score-distribution reward models: GDSO, RISD and baselines (Z-Reward: GDSO and RISD)."""
 
 from .losses import (
     PolicyLossOutput,

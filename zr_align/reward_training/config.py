@@ -8,19 +8,19 @@ from ..runs.checks import check_choice
 
 # method -> (role of the trained model, what it needs)
 METHODS = {
-    "teacher_sft": "teacher",  # rationale + score token cross-entropy on the data's rationales (SPEC §3, init)
-    "gdso": "teacher",  # group-wise direct score optimisation, from an SFT teacher (SPEC §3)
+    "teacher_sft": "teacher",  # rationale + score token cross-entropy on the data's rationales (Z-Reward's teacher initialisation)
+    "gdso": "teacher",  # group-wise direct score optimisation, from an SFT teacher (Z-Reward's GDSO)
     "grpo": "teacher",  # baseline: sampled score token with an accuracy reward
     "reward_dance": "teacher",  # baseline: P("yes") that the image satisfies the rubric
     "student_sft": "student",  # baseline: cross-entropy on the human score token, no teacher
-    "risd": "student",  # forward KL to the teacher marginalised over N rationales (SPEC §4)
+    "risd": "student",  # forward KL to the teacher marginalised over N rationales (Z-Reward's RISD)
     "opd": "student",  # baseline: on-policy distillation, reverse KL on the student's own distribution
 }
 
 
 @dataclass
 class GdsoConfig:
-    """GDSO / GRPO rollouts and loss weights (SPEC §3)."""
+    """GDSO / GRPO rollouts and loss weights (Z-Reward's GDSO)."""
 
     rollouts: int = 4  # G rationales sampled per (image, dimension); cost grows linearly
     temperature: float = 1.0  # sampling temperature of the rationales
@@ -33,7 +33,7 @@ class GdsoConfig:
 
 @dataclass
 class RisdConfig:
-    """The teacher targets of RISD / OPD (SPEC §4)."""
+    """The teacher targets of RISD / OPD (Z-Reward's RISD)."""
 
     teacher: str | None = None  # teacher folder whose marginal distributions the student learns
     num_rationales: int = 4  # N sampled rationales per image; the targets are computed once and cached

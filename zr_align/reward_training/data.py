@@ -1,4 +1,4 @@
-"""Reward-model training data: rated images and preference pairs as JSONL files (SPEC §2, §4).
+"""Reward-model training data: rated images and preference pairs as JSONL files (Z-Reward's score distributions and RISD).
 
 Both files hold one JSON object per line; blank lines are skipped. Image paths are relative to the folder of the
 JSONL file (absolute paths are allowed too).
@@ -116,7 +116,7 @@ def _number(value: Any, what: str, where: str) -> float:
 
 
 class RatedImages(Dataset):
-    """Images rated on rubric dimensions, with per-dimension soft labels over the score bins (SPEC §2).
+    """Images rated on rubric dimensions, with per-dimension soft labels over the score bins (Z-Reward's score distributions).
 
     Args:
         path (`str` or `os.PathLike`): a rated-images JSONL file (format in the module docstring).

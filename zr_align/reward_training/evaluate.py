@@ -1,4 +1,4 @@
-"""Evaluating reward models on held-out human data (SPEC §4): preference accuracy, Spearman, calibration, speed.
+"""Evaluating reward models on held-out human data (Z-Reward's RISD): preference accuracy, Spearman, calibration, speed.
 
 A *scorer* is any callable `scorer(images, prompts) -> RewardOutput` taking a float tensor `(B, 3, H, W)` in
 [0, 1] and `B` prompt strings; it needs no gradient. [`load_scorer`] makes one from a reward folder: a
@@ -125,7 +125,7 @@ def evaluate_scorer(
     tie_eps: float = 0.05,
     timing_repeats: int = 3,
 ) -> dict:
-    """Score held-out pairs (and rated images) and compute the reward-model metrics of SPEC §4.
+    """Score held-out pairs (and rated images) and compute the reward-model metrics of Z-Reward's evaluation.
 
     Each distinct (image, prompt) is scored once; pairs and rated images may share images.
 

@@ -1,6 +1,6 @@
 """Losses for training score-distribution reward models: GDSO (teacher), RISD (student) and the baselines.
 
-Every loss is a plain function on batched tensors (SPEC §3–4). They are all on the gradient path: none calls
+Every loss is a plain function on batched tensors (Z-Reward: GDSO and RISD). They are all on the gradient path: none calls
 `.item()`, `.cpu()` or numpy, log-probabilities come from `log_softmax` (never `log(softmax)`), and zero
 target probabilities contribute `0 log 0 = 0` with a finite gradient. Quantities that are targets or frozen
 models (old / reference log-probs, teacher distributions, advantages) are detached where the docstring says so.
@@ -50,9 +50,9 @@ def _forward_kl(target_probs: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor
     return (target_probs * (_safe_log(target_probs) - log_p)).sum(-1)
 
 
-# ----- GDSO direct supervision (SPEC §3.2–3.3) -------------------------------------------------------------------
+# ----- GDSO direct supervision (Z-Reward's GDSO, direct supervision) -------------------------------------------------------------------
 def pointwise_kl(logits: torch.Tensor, target_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Pointwise distribution loss `mean_n KL(q_n || p_n)` (SPEC §3.2, GDSO direct pointwise supervision).
+    """Pointwise distribution loss `mean_n KL(q_n || p_n)` (Z-Reward's GDSO, direct pointwise supervision, GDSO direct pointwise supervision).
 
     `p = softmax(logits / temperature)` is the model's score distribution and `q` the human soft label:
 
@@ -63,7 +63,7 @@ def pointwise_kl(logits: torch.Tensor, target_probs: torch.Tensor, temperature: 
     Args:
         logits (`torch.Tensor` of shape `(N, K)`): Score-slot logits over the bin tokens.
         target_probs (`torch.Tensor` of shape `(N, K)`): Human distributions (rows sum to 1), used as constants.
-        temperature (`float`, *optional*, defaults to 1.0): Softmax temperature `tau` of SPEC §2.
+        temperature (`float`, *optional*, defaults to 1.0): Softmax temperature `tau` of the score distribution.
 
     Returns:
         `torch.Tensor`: scalar loss in nats.
@@ -82,7 +82,7 @@ def thurstone_fidelity(
     target: torch.Tensor,
     eps: float = 1e-8,
 ) -> torch.Tensor:
-    """Thurstone-model fidelity loss on score gaps (SPEC §3.3, GDSO direct pairwise supervision).
+    """Thurstone-model fidelity loss on score gaps (Z-Reward's GDSO, direct pairwise supervision, GDSO direct pairwise supervision).
 
     Under a Thurstone Case-V model the scores are independent Gaussians, so the probability that `a` is preferred is
 
@@ -118,15 +118,15 @@ def thurstone_fidelity(
 
 
 def gap_regression(mean_a: torch.Tensor, mean_b: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
-    """Score-gap regression (SPEC §3.3): `L = 1/N sum_n ((E_a - E_b) - (y_a - y_b))^2`, all inputs `(N,)`."""
+    """Score-gap regression (Z-Reward's GDSO, direct pairwise supervision): `L = 1/N sum_n ((E_a - E_b) - (y_a - y_b))^2`, all inputs `(N,)`."""
     _check_same_shape("mean_a", mean_a, "mean_b", mean_b)
     _check_same_shape("y_a", y_a, "y_b", y_b)
     return ((mean_a - mean_b) - (y_a - y_b).to(mean_a.dtype)).square().mean()
 
 
-# ----- GDSO policy gradient on rationales (SPEC §3.1) ------------------------------------------------------------
+# ----- GDSO policy gradient on rationales (Z-Reward's GDSO, policy gradient on rationales) ------------------------------------------------------------
 def distribution_reward(expected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """GDSO accuracy reward from the distribution expectation (SPEC §3.1): `R_mg = -|E_mg - y_m|`.
+    """GDSO accuracy reward from the distribution expectation (Z-Reward's GDSO, policy gradient on rationales): `R_mg = -|E_mg - y_m|`.
 
     The score token is never sampled: `E_mg` is read from the score distribution after rationale `g` of image `m`.
 
@@ -202,7 +202,7 @@ def clipped_policy_loss(
     clip_eps: float = 0.2,
     kl_coef: float = 0.01,
 ) -> PolicyLossOutput:
-    """PPO/GRPO clipped surrogate on the rationale tokens with a k3 KL penalty (SPEC §3.1).
+    """PPO/GRPO clipped surrogate on the rationale tokens with a k3 KL penalty (Z-Reward's GDSO, policy gradient on rationales).
 
     With the per-token ratio `rho = exp(lp - lp_old)` and the sequence advantage `A_mg` broadcast over its tokens:
 
@@ -224,7 +224,7 @@ def clipped_policy_loss(
         mask (`torch.Tensor` of shape `(M, G, L)`): True (or 1) on rationale tokens; prompt, score slot and padding
             are 0.
         clip_eps (`float`, *optional*, defaults to 0.2): PPO clip range.
-        kl_coef (`float`, *optional*, defaults to 0.01): Weight of the KL to the reference ("small", SPEC §3.1).
+        kl_coef (`float`, *optional*, defaults to 0.01): Weight of the KL to the reference ("small" in Z-Reward's GDSO).
 
     Returns:
         [`PolicyLossOutput`].
@@ -253,9 +253,9 @@ def clipped_policy_loss(
     return PolicyLossOutput(policy_loss + kl_coef * kl, policy_loss, kl, clip_fraction)
 
 
-# ----- RISD (SPEC §4) --------------------------------------------------------------------------------------------
+# ----- RISD (Z-Reward's RISD) --------------------------------------------------------------------------------------------
 def marginalize(probs: torch.Tensor) -> torch.Tensor:
-    """Teacher distribution marginalised over its reasoning (SPEC §4): `q_T(k|x) = 1/R sum_r p_T(k|x, r_r)`.
+    """Teacher distribution marginalised over its reasoning (Z-Reward's RISD): `q_T(k|x) = 1/R sum_r p_T(k|x, r_r)`.
 
     Args:
         probs (`torch.Tensor` of shape `(N, R, K)`): Score distributions after each of `R` sampled rationales.
@@ -275,7 +275,7 @@ def risd_loss(
     teacher_mean: Optional[torch.Tensor] = None,
     mean_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Reasoning-Internalized Score Distillation loss (SPEC §4).
+    """Reasoning-Internalized Score Distillation loss (Z-Reward's RISD).
 
         L = 1/N sum_n KL(q_T,n || p_S,n) + mean_weight * 1/N sum_n (E_S,n - E_T,n)^2,   p_S = softmax(student_logits)
 
@@ -302,7 +302,7 @@ def risd_loss(
     return loss
 
 
-# ----- baselines (SPEC §4) ---------------------------------------------------------------------------------------
+# ----- baselines (Z-Reward's RISD) ---------------------------------------------------------------------------------------
 def sft_cross_entropy(logits: torch.Tensor, target_bin: torch.Tensor) -> torch.Tensor:
     """SFT baseline: cross-entropy on the human score token, `L = -1/N sum_n log p_n[y_n]` (a hard label).
 

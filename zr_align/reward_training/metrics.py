@@ -1,4 +1,4 @@
-"""Reward-model evaluation metrics (SPEC §4): pairwise accuracy, Spearman, calibration, NLL and throughput.
+"""Reward-model evaluation metrics (Z-Reward's RISD): pairwise accuracy, Spearman, calibration, NLL and throughput.
 
 These are evaluation code, off the gradient path: they detach their inputs and return Python floats.
 """
@@ -25,7 +25,7 @@ def pairwise_accuracy(
 ) -> float:
     """Agreement of predicted scores with human pairwise preferences.
 
-    Default (`tie_aware=False`), the headline metric of SPEC §4: pairs the humans rated a tie are dropped; a pair
+    Default (`tie_aware=False`), the headline metric of Z-Reward's evaluation: pairs the humans rated a tie are dropped; a pair
     counts 1 if the prediction orders it as the humans did, and 1/2 if the two predictions are exactly equal (the
     expected accuracy of breaking that tie at random, so a constant predictor scores 0.5 rather than 0 or 1).
 

@@ -57,7 +57,7 @@ def pair_indices(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pairwise_fidelity(means: torch.Tensor, stds: torch.Tensor, human: torch.Tensor, prompts: list[str]):
-    """Thurstone fidelity between same-prompt images on every dimension (SPEC §3.3); 0 without pairs.
+    """Thurstone fidelity between same-prompt images on every dimension (Z-Reward's GDSO, direct pairwise supervision); 0 without pairs.
     `means`, `stds`, `human`: `(B, D)`."""
     a, b = pair_indices(prompts)
     if len(a) == 0:
@@ -89,7 +89,7 @@ class TeacherSFT:
 
 
 class GDSO:
-    """Group-wise Direct Score Optimisation (SPEC §3): G sampled rationales per (image, dimension); the reward of
+    """Group-wise Direct Score Optimisation (Z-Reward's GDSO): G sampled rationales per (image, dimension); the reward of
     a rationale is how close the *expectation* of the distribution read after it is to the human score,
     R = -|E - y|; group-normalised advantages drive a clipped policy gradient on the rationale tokens (KL to the
     frozen reference), while the score slot gets direct pointwise (KL to the human soft label) and pairwise
@@ -186,7 +186,7 @@ class StudentSFT:
 
 
 class RISD:
-    """Reasoning-Internalised Score Distillation (SPEC §4): forward KL(q_T || p_S) to the teacher's
+    """Reasoning-Internalised Score Distillation (Z-Reward's RISD): forward KL(q_T || p_S) to the teacher's
     distribution marginalised over N sampled rationales (`targets`: cached, indexed by data row), plus optional
     human pointwise KL and mean matching."""
 

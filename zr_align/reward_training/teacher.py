@@ -1,8 +1,8 @@
-"""The reasoning teacher: a VLM that writes a rationale, then reads a score distribution (SPEC §3).
+"""The reasoning teacher: a VLM that writes a rationale, then reads a score distribution (Z-Reward's GDSO).
 
 For each (image, prompt, rubric dimension) the teacher continues the rubric prompt with a short rationale and
 the score marker ("Score:"); the distribution over bins is read at the slot after the marker, teacher-forced,
-exactly as a student reads it at the end of the prompt. The score token itself is never sampled (SPEC §3).
+exactly as a student reads it at the end of the prompt. The score token itself is never sampled (Z-Reward's GDSO).
 
     per_dimension layout:  prompt (rubric template, ends at the assistant turn) | rationale | "Score" ":" <slot>
     joint layout:          image + prompt | alignment rationale Score: <slot> | realism rationale Score: <slot> | ...
@@ -279,7 +279,7 @@ class ReasoningTeacher(torch.nn.Module):
     def marginal_probs(self, images: torch.Tensor, prompts: list[str], num: int = 1, greedy: bool = False,
                        temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
         """`(B, D, K)` score distributions read after `num` rationales per (image, dimension), averaged over the
-        rationales: the teacher marginalised over its reasoning (SPEC §4; RISD's target)."""
+        rationales: the teacher marginalised over its reasoning (Z-Reward's RISD; RISD's target)."""
         rollouts = self.generate(images, prompts, num=num, greedy=greedy, temperature=temperature,
                                  generator=generator)
         probs = self.forward_rollouts(images, prompts, rollouts).slot_logits.softmax(-1)

@@ -1,4 +1,4 @@
-"""The reward plugin contract: a reward is a callable `reward(images, prompts) -> RewardOutput` (SPEC §5)."""
+"""The reward plugin contract: a reward is a callable `reward(images, prompts) -> RewardOutput` (README: "The reward plugin")."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Q-Align (Wu et al., "Q-Align: Teaching LMMs for Visual Scoring via Discrete Text-Defined Levels", 2023) reads a
 score from a VLM by asking a rating question and taking the softmax over the tokens of the rating levels at the
 answer's first position. We do the same per rubric dimension, so a model that was never trained for us gives a
-score distribution (SPEC §2) at once; RISD training can start from the saved folder.
+score distribution (Z-Reward's score distributions) at once; RISD training can start from the saved folder.
 
 The bins keep their values (default 1.0 ... 5.0 in half points); only how they are *spelled* at the score slot
 is chosen per tokenizer, because each bin must be exactly one token there. Real Qwen tokenizers split digits one

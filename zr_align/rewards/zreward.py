@@ -1,4 +1,4 @@
-"""`ZRewardModel`: a frozen VLM that returns a score distribution per rubric dimension (SPEC §2, §5).
+"""`ZRewardModel`: a frozen VLM that returns a score distribution per rubric dimension (Z-Reward's score distributions; README: "The reward plugin").
 
 For each image and each rubric dimension the VLM reads a prompt that ends at the score slot; the distribution
 over bins is the softmax of the slot's logits restricted to the bin tokens. Only those `K` rows of the LM head

@@ -1,4 +1,4 @@
-"""TinyWorld: the miniature world of SPEC §8 in which rewards can be measured against a known ground truth.
+"""TinyWorld: the miniature world in which rewards can be measured against a known ground truth.
 
 - `grammar`: the prompt grammar "a {size} {color} {shape} {position}", `Scene`, `parse_prompt`, prompt splits;
 - `render`: anti-aliased 64x64 rendering with seeded layouts;

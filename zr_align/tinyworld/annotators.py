@@ -1,4 +1,4 @@
-"""Simulated human raters for TinyWorld: the judge's scores turned into human-like ratings (SPEC §8).
+"""Simulated human raters for TinyWorld: the judge's scores turned into human-like ratings (README: "TinyWorld: the embedded default").
 
 A panel has `num_raters` raters. Rater `r` rating dimension `d` of an image whose judge score is `s_d` gives
 

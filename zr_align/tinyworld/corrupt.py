@@ -1,4 +1,4 @@
-"""Seeded corruptions of rendered scenes, the controlled negatives of reward-model training data (SPEC §8).
+"""Seeded corruptions of rendered scenes, the controlled negatives of reward-model training data (README: "TinyWorld: the embedded default").
 
 Each corruption declares the rubric dimension it is meant to lower (the judge's rules in `judge.py` are written
 so that it does):

@@ -1,6 +1,6 @@
-"""TinyWorld's prompt grammar (SPEC §8): `"a {size} {color} {shape} {position}"`, and its prompt splits.
+"""TinyWorld's prompt grammar (README: "TinyWorld: the embedded default"): `"a {size} {color} {shape} {position}"`, and its prompt splits.
 
-The grammar is fixed by the SPEC (it may be extended, never changed): 2 sizes x 6 colours x 3 shapes x 5 positions
+The grammar is fixed (it may be extended, never changed): 2 sizes x 6 colours x 3 shapes x 5 positions
 = 180 prompts, e.g. "a large red circle on the left". Images are 64x64 RGB with one object on a light-gray
 background.
 

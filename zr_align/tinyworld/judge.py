@@ -1,4 +1,4 @@
-"""TinyWorld's ground-truth judge: reads only pixels and the prompt, scores the 4 rubric dimensions (SPEC §8).
+"""TinyWorld's ground-truth judge: reads only pixels and the prompt, scores the 4 rubric dimensions (README: "TinyWorld: the embedded default").
 
 Reading the image (numpy only):
 

@@ -1,4 +1,4 @@
-"""TinyWorld's latent diffusion model: component configs and the VAE trainer (SPEC §8, issue 4).
+"""TinyWorld's latent diffusion model: component configs and the VAE trainer (README: "TinyWorld: the embedded default").
 
 Choices, and why (the probe findings of shared/PITFALLS.md):
 - Denoiser: a stock `UNet2DConditionModel` (SD-style, loads in `StableDiffusionPipeline`), two levels on

@@ -1,4 +1,4 @@
-"""TinyWorld reward-model data: rated images and preference pairs for training and evaluating rewards (SPEC §8).
+"""TinyWorld reward-model data: rated images and preference pairs for training and evaluating rewards (README: "TinyWorld: the embedded default").
 
 [`make_reward_data`] writes, for the prompts of one split, into `out_dir`:
 
