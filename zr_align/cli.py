@@ -303,8 +303,10 @@ REWARD_COMMANDS = {
 COMMANDS = {
     "score": (_add_score, _run_score),
     "plan": (_add_plan, _run_plan),
-    "tinyworld": command_group("tinyworld", "TinyWorld, the built-in miniature world with a ground-truth judge (README: TinyWorld)", TINYWORLD_COMMANDS),
-    "reward": command_group("reward", "reward-model training (GDSO, RISD and baselines), data and evaluation", REWARD_COMMANDS),
+    "tinyworld": command_group("tinyworld", "TinyWorld, the built-in miniature world with a ground-truth judge",
+                               TINYWORLD_COMMANDS),
+    "reward": command_group("reward", "reward-model training (GDSO, RISD and baselines), data and evaluation",
+                            REWARD_COMMANDS),
 }
 
 
