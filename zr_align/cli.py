@@ -299,10 +299,59 @@ REWARD_COMMANDS = {
 }
 
 
+# ------------------------------------------------------------------ zr-align compare
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="sample TinyWorld models on the same prompts and seeds, judge them, compare "
+                                       "every pair (GSB, 95%% bootstrap intervals); writes OUT/compare.md, .json")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=FOLDER",
+                   help="a model: TinyWorld pipeline folder, e.g. base=models/tinyworld/sft (repeat per model)")
+    p.add_argument("--lora", action="append", default=[], metavar="NAME=FOLDER",
+                   help="a LoRA on model NAME, e.g. tuned=outputs/demo/run/lora")
+    p.add_argument("--config", help="YAML: models: {NAME: {model, lora, prompts}} and any option below")
+    p.add_argument("--prompts", action="append", default=[], metavar="[NAME=]SOURCE",
+                   help="tinyworld:SPLIT, .txt or .jsonl for every model (default tinyworld:test); NAME=SOURCE "
+                        "gives model NAME its own list, paired line by line (same length)")
+    p.add_argument("--num-images", type=_positive_int, help="images per model; image i shows prompt i mod P")
+    p.add_argument("--seed", type=int, help="image i of every model uses noise seed SEED + i (default 10000)")
+    p.add_argument("--steps", type=_positive_int, help="sampling steps (default 20)")
+    p.add_argument("--reward", help="reward-model folder: its mean score is reported, for reference only")
+    p.add_argument("--margin", type=float, help="GSB tie band on the overall judge score (default 0.2)")
+    p.add_argument("--out", default="outputs/compare", help="samples/NAME/ per model, compare.md, compare.json")
+    p.add_argument("--replace-stale", action="store_true",
+                   help="sample again folders made by another model, sampler, prompts or seeds (else refused)")
+
+
+def _run_compare(args) -> int:
+    from .tinyworld.compare import compare_models, load_compare_config, specs_from_dict
+
+    config = load_compare_config(args.config) if args.config else {"models": {}}
+    models = config.pop("models")
+    for flag, key, values in (("--model", "model", args.model), ("--lora", "lora", args.lora)):
+        for text in values:
+            name, _, value = text.partition("=")
+            if not name or not value:
+                raise ValueError(f"{flag} takes NAME=FOLDER; got {text!r}")
+            if key == "lora" and name not in models:
+                raise ValueError(f"--lora {text}: no model named {name!r} (give --model {name}=FOLDER)")
+            models.setdefault(name, {})[key] = value
+    for text in args.prompts:
+        name, _, source = text.partition("=")
+        if source and name in models:
+            models[name]["prompts"] = source
+        else:
+            config["prompts"] = text
+    config.update({k: getattr(args, k) for k in ("num_images", "seed", "steps", "reward", "margin")
+                   if getattr(args, k) is not None})
+    compare_models(specs_from_dict(models), args.out, replace_stale=args.replace_stale, **config)
+    print((Path(args.out) / "compare.md").read_text(), end="")
+    return 0
+
+
 # name -> (add arguments, run)
 COMMANDS = {
     "score": (_add_score, _run_score),
     "plan": (_add_plan, _run_plan),
+    "compare": (_add_compare, _run_compare),
     "tinyworld": command_group("tinyworld", "TinyWorld, the built-in miniature world with a ground-truth judge",
                                TINYWORLD_COMMANDS),
     "reward": command_group("reward", "reward-model training (GDSO, RISD and baselines), data and evaluation",
