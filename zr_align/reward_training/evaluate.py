@@ -176,27 +176,7 @@ def evaluate_scorer(
     }
     if rated is not None:
         index = torch.tensor([keys[(str(it["path"]), it["prompt"])] for it in rated.items])
-        dims = [d for d in rated.dimensions if d in probs]
-        if not dims:
-            raise ValueError(f"the scorer returns dimensions {sorted(probs)}, none of the rated dimensions "
-                             f"{list(rated.dimensions)}")
-        bins = torch.tensor(rated.bins, dtype=torch.float32)
-        # Calibration needs the model's bins to be the labels' bins; a model on other bins (e.g. RewardDance's
-        # yes/no = 1.0/5.0) gets Spearman but no ECE / NLL.
-        same_bins = all(values[d].shape == bins.shape and torch.allclose(values[d], bins, atol=1e-5) for d in dims)
-        labels = {d: torch.stack([it["labels"][d] for it in rated.items]) for d in dims}
-        ece = {d: expected_calibration_error(probs[d][index], labels[d]) for d in dims} if same_bins else None
-        nll = {d: distribution_nll(probs[d][index], labels[d]) for d in dims} if same_bins else None
-        expected = {d: (probs[d][index] * values[d]).sum(-1) for d in dims}
-        human_mean = {d: [it["mean"][d] for it in rated.items] for d in dims}
-        results.update(
-            rated=len(rated),
-            spearman=spearman(reward[index], rated.human_means()) if len(rated) > 1 else math.nan,
-            spearman_per_dim={d: spearman(expected[d], human_mean[d]) if len(rated) > 1 else math.nan for d in dims},
-            ece=sum(ece.values()) / len(ece) if ece else None,
-            ece_per_dim=ece,
-            nll=sum(nll.values()) / len(nll) if nll else None,
-        )
+        results.update(_rated_metrics(rated, reward[index], {d: p[index] for d, p in probs.items()}, values))
     results["images_per_second"] = throughput(lambda x: scorer(x, timing_prompts), timing_images,
                                               repeats=timing_repeats, warmup=0)
     results["timing_batch"] = len(timing_prompts)
@@ -229,6 +209,31 @@ def format_table(results: dict[str, dict]) -> str:
              for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _rated_metrics(rated: RatedImages, reward: torch.Tensor, probs: dict, values: dict) -> dict:
+    """Spearman (overall and per dimension), calibration (ECE) and NLL of the scores of the rated images."""
+    dims = [d for d in rated.dimensions if d in probs]
+    if not dims:
+        raise ValueError(f"the scorer returns dimensions {sorted(probs)}, none of the rated dimensions "
+                         f"{list(rated.dimensions)}")
+    bins = torch.tensor(rated.bins, dtype=torch.float32)
+    # Calibration needs the model's bins to be the labels' bins; a model on other bins (e.g. RewardDance's
+    # yes/no = 1.0/5.0) gets Spearman but no ECE / NLL.
+    same_bins = all(values[d].shape == bins.shape and torch.allclose(values[d], bins, atol=1e-5) for d in dims)
+    labels = {d: torch.stack([it["labels"][d] for it in rated.items]) for d in dims}
+    ece = {d: expected_calibration_error(probs[d], labels[d]) for d in dims} if same_bins else None
+    nll = {d: distribution_nll(probs[d], labels[d]) for d in dims} if same_bins else None
+    expected = {d: (probs[d] * values[d]).sum(-1) for d in dims}
+    human_mean = {d: [it["mean"][d] for it in rated.items] for d in dims}
+    return dict(
+        rated=len(rated),
+        spearman=spearman(reward, rated.human_means()) if len(rated) > 1 else math.nan,
+        spearman_per_dim={d: spearman(expected[d], human_mean[d]) if len(rated) > 1 else math.nan for d in dims},
+        ece=sum(ece.values()) / len(ece) if ece else None,
+        ece_per_dim=ece,
+        nll=sum(nll.values()) / len(nll) if nll else None,
+    )
 
 
 __all__ = ["Scorer", "TEACHER_MODES", "evaluate_scorer", "format_table", "load_scorer"]

@@ -336,18 +336,8 @@ def judge(image, prompt: str) -> Verdict:
         realism -= 1.5 + (m["core_residual"] > 50.0)
 
     # Plausibility: fragments of the object's colour, object cut by the border.
-    extras = [i + 1 for i in range(count) if i + 1 != main_id and areas[i] >= MIN_COMPONENT_AREA]
-    extra_colors = [_majority(label[components == i]) for i in extras]
-    fragments = sum(c == color_index for c in extra_colors)
-    distractors = len(extras) - fragments
-    # Cut by the border: the object itself (alpha >= 0.5, not a blur halo) reaches it along 2+ pixels.
-    border = np.zeros_like(mask)
-    border[[0, -1], :] = border[:, [0, -1]] = True
-    touches = int((mask & border & (own_alpha >= 0.5)).sum()) >= 2
-    m.update(fragments=float(fragments), distractors=float(distractors), cut=float(1 - min(h, w) / max(h, w)))
-    flags["fragments"], flags["crop"] = fragments > 0, bool(touches)
-    plausibility = 5.0 - (min(2.5, 1.0 + 0.5 * fragments) if fragments else 0.0)
-    plausibility -= (1.5 + (m["cut"] > 0.35)) if touches else 0.0
+    plausibility, distractors = _plausibility(label, components, areas, main_id, color_index, mask & (own_alpha >= 0.5),
+                                              (h, w), m, flags)
 
     # Aesthetics: a clear subject (full contrast, no clutter).
     u = _PALETTE[color_index] - background if color_index < _OTHER else v
@@ -360,6 +350,28 @@ def judge(image, prompt: str) -> Verdict:
               "aesthetics": aesthetics, "plausibility": plausibility}
     scores = {d: float(min(5.0, max(1.0, s))) for d, s in scores.items()}
     return Verdict(expected.prompt, expected, observed, correct, flags, m, scores)
+
+
+def _plausibility(label, components, areas, main_id: int, color_index: int, solid, size, m: dict,
+                  flags: dict) -> tuple[float, int]:
+    """The plausibility score (fragments of the object's colour, the object cut by the border) and the number of
+    distractors (other objects, for aesthetics). `solid` is the object itself (alpha >= 0.5, not a blur halo);
+    `m` and `flags` receive the measurements and artefact flags."""
+    h, w = size
+    count = len(areas)
+    extras = [i + 1 for i in range(count) if i + 1 != main_id and areas[i] >= MIN_COMPONENT_AREA]
+    extra_colors = [_majority(label[components == i]) for i in extras]
+    fragments = sum(c == color_index for c in extra_colors)
+    distractors = len(extras) - fragments
+    # Cut by the border: the object itself reaches it along 2+ pixels.
+    border = np.zeros_like(solid)
+    border[[0, -1], :] = border[:, [0, -1]] = True
+    touches = int((solid & border).sum()) >= 2
+    m.update(fragments=float(fragments), distractors=float(distractors), cut=float(1 - min(h, w) / max(h, w)))
+    flags["fragments"], flags["crop"] = fragments > 0, bool(touches)
+    plausibility = 5.0 - (min(2.5, 1.0 + 0.5 * fragments) if fragments else 0.0)
+    plausibility -= (1.5 + (m["cut"] > 0.35)) if touches else 0.0
+    return plausibility, distractors
 
 
 # ------------------------------------------------------------------ a generator measured by the judge

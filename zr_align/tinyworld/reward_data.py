@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -198,25 +199,9 @@ def make_reward_data(
     Raises:
         `ValueError`: for an unknown split or out-of-range counts and fractions.
     """
-    from PIL import Image
-
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; allowed: {', '.join(RECIPES)}")
-    if images_per_prompt < 2:
-        raise ValueError(f"images_per_prompt must be >= 2 (pairs need two images), got {images_per_prompt}")
-    if not 0.0 <= sft_fraction < 1.0:
-        raise ValueError(f"sft_fraction must be in [0, 1), got {sft_fraction}")
-    if not 0.0 <= double_fraction <= 1.0:
-        raise ValueError(f"double_fraction must be in [0, 1], got {double_fraction}")
+    _check_arguments(split, recipe, images_per_prompt, sft_fraction, double_fraction)
     split_id = SPLITS.index(split)
-    prompts = split_prompts(split_seed).as_dict()[split]
-    if num_prompts is not None:
-        if not 1 <= num_prompts <= len(prompts):
-            raise ValueError(f"num_prompts must be in [1, {len(prompts)}] for the {split} split, got {num_prompts}")
-        chosen = np.random.default_rng([seed, split_id, 10**6]).choice(len(prompts), num_prompts, replace=False)
-        prompts = [prompts[i] for i in sorted(chosen)]
+    prompts = _choose_prompts(split, split_seed, num_prompts, seed)
     max_pairs = images_per_prompt * (images_per_prompt - 1) // 2
     pairs_per_prompt = min(images_per_prompt if pairs_per_prompt is None else pairs_per_prompt, max_pairs)
     if pairs_per_prompt < 1:
@@ -236,78 +221,147 @@ def make_reward_data(
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     # All corruption kinds in turn (a seeded order), continued across prompts so every kind is equally common.
-    kind_order = [list(CORRUPTIONS)[i] for i in np.random.default_rng([seed, split_id]).permutation(len(CORRUPTIONS))]
-    kind_counter = 0
-    rated_lines, pair_lines = [], []
-    sources: dict[str, int] = {}
-    preferences = dict.fromkeys(("a", "b", "tie"), 0)
-    judge_hits = 0.0
+    kinds = _KindCycle([list(CORRUPTIONS)[i] for i in np.random.default_rng([seed, split_id]).permutation(len(CORRUPTIONS))])
+    tally = _Tally()
     for p, prompt in enumerate(prompts):
         rng = np.random.default_rng([seed, split_id, p])
         images: list[tuple[np.ndarray, str]] = [(render(prompt, seed=rng).image, "render") for _ in range(n_clean)]
         if recipe == "perception":
             images += [perception_image(prompt, rng) for _ in range(n_corrupt)]
         for _ in range(n_corrupt if recipe == "mixed" else 0):
-            kinds = _corrupt_kinds(kind_order[kind_counter % len(kind_order)], rng, double_fraction)
-            kind_counter += 1
-            picture = render(prompt, seed=rng)
-            for kind in kinds:
-                done = corrupt(picture, kind, rng)
-                picture = Rendered(done.image, done.scene)
-            images.append((picture.image, "corrupt:" + "+".join(kinds)))
+            images.append(_mixed_image(prompt, kinds.next(), rng, double_fraction))
         images += [(sft_images[p * n_sft + k], "sft_sample") for k in range(n_sft)]
+        names, ratings, overall = _rate_images(images, prompt, p, split, panel, rng, out_dir, tally)
+        _draw_pairs(prompt, names, ratings, overall, pairs_per_prompt, panel, rng, tally)
 
-        names, ratings, overall = [], [], []
-        for j, (image, source) in enumerate(images):
-            name = f"images/{p:04d}_{j:02d}.png"
-            Image.fromarray(image).save(out_dir / name)
-            verdict = judge(image, prompt)
-            rating: Ratings = panel.rate(verdict.scores, rng)
-            names.append(name)
-            ratings.append(rating)
-            overall.append(float(np.mean([verdict.scores[d] for d in panel.dimensions])))
-            sources[source] = sources.get(source, 0) + 1
-            rated_lines.append({
-                "image": name, "prompt": prompt, "ratings": rating.ratings,
-                "rationale": {d: rationale_text(verdict, d) for d in panel.dimensions if d in RATIONALE_DIMENSIONS},
-                "source": source, "split": split,
-            })
-
-        combos = list(itertools.combinations(range(len(images)), 2))
-        for c in rng.choice(len(combos), pairs_per_prompt, replace=False):
-            a, b = combos[c] if rng.random() < 0.5 else combos[c][::-1]  # random order: "a" is not the cleaner one
-            preference = panel.prefer(ratings[a], ratings[b])
-            preferences[preference.winner] += 1
-            if preference.winner != "tie":
-                gap = overall[a] - overall[b]
-                judge_hits += 0.5 if gap == 0 else float((gap > 0) == (preference.winner == "a"))
-            pair_lines.append({
-                "prompt": prompt, "image_a": names[a], "image_b": names[b], "preference": preference.winner,
-                "margin": round(preference.margin, 6),
-                "mean_a": {d: round(m, 6) for d, m in ratings[a].mean().items()},
-                "mean_b": {d: round(m, 6) for d, m in ratings[b].mean().items()},
-            })
-
-    for file, lines in (("rated.jsonl", rated_lines), ("pairs.jsonl", pair_lines)):
+    for file, lines in (("rated.jsonl", tally.rated), ("pairs.jsonl", tally.pairs)):
         (out_dir / file).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    stats = _stats(tally, panel, split=split, recipe=recipe, seed=seed, split_seed=split_seed, sft_model=sft_model,
+                   prompts=len(prompts), images_per_prompt=images_per_prompt, pairs_per_prompt=pairs_per_prompt)
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def _check_arguments(split: str, recipe: str, images_per_prompt: int, sft_fraction: float,
+                     double_fraction: float) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; allowed: {', '.join(RECIPES)}")
+    if images_per_prompt < 2:
+        raise ValueError(f"images_per_prompt must be >= 2 (pairs need two images), got {images_per_prompt}")
+    if not 0.0 <= sft_fraction < 1.0:
+        raise ValueError(f"sft_fraction must be in [0, 1), got {sft_fraction}")
+    if not 0.0 <= double_fraction <= 1.0:
+        raise ValueError(f"double_fraction must be in [0, 1], got {double_fraction}")
+
+
+def _choose_prompts(split: str, split_seed: int, num_prompts: int | None, seed: int) -> list[str]:
+    """The split's prompts, or a seeded subset of `num_prompts` of them (in the split's order)."""
+    prompts = split_prompts(split_seed).as_dict()[split]
+    if num_prompts is None:
+        return prompts
+    if not 1 <= num_prompts <= len(prompts):
+        raise ValueError(f"num_prompts must be in [1, {len(prompts)}] for the {split} split, got {num_prompts}")
+    chosen = np.random.default_rng([seed, SPLITS.index(split), 10**6]).choice(len(prompts), num_prompts, replace=False)
+    return [prompts[i] for i in sorted(chosen)]
+
+
+class _KindCycle:
+    """The corruption kinds in a fixed order, one after the other, continued across prompts."""
+
+    def __init__(self, order: list[str]):
+        self.order, self.count = order, 0
+
+    def next(self) -> str:
+        kind = self.order[self.count % len(self.order)]
+        self.count += 1
+        return kind
+
+
+@dataclass
+class _Tally:
+    """What the images and pairs of all prompts add up to: the JSONL lines and the counts of `stats.json`."""
+
+    rated: list = field(default_factory=list)
+    pairs: list = field(default_factory=list)
+    sources: dict = field(default_factory=dict)
+    preferences: dict = field(default_factory=lambda: dict.fromkeys(("a", "b", "tie"), 0))
+    judge_hits: float = 0.0
+
+
+def _mixed_image(prompt: str, first: str, rng: np.random.Generator, double_fraction: float) -> tuple[np.ndarray, str]:
+    """One corrupted render of the "mixed" recipe: the kind `first`, sometimes a second of another dimension."""
+    kinds = _corrupt_kinds(first, rng, double_fraction)
+    picture = render(prompt, seed=rng)
+    for kind in kinds:
+        done = corrupt(picture, kind, rng)
+        picture = Rendered(done.image, done.scene)
+    return picture.image, "corrupt:" + "+".join(kinds)
+
+
+def _rate_images(images, prompt: str, p: int, split: str, panel: AnnotatorPanel, rng, out_dir: Path, tally: _Tally):
+    """Save, judge and rate one prompt's images; returns their names, ratings and overall judge scores."""
+    from PIL import Image
+
+    names, ratings, overall = [], [], []
+    for j, (image, source) in enumerate(images):
+        name = f"images/{p:04d}_{j:02d}.png"
+        Image.fromarray(image).save(out_dir / name)
+        verdict = judge(image, prompt)
+        rating: Ratings = panel.rate(verdict.scores, rng)
+        names.append(name)
+        ratings.append(rating)
+        overall.append(float(np.mean([verdict.scores[d] for d in panel.dimensions])))
+        tally.sources[source] = tally.sources.get(source, 0) + 1
+        tally.rated.append({
+            "image": name, "prompt": prompt, "ratings": rating.ratings,
+            "rationale": {d: rationale_text(verdict, d) for d in panel.dimensions if d in RATIONALE_DIMENSIONS},
+            "source": source, "split": split,
+        })
+    return names, ratings, overall
+
+
+def _draw_pairs(prompt: str, names, ratings, overall, pairs_per_prompt: int, panel: AnnotatorPanel, rng,
+                tally: _Tally) -> None:
+    """`pairs_per_prompt` image pairs of one prompt, in random order, with the panel's preference."""
+    combos = list(itertools.combinations(range(len(names)), 2))
+    for c in rng.choice(len(combos), pairs_per_prompt, replace=False):
+        a, b = combos[c] if rng.random() < 0.5 else combos[c][::-1]  # random order: "a" is not the cleaner one
+        preference = panel.prefer(ratings[a], ratings[b])
+        tally.preferences[preference.winner] += 1
+        if preference.winner != "tie":
+            gap = overall[a] - overall[b]
+            tally.judge_hits += 0.5 if gap == 0 else float((gap > 0) == (preference.winner == "a"))
+        tally.pairs.append({
+            "prompt": prompt, "image_a": names[a], "image_b": names[b], "preference": preference.winner,
+            "margin": round(preference.margin, 6),
+            "mean_a": {d: round(m, 6) for d, m in ratings[a].mean().items()},
+            "mean_b": {d: round(m, 6) for d, m in ratings[b].mean().items()},
+        })
+
+
+def _stats(tally: _Tally, panel: AnnotatorPanel, *, split, recipe, seed, split_seed, sft_model, prompts,
+           images_per_prompt, pairs_per_prompt) -> dict:
+    """The contents of `stats.json`."""
+    preferences = tally.preferences
     decided = preferences["a"] + preferences["b"]
-    words = [w for line in rated_lines for text in line["rationale"].values() for w in text.split()]
-    mean_ratings = {d: round(float(np.mean([np.mean(r["ratings"][d]) for r in rated_lines])), 4)
+    words = [w for line in tally.rated for text in line["rationale"].values() for w in text.split()]
+    mean_ratings = {d: round(float(np.mean([np.mean(r["ratings"][d]) for r in tally.rated])), 4)
                     for d in panel.dimensions}
-    stats = {
+    return {
         "split": split, "recipe": recipe, "seed": seed, "split_seed": split_seed,
         "sft_model": None if sft_model is None else str(sft_model),
-        "prompts": len(prompts), "images": len(rated_lines), "images_per_prompt": images_per_prompt,
-        "images_by_source": _summarise_sources(sources) if recipe == "perception" else dict(sorted(sources.items())),
-        "pairs": len(pair_lines),
+        "prompts": prompts, "images": len(tally.rated), "images_per_prompt": images_per_prompt,
+        "images_by_source": (_summarise_sources(tally.sources) if recipe == "perception"
+                             else dict(sorted(tally.sources.items()))),
+        "pairs": len(tally.pairs),
         "pairs_per_prompt": pairs_per_prompt, "preferences": preferences,
-        "tie_rate": round(preferences["tie"] / len(pair_lines), 4),
-        "judge_pairwise_accuracy": round(judge_hits / decided, 4) if decided else None,
+        "tie_rate": round(preferences["tie"] / len(tally.pairs), 4),
+        "judge_pairwise_accuracy": round(tally.judge_hits / decided, 4) if decided else None,
         "raters": panel.num_raters, "mean_ratings": mean_ratings,
         "yes_share": round(words.count("yes") / max(1, words.count("yes") + words.count("no")), 4),
     }
-    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    return stats
 
 
 def _summarise_sources(sources: dict[str, int]) -> dict[str, int]:
