@@ -293,7 +293,7 @@ def _finished_samples(folder: Path, card: dict, expected: list[tuple[str, int]],
         done, records = 0, []
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MODEL_CARD).write_text(json.dumps(card, indent=1) + "\n")
-    if done < len(expected) and len(records) != done:  # drop lines of unfinished images before appending
+    if done < len(expected):  # before appending: drop the lines of unfinished images and a line torn by a kill
         (folder / SAMPLE_INDEX).write_text("".join(json.dumps(r) + "\n" for r in records[:done]))
     return done
 
