@@ -1,7 +1,7 @@
 """Losses for training score-distribution reward models: GDSO (teacher), RISD (student) and the baselines.
 
-Every loss is a plain function on batched tensors (Z-Reward: GDSO and RISD). They are all on the gradient path: none calls
-`.item()`, `.cpu()` or numpy, log-probabilities come from `log_softmax` (never `log(softmax)`), and zero
+Every loss is a plain function on batched tensors. Each is used by an objective of `objectives.py`, and all are
+on the gradient path: none calls `.item()`, `.cpu()` or numpy, log-probabilities come from `log_softmax` (never `log(softmax)`), and zero
 target probabilities contribute `0 log 0 = 0` with a finite gradient. Quantities that are targets or frozen
 models (old / reference log-probs, teacher distributions, advantages) are detached where the docstring says so.
 
@@ -50,7 +50,7 @@ def _forward_kl(target_probs: torch.Tensor, log_p: torch.Tensor) -> torch.Tensor
     return (target_probs * (_safe_log(target_probs) - log_p)).sum(-1)
 
 
-# ----- GDSO direct supervision (Z-Reward's GDSO, direct supervision) -------------------------------------------------------------------
+# ----- GDSO direct supervision ----------------------------------------------------------------------------------
 def pointwise_kl(logits: torch.Tensor, target_probs: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Pointwise distribution loss `mean_n KL(q_n || p_n)` (Z-Reward's GDSO, direct pointwise supervision, GDSO direct pointwise supervision).
 
@@ -117,14 +117,7 @@ def thurstone_fidelity(
     return (1.0 - _safe_sqrt(p * y) - _safe_sqrt((1.0 - p) * (1.0 - y))).mean()
 
 
-def gap_regression(mean_a: torch.Tensor, mean_b: torch.Tensor, y_a: torch.Tensor, y_b: torch.Tensor) -> torch.Tensor:
-    """Score-gap regression (Z-Reward's GDSO, direct pairwise supervision): `L = 1/N sum_n ((E_a - E_b) - (y_a - y_b))^2`, all inputs `(N,)`."""
-    _check_same_shape("mean_a", mean_a, "mean_b", mean_b)
-    _check_same_shape("y_a", y_a, "y_b", y_b)
-    return ((mean_a - mean_b) - (y_a - y_b).to(mean_a.dtype)).square().mean()
-
-
-# ----- GDSO policy gradient on rationales (Z-Reward's GDSO, policy gradient on rationales) ------------------------------------------------------------
+# ----- GDSO policy gradient on rationales ------------------------------------------------------------------------
 def distribution_reward(expected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """GDSO accuracy reward from the distribution expectation (Z-Reward's GDSO, policy gradient on rationales): `R_mg = -|E_mg - y_m|`.
 
@@ -253,7 +246,7 @@ def clipped_policy_loss(
     return PolicyLossOutput(policy_loss + kl_coef * kl, policy_loss, kl, clip_fraction)
 
 
-# ----- RISD (Z-Reward's RISD) --------------------------------------------------------------------------------------------
+# ----- RISD -----------------------------------------------------------------------------------------------------
 def marginalize(probs: torch.Tensor) -> torch.Tensor:
     """Teacher distribution marginalised over its reasoning (Z-Reward's RISD): `q_T(k|x) = 1/R sum_r p_T(k|x, r_r)`.
 
@@ -302,42 +295,7 @@ def risd_loss(
     return loss
 
 
-# ----- baselines (Z-Reward's RISD) ---------------------------------------------------------------------------------------
-def sft_cross_entropy(logits: torch.Tensor, target_bin: torch.Tensor) -> torch.Tensor:
-    """SFT baseline: cross-entropy on the human score token, `L = -1/N sum_n log p_n[y_n]` (a hard label).
-
-    Args:
-        logits (`torch.Tensor` of shape `(N, K)`): Score-slot logits over the bin tokens.
-        target_bin (`torch.LongTensor` of shape `(N,)`): Index of the human score bin (e.g. the rounded mean).
-    """
-    if target_bin.dtype != torch.long or target_bin.shape != logits.shape[:1]:
-        raise ValueError(f"target_bin must be a long tensor of shape ({logits.shape[0]},), got {target_bin.dtype} "
-                         f"{tuple(target_bin.shape)}.")
-    return F.cross_entropy(logits, target_bin)
-
-
-def bradley_terry(score_a: torch.Tensor, score_b: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Scalar-head Bradley-Terry baseline: `P(a > b) = sigmoid(s_a - s_b)`, binary cross-entropy against `y`.
-
-        L = -1/N sum_n [y_n log sigmoid(s_a - s_b) + (1 - y_n) log sigmoid(s_b - s_a)]
-
-    `y = 1` gives the usual `-log sigmoid(s_a - s_b)`; a tie (`y = 0.5`) is the 0.5/0.5 mixture of both orders,
-    minimised at `s_a = s_b`.
-
-    Args:
-        score_a, score_b (`torch.Tensor` of shape `(N,)`): Scalar rewards.
-        target (`torch.Tensor` of shape `(N,)`): `P(a preferred)`: 1, 0 or 0.5.
-    """
-    _check_same_shape("score_a", score_a, "score_b", score_b)
-    _check_same_shape("score_a", score_a, "target", target)
-    return F.binary_cross_entropy_with_logits(score_a - score_b, target.to(score_a.dtype))
-
-
-def reward_dance_reward(yes_logit: torch.Tensor, no_logit: torch.Tensor) -> torch.Tensor:
-    """RewardDance reward: `P("yes") = softmax([yes, no])[0] = sigmoid(yes - no)`, shape `(N,)`, differentiable."""
-    return torch.sigmoid(yes_logit - no_logit)
-
-
+# ----- baselines ------------------------------------------------------------------------------------------------
 def reward_dance_loss(yes_logit: torch.Tensor, no_logit: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """RewardDance baseline (Wu et al. 2025): the VLM answers "yes"/"no" to "does the image satisfy the rubric /
     beat the reference?"; binary cross-entropy on the softmax over those two tokens.
@@ -393,29 +351,6 @@ def score_accuracy_reward(
                         device=sampled.device)
     s = v[sampled]  # (N, G)
     return 1.0 - (s - target.to(v).unsqueeze(-1)).abs() / (v[-1] - v[0])
-
-
-def grpo_score_token_loss(logits: torch.Tensor, sampled: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
-    """GRPO baseline on the score token itself: the policy samples `G` score tokens per item and is rewarded for
-    their accuracy (e.g. [`score_accuracy_reward`]); `A` = [`group_advantages`] of the rewards.
-
-        L = -1/(N G) sum_{n,g} A_ng log p_n[s_ng]
-
-    This is the clipped surrogate of [`clipped_policy_loss`] for a single on-policy step: there the ratio is
-    `exp(lp - sg(lp)) = 1`, which is never clipped, and its gradient is `A grad log p` — exactly this loss's
-    gradient, so the clip is omitted. (Several optimiser steps on the same samples would need the clip again.)
-
-    Args:
-        logits (`torch.Tensor` of shape `(N, K)`): Score-slot logits of the current policy.
-        sampled (`torch.LongTensor` of shape `(N, G)`): Sampled bin indices.
-        rewards (`torch.Tensor` of shape `(N, G)`): Reward of each sample.
-    """
-    _check_same_shape("sampled", sampled, "rewards", rewards)
-    if sampled.shape[0] != logits.shape[0]:
-        raise ValueError(f"sampled has {sampled.shape[0]} rows but logits has {logits.shape[0]}.")
-    adv = group_advantages(rewards).to(logits.dtype)  # (N, G), detached
-    log_p = F.log_softmax(logits, dim=-1).gather(-1, sampled)  # (N, G)
-    return -(adv * log_p).mean()
 
 
 def opd_reverse_kl(
