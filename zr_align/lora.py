@@ -199,7 +199,7 @@ def _sort_safetensors_metadata(path: Path) -> None:
     path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + size:])
 
 
-def save_lora(out_dir, pipeline_class, denoiser: nn.Module, lora_config) -> Path:
+def save_lora(out_dir, pipeline_class, denoiser: nn.Module, lora_config, state_dict: dict | None = None) -> Path:
     """Write the "default" LoRA of `denoiser` to `out_dir/pytorch_lora_weights.safetensors` in diffusers format.
 
     Uses `pipeline_class.save_lora_weights` with the adapter metadata (`unet_lora_adapter_metadata=` or
@@ -212,6 +212,8 @@ def save_lora(out_dir, pipeline_class, denoiser: nn.Module, lora_config) -> Path
         pipeline_class: the stock pipeline class, e.g. `StableDiffusionPipeline` or `type(pipe)`.
         denoiser: the UNet or transformer that `add_lora` adapted.
         lora_config: the config `add_lora` returned.
+        state_dict (*optional*): full tensors of the denoiser's LoRA weights, named as in its `state_dict()`, where
+            its own are shards (FSDP, ZeRO-3: the trainer gathers them first); default: the denoiser's own.
 
     Returns:
         The path of the written file.
@@ -220,7 +222,7 @@ def save_lora(out_dir, pipeline_class, denoiser: nn.Module, lora_config) -> Path
     from peft import get_peft_model_state_dict
 
     component = _denoiser_name(denoiser)
-    state_dict = get_peft_model_state_dict(denoiser, adapter_name=ADAPTER_NAME)
+    state_dict = get_peft_model_state_dict(denoiser, state_dict=state_dict, adapter_name=ADAPTER_NAME)
     # peft keeps target_modules as a set, whose order changes from process to process (string hashing): sorted,
     # the same adapter always gives the same bytes.
     metadata = {key: sorted(value) if isinstance(value, (set, frozenset)) else value

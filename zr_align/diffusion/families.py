@@ -2,8 +2,9 @@
 
 One `DenoiserFamily` per family in the explicit registry `DENOISER_FAMILIES`. The sampler only sees
 `encode(pipe, prompts, negative)` -> conditioning dict (batch-first tensors) and
-`predict(pipe, latents, t, cond)` -> the model output in the shape of `latents`. Everything here is on the
-gradient path (no `no_grad`, no `.item()`).
+`predict(pipe, latents, t, cond, model=None)` -> the model output in the shape of `latents`; `model` is the module
+to call, by default the pipeline's own denoiser (the trainer passes its DDP / FSDP / DeepSpeed wrapper for steps
+that carry a gradient). Everything here is on the gradient path (no `no_grad`, no `.item()`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ def _sd_encode(pipe, prompts, device):
     return {"encoder_hidden_states": embeds}
 
 
-def _sd_predict(pipe, latents, t, cond):
-    return pipe.unet(latents, t, encoder_hidden_states=cond["encoder_hidden_states"], return_dict=False)[0]
+def _sd_predict(pipe, latents, t, cond, model=None):
+    model = pipe.unet if model is None else model
+    return model(latents, t, encoder_hidden_states=cond["encoder_hidden_states"], return_dict=False)[0]
 
 
 def _sdxl_encode(pipe, prompts, device):
@@ -29,13 +31,14 @@ def _sdxl_encode(pipe, prompts, device):
     return {"encoder_hidden_states": embeds, "text_embeds": pooled}
 
 
-def _sdxl_predict(pipe, latents, t, cond):
+def _sdxl_predict(pipe, latents, t, cond, model=None):
     # SDXL micro-conditioning: (original h, w, crop top, left, target h, w), all at the generated size.
     h, w = latents.shape[-2] * pipe.vae_scale_factor, latents.shape[-1] * pipe.vae_scale_factor
     time_ids = torch.tensor([[h, w, 0, 0, h, w]], dtype=latents.dtype, device=latents.device)
     added = {"text_embeds": cond["text_embeds"], "time_ids": time_ids.expand(latents.shape[0], -1)}
-    return pipe.unet(latents, t, encoder_hidden_states=cond["encoder_hidden_states"], added_cond_kwargs=added,
-                     return_dict=False)[0]
+    model = pipe.unet if model is None else model
+    return model(latents, t, encoder_hidden_states=cond["encoder_hidden_states"], added_cond_kwargs=added,
+                 return_dict=False)[0]
 
 
 def _sd3_encode(pipe, prompts, device):
@@ -44,9 +47,10 @@ def _sd3_encode(pipe, prompts, device):
     return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 
 
-def _sd3_predict(pipe, latents, t, cond):
+def _sd3_predict(pipe, latents, t, cond, model=None):
     timestep = t.expand(latents.shape[0]) if t.ndim else t.repeat(latents.shape[0])
-    return pipe.transformer(hidden_states=latents, timestep=timestep, return_dict=False, **cond)[0]
+    model = pipe.transformer if model is None else model
+    return model(hidden_states=latents, timestep=timestep, return_dict=False, **cond)[0]
 
 
 def _pixart_encode(pipe, prompts, device):
@@ -56,10 +60,11 @@ def _pixart_encode(pipe, prompts, device):
     return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask}
 
 
-def _pixart_predict(pipe, latents, t, cond):
+def _pixart_predict(pipe, latents, t, cond, model=None):
     timestep = t.expand(latents.shape[0]) if t.ndim else t.repeat(latents.shape[0])
-    out = pipe.transformer(latents, timestep=timestep, added_cond_kwargs={"resolution": None, "aspect_ratio": None},
-                           return_dict=False, **cond)[0]
+    model = pipe.transformer if model is None else model
+    out = model(latents, timestep=timestep, added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+                return_dict=False, **cond)[0]
     # PixArt predicts (epsilon, learned variance): keep the epsilon half.
     return out[:, : latents.shape[1]] if out.shape[1] == 2 * latents.shape[1] else out
 
@@ -70,7 +75,7 @@ def _flux_encode(pipe, prompts, device):
     return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
 
 
-def _flux_predict(pipe, latents, t, cond):
+def _flux_predict(pipe, latents, t, cond, model=None):
     b, c, h, w = latents.shape
     # Flux works on 2x2 patches: (B, C, H, W) -> (B, H/2 * W/2, 4C), with (0, row, col) position ids.
     packed = latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h * w // 4, c * 4)
@@ -85,8 +90,9 @@ def _flux_predict(pipe, latents, t, cond):
     if pipe.transformer.config.guidance_embeds:
         value = guidance if guidance is not None else torch.full((b,), 3.5, device=latents.device)
         extra["guidance"] = value[:b].to(latents.dtype)
-    out = pipe.transformer(hidden_states=packed, timestep=timestep, img_ids=img_ids, txt_ids=txt_ids,
-                           return_dict=False, **cond, **extra)[0]
+    model = pipe.transformer if model is None else model
+    out = model(hidden_states=packed, timestep=timestep, img_ids=img_ids, txt_ids=txt_ids, return_dict=False, **cond,
+                **extra)[0]
     return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
 
 

@@ -39,13 +39,13 @@ def denoising_loss(sampler, latents: torch.Tensor, prompts: list[str], generator
     if sampler.family.objective == "flow":
         sigma = torch.rand(batch, generator=generator).to(latents).view(-1, 1, 1, 1)
         x_t = (1.0 - sigma) * latents + sigma * noise
-        pred = sampler.family.predict(sampler.pipe, x_t, sigma.flatten() * 1000.0, cond)
+        pred = sampler.family.predict(sampler.pipe, x_t, sigma.flatten() * 1000.0, cond, sampler.wrapped)
         target = noise - latents
     else:
         scheduler = DDPMScheduler.from_config(sampler.pipe.scheduler.config)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator).to(latents.device)
         x_t = scheduler.add_noise(latents, noise, t)
-        pred = sampler.family.predict(sampler.pipe, x_t, t, cond)
+        pred = sampler.family.predict(sampler.pipe, x_t, t, cond, sampler.wrapped)
         target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" \
             else noise
     return torch.nn.functional.mse_loss(pred.float(), target.float())

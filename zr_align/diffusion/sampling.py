@@ -98,6 +98,10 @@ class DifferentiableSampler:
         self.family = get_denoiser_family(family)
         self.config = config
         self.denoiser = pipe.unet if self.family.denoiser == "unet" else pipe.transformer
+        # The module called where a gradient is built: the denoiser, or the DDP / FSDP / DeepSpeed module that
+        # accelerate's `prepare` made of it (the trainer sets it), so that its gradients are reduced across ranks.
+        # Calls without a gradient go to the denoiser itself (no collective, e.g. DDP's buffer broadcast).
+        self.wrapped = self.denoiser
         # DiTs cut latents into patches (SD3, PixArt: patch_size 2; Flux packs 2x2): the latent side must divide.
         patch = max(self.family.latent_multiple, getattr(self.denoiser.config, "patch_size", 1) or 1)
         factor = pipe.vae_scale_factor * patch
@@ -165,10 +169,11 @@ class DifferentiableSampler:
         """The denoiser output at `(latents, t)`, with classifier-free guidance when configured."""
 
         def call(x):
+            model = self.wrapped if torch.is_grad_enabled() else self.denoiser
             if self.config.guidance_scale > 1.0:
-                uncond, text = self.family.predict(self.pipe, torch.cat([x, x]), t, cond).chunk(2)
+                uncond, text = self.family.predict(self.pipe, torch.cat([x, x]), t, cond, model).chunk(2)
                 return uncond + self.config.guidance_scale * (text - uncond)
-            return self.family.predict(self.pipe, x, t, cond)
+            return self.family.predict(self.pipe, x, t, cond, model)
 
         if use_checkpoint:
             return checkpoint(call, latents, use_reentrant=False)
@@ -216,13 +221,18 @@ class DifferentiableSampler:
         generator: torch.Generator | None = None,
         kl: bool = False,
         latents: torch.Tensor | None = None,
+        shape_generator: torch.Generator | None = None,
     ) -> Trajectory:
         """Generate one image per prompt; the returned images carry a graph as `method` prescribes.
 
         `generator` (CPU) drives every random draw (noise, K, the ReFL step), so a trajectory is reproducible.
+        `shape_generator`, if given, draws what fixes the number of denoiser calls (K, the ReFL step) instead: with
+        sharded weights (FSDP, ZeRO-3) every rank must make the same calls, so the trainer passes one seeded alike
+        on every rank.
         """
         check_choice("method", method, METHODS)
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        shape_generator = shape_generator if shape_generator is not None else generator
         T = self.config.num_steps
         cond = self.encode(prompts)
         scheduler = self.new_scheduler(T)
@@ -233,10 +243,10 @@ class DifferentiableSampler:
         if method == "full":
             grad_from, stop = 0, T
         elif method == "draft_k":
-            grad_from, stop = T - self.draw_k(generator), T
+            grad_from, stop = T - self.draw_k(shape_generator), T
         elif method == "refl":
             first = min(T - 1, int(math.floor(self.config.refl_start * T)))
-            stop = int(torch.randint(first, T, (1,), generator=generator)) + 1
+            stop = int(torch.randint(first, T, (1,), generator=shape_generator)) + 1
             grad_from = stop - 1
         else:  # draft_lv: the trajectory without grad, then the re-noised final steps below
             grad_from, stop = T, T

@@ -16,14 +16,21 @@ A folder that already holds a run is refused unless `resume` (continue it: the m
 `overwrite` (clear it first); two runs cannot write into one folder at once (a lock). Bad input raises a one-line
 `ValueError`, and nothing is written before the input is validated.
 
+Several processes (`accelerate launch`, README: "Several GPUs and nodes"): the denoiser goes through
+`accelerator.prepare` (DDP, FSDP2 or DeepSpeed, as the accelerate config says) and the sampler calls that module
+wherever a gradient is built. Micro-batch m of step s on rank r draws from the stream (seed, s, r * A + m) (A =
+gradient_accumulation_steps), so 2 ranks x A=1 train on the samples of 1 rank x A=2.
+
 The run reads top to bottom: 1 folder and accelerator (`fine_tune`), 2 models, LoRA, reward, data and optimiser
 (`setup`), 3 resume and the first writes (`_start`), 4 the training loop (`_step`, `_record`), 5 save (`_finish`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +52,14 @@ from ..runs import (
     remove_stale_temporaries,
     save_checkpoint,
     save_config,
-    step_generator,
+)
+from ..runs.processes import (
+    full_trained_state,
+    keep_model_weights_out_of_checkpoints,
+    micro_batch_generator,
+    process_kind,
+    shape_generator,
+    shards_weights,
 )
 from .components import load_pipeline, load_reward, warn_long_prompts
 from .config import TrainConfig
@@ -71,6 +85,10 @@ class Run:
     optimizer: object
     lr_schedule: object
     normalizer: RewardNormalizer
+    kind: str = "single"  # single | ddp | fsdp | deepspeed (`zr_align.runs.processes.process_kind`)
+    wrapped: object = None  # the module accelerate's `prepare` made of the denoiser (several processes), else None
+    sharded: bool = False  # FSDP / ZeRO-3: every rank holds a shard, so every rank makes every denoiser call
+    to_average: list | None = None  # trained parameters outside `wrapped`, whose gradients are averaged by hand
 
 
 def fine_tune(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> Path:
@@ -81,7 +99,7 @@ def fine_tune(config: TrainConfig, resume: str | None = None, overwrite: bool = 
         overwrite: clear a folder that holds an earlier run (without it, such a folder is refused).
     """
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     out = Path(config.output_dir)
     resume_from = check_run_folder(out, resume, overwrite, plain_dict(config), config.max_steps)
@@ -89,6 +107,9 @@ def fine_tune(config: TrainConfig, resume: str | None = None, overwrite: bool = 
         mixed_precision=config.mixed_precision,
         log_with=None if config.log_with == "none" else config.log_with,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        # Ranks may call DDP's module a different number of times per step (K drawn per rank): no buffer broadcast
+        # (a collective per call); the denoiser's buffers are frozen constants anyway.
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
     )
     lock = _lock(accelerator, out)
     try:
@@ -144,17 +165,54 @@ def setup(config: TrainConfig, accelerator) -> Run:
     if accelerator.is_main_process:
         warn_long_prompts(pipe, prompts + list(config.data.validation_prompts))
     sft_data = load_sft_data(config.data.sft_data, config.model.resolution) if config.data.sft_data else None
-    # AdamW with a linear warm-up.
+    # AdamW with a linear warm-up; with several processes the denoiser goes through accelerate's `prepare` too.
     optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=config.optim.betas,
                                   weight_decay=config.optim.weight_decay)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config.optim.warmup_steps))
-    optimizer, lr_schedule = accelerator.prepare(optimizer, lr_schedule)
-    normalizer = RewardNormalizer(config.optim.reward_normalization)
-    # The denoiser is not wrapped in DDP (the sampler calls it through the pipeline): gradients are averaged
-    # across ranks by `guarded_step`, and the trained weights are checkpointed as their own object.
-    accelerator.register_for_checkpointing(TrainableState(trained), normalizer)
-    return Run(pipe, pipeline_class, sampler, trained, lora_config, params, reward_fn, prompts, sft_data, optimizer,
-               lr_schedule, normalizer)
+    run = Run(pipe, pipeline_class, sampler, trained, lora_config, params, reward_fn, prompts, sft_data, optimizer,
+              lr_schedule, RewardNormalizer(config.optim.reward_normalization))
+    _prepare(run, config, accelerator)
+    return run
+
+
+def _prepare(run: Run, config: TrainConfig, accelerator) -> None:
+    """Optimizer and schedule through `accelerator.prepare`; with several processes the denoiser too, and the
+    sampler calls the module it returns wherever a gradient is built. The trained weights are checkpointed as their
+    own object (`TrainableState`), except those accelerate saves itself (sharded: FSDP, DeepSpeed)."""
+    kind = run.kind = process_kind(accelerator)
+    if accelerator.num_processes * config.gradient_accumulation_steps >= 7919:
+        raise ValueError("processes x gradient_accumulation_steps must stay below 7919 (random streams per step)")
+    checkpointed = dict(run.trained)
+    if kind == "single":
+        run.optimizer, run.lr_schedule = accelerator.prepare(run.optimizer, run.lr_schedule)
+    else:
+        if kind != "ddp" and config.model.trainable == "full":
+            raise ValueError(f"model.trainable: full is not supported with {kind} (the pipeline is saved from whole "
+                             "weights); use LoRA or DDP")
+        if kind == "deepspeed":
+            _fill_deepspeed_config(accelerator, config)
+        with warnings.catch_warnings():  # torch 2.13 deprecates broadcast_buffers; accelerate 1.15 has no successor
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+            run.wrapped, run.optimizer, run.lr_schedule = accelerator.prepare(run.trained["denoiser"], run.optimizer,
+                                                                              run.lr_schedule)
+        run.sampler.wrapped, run.sharded = run.wrapped, shards_weights(accelerator)
+        if kind == "ddp":
+            keep_model_weights_out_of_checkpoints(accelerator)
+        else:  # accelerate saves and loads the prepared model (its shards) itself
+            checkpointed.pop("denoiser")
+        # FSDP2 replaced the parameters by sharded ones: collect them again
+        run.params = [p for module in run.trained.values() for p in module.parameters() if p.requires_grad]
+        run.to_average = [p for name, module in run.trained.items() if name != "denoiser"
+                          for p in module.parameters() if p.requires_grad]
+    accelerator.register_for_checkpointing(TrainableState(checkpointed), run.normalizer)
+
+
+def _fill_deepspeed_config(accelerator, config: TrainConfig) -> None:
+    """DeepSpeed's "auto" batch sizes are filled from data loaders, which this trainer has none of: from the config."""
+    ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+    if ds_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        ds_config["train_micro_batch_size_per_gpu"] = config.batch_size
+    accelerator.gradient_accumulation_steps = config.gradient_accumulation_steps
 
 
 def _start(config: TrainConfig, accelerator, resume_from: Path | None, resume: str | None) -> tuple[int, MetricsLog]:
@@ -190,9 +248,8 @@ def _train(config: TrainConfig, accelerator, resume_from: Path | None, resume: s
     skipped_in_a_row = 0
     for step in progress:
         begin = time.perf_counter()
-        loss_total, rewards, skipped = _step(run, config, accelerator, step_generator(config.seed, step, rank))
-        # Average gradients across ranks, clip, step; a non-finite loss or gradient on any rank skips the step.
-        grad_norm, skipped = guarded_step(accelerator, run.params, run.optimizer, config.optim.max_grad_norm, skipped)
+        loss_total, rewards, skipped = _step(run, config, accelerator, step)
+        grad_norm, skipped = _optimizer_step(run, config, accelerator, skipped)
         run.lr_schedule.step()
         record = _record(accelerator, step, loss_total, rewards, grad_norm, skipped, begin)
         log.append(record)
@@ -208,37 +265,70 @@ def _train(config: TrainConfig, accelerator, resume_from: Path | None, resume: s
         if checkpoint_due(step + 1, config.checkpoint_every, config.max_steps):
             save_checkpoint(accelerator, out / "checkpoints", step + 1)
         if checkpoint_due(step + 1, config.validate_every, config.max_steps):
-            validate(run.sampler, config, accelerator, step + 1)
+            validate(run.sampler, config, accelerator, step + 1, all_ranks=run.sharded)
     _finish(run, config, accelerator)
     return out
 
 
-def _step(run: Run, config: TrainConfig, accelerator, generator: torch.Generator):
+def _step(run: Run, config: TrainConfig, accelerator, step: int):
     """Forward and backward of one optimizer step's micro-batches; returns `(loss, rewards, skipped)`."""
     loss_total, rewards, skipped = 0.0, [], False
-    for _ in range(config.gradient_accumulation_steps):
+    micro_batches = config.gradient_accumulation_steps
+    for micro in range(micro_batches):
+        generator = micro_batch_generator(config.seed, step, accelerator.process_index, micro, micro_batches)
+        shapes = shape_generator(config.seed, step, micro) if run.sharded else None
         with accelerator.autocast():
             if config.method == "sft":
                 loss = _sft_loss(run, config, generator)
             else:
                 batch = [run.prompts[int(i)] for i in torch.randint(len(run.prompts), (config.batch_size,),
                                                                     generator=generator)]
-                trajectory = run.sampler.sample(batch, config.method, generator, kl=config.optim.kl_weight > 0)
+                trajectory = run.sampler.sample(batch, config.method, generator, kl=config.optim.kl_weight > 0,
+                                                shape_generator=shapes)
                 if not torch.isfinite(trajectory.images.detach()).all():
                     skipped = True  # NaN/Inf decoded pixels: skipped like a non-finite reward
+                    _backward_skipped(run, accelerator, trajectory.images)
                     continue
                 reward = run.reward_fn(trajectory.images, batch * trajectory.repeats).reward.float()
                 rewards.append(reward.detach())
                 loss = reward_loss(reward, trajectory.kl, config.optim, run.normalizer)
                 if config.optim.sft_weight > 0:
                     loss = loss + config.optim.sft_weight * _sft_loss(run, config, generator)
-            loss = loss / config.gradient_accumulation_steps
+            if run.kind != "deepspeed":  # DeepSpeed divides by its gradient_accumulation_steps itself
+                loss = loss / micro_batches
         if not torch.isfinite(loss):
             skipped = True  # a non-finite reward or loss: no backward, the weights stay as they are
+            _backward_skipped(run, accelerator, loss)
             continue
-        accelerator.backward(loss)
-        loss_total += float(loss.detach())
+        with _accumulating(run, accelerator):
+            accelerator.backward(loss)
+        loss_total += float(loss.detach()) / (micro_batches if run.kind == "deepspeed" else 1)
     return loss_total, rewards, skipped
+
+
+def _backward_skipped(run: Run, accelerator, tensor: torch.Tensor) -> None:
+    """With several processes, a rank that skips a micro-batch still runs a backward through the prepared module,
+    or the others would wait for it in DDP's / FSDP's gradient reduction. Its gradient is NaN, so that the step is
+    skipped on every rank (by `guarded_step`, or by DeepSpeed's own non-finite check)."""
+    if run.wrapped is not None:
+        with _accumulating(run, accelerator):
+            accelerator.backward(tensor.float().sum() * float("nan"))
+
+
+def _accumulating(run: Run, accelerator):
+    """DeepSpeed steps inside `accelerator.backward`; `accumulate` tells it which micro-batch ends the step."""
+    return accelerator.accumulate(run.wrapped) if run.kind == "deepspeed" else contextlib.nullcontext()
+
+
+def _optimizer_step(run: Run, config: TrainConfig, accelerator, skipped: bool) -> tuple[float, bool]:
+    """Average what is not averaged yet, clip, step; a non-finite loss or gradient on any rank skips the step.
+    DeepSpeed has stepped already (clipping and skipping non-finite steps itself): its gradient norm is read."""
+    if run.kind == "deepspeed":
+        flag = accelerator.reduce(torch.tensor([float(skipped)], device=accelerator.device), reduction="sum")
+        norm = run.wrapped.get_global_grad_norm()
+        norm = float("nan") if norm is None else float(norm)
+        return norm, bool(flag.item() > 0 or not math.isfinite(norm))
+    return guarded_step(accelerator, run.params, run.optimizer, config.optim.max_grad_norm, skipped, run.to_average)
 
 
 def _sft_loss(run: Run, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
@@ -251,8 +341,11 @@ def _sft_loss(run: Run, config: TrainConfig, generator: torch.Generator) -> torc
 
 def _record(accelerator, step: int, loss_total: float, rewards: list, grad_norm: float, skipped: bool,
             begin: float) -> dict:
-    """The step's line of metrics.jsonl. A skipped step has no loss or gradient: null, never 0.0 (which would
-    read as a real step)."""
+    """The step's line of metrics.jsonl: the loss averaged over ranks, the rewards of all ranks. A skipped step has no
+    loss or gradient: null, never 0.0 (which would read as a real step)."""
+    if accelerator.num_processes > 1:
+        loss = torch.tensor([loss_total], dtype=torch.float64, device=accelerator.device)
+        loss_total = float(accelerator.reduce(loss, reduction="mean"))
     reward_all = accelerator.gather(torch.cat(rewards)) if rewards else torch.zeros(0)
     return {
         "step": step + 1,
@@ -272,10 +365,12 @@ def _finish(run: Run, config: TrainConfig, accelerator) -> None:
     save_checkpoint(accelerator, out / "checkpoints", config.max_steps)
     for module in run.trained.values():
         module.eval()
+    # sharded LoRA weights are gathered on every rank (a collective); the main process writes them
+    state = full_trained_state(run.sampler.denoiser) if run.kind in ("fsdp", "deepspeed") else None
     if accelerator.is_main_process:
         if run.lora_config is not None:
-            save_lora(out / "lora", run.pipeline_class, run.sampler.denoiser, run.lora_config)
+            save_lora(out / "lora", run.pipeline_class, run.sampler.denoiser, run.lora_config, state)
         else:
             run.pipe.save_pretrained(out / "pipeline")
-    validate(run.sampler, config, accelerator, config.max_steps)
+    validate(run.sampler, config, accelerator, config.max_steps, all_ranks=run.sharded)
     accelerator.end_training()

@@ -23,12 +23,16 @@ def save_grid(images: torch.Tensor, path: Path, columns: int = 4) -> None:
 
 
 @torch.no_grad()
-def validate(sampler, config, accelerator, step: int) -> None:
-    """`output_dir/validation/step_N.png` of `data.validation_prompts` (main process only); also to TensorBoard."""
-    if not accelerator.is_main_process or not config.data.validation_prompts:
+def validate(sampler, config, accelerator, step: int, all_ranks: bool = False) -> None:
+    """`output_dir/validation/step_N.png` of `data.validation_prompts`, written by the main process; also to
+    TensorBoard. The main process samples alone, unless `all_ranks` (sharded weights: FSDP, ZeRO-3, where every
+    denoiser call gathers weights from every rank)."""
+    if not config.data.validation_prompts or not (accelerator.is_main_process or all_ranks):
         return
     generator = torch.Generator().manual_seed(config.seed)
     images = sampler.sample(config.data.validation_prompts, "draft_k", generator).images.cpu()
+    if not accelerator.is_main_process:
+        return
     save_grid(images, Path(config.output_dir) / "validation" / f"step_{step}.png")
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":

@@ -1,8 +1,10 @@
 """What one optimizer step of either trainer shares: its seed, its learning rate, the guarded step (gradient
-averaging across ranks without DDP, clipping, skipping non-finite steps), and its line in `metrics.jsonl`.
+averaging across ranks where no DDP / FSDP module did it, clipping, skipping non-finite steps), and its line in
+`metrics.jsonl`.
 
-Our trainers call their models through pipelines and wrappers (not through a `DistributedDataParallel`
-module), so gradients are averaged by hand: one all-reduce of the flattened trainable gradients per step.
+The diffusion trainer calls its denoiser through the module accelerate's `prepare` made of it (DDP, FSDP,
+DeepSpeed), which reduces the gradients; the reward-model trainer calls its model through wrappers, so its
+gradients are averaged here: one all-reduce of the flattened trainable gradients per step.
 """
 
 from __future__ import annotations
@@ -68,25 +70,43 @@ def checkpoint_due(done: int, every: int, max_steps: int) -> bool:
 
 
 def guarded_step(accelerator, params: list[torch.nn.Parameter], optimizer, max_grad_norm: float,
-                 skipped: bool) -> tuple[float, bool]:
+                 skipped: bool, to_average: list[torch.nn.Parameter] | None = None) -> tuple[float, bool]:
     """Average gradients across ranks, clip, step; skip (and clear) when any rank saw a non-finite loss or the
-    gradient is not finite. Returns `(grad_norm, skipped)`; the weights are untouched by a skipped step."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.flatten() for g in grads])
-    if accelerator.num_processes > 1:
-        flat = accelerator.reduce(flat, reduction="mean")
-    flag = torch.tensor([float(skipped)], device=flat.device)
+    gradient is not finite. Returns `(grad_norm, skipped)`; the weights are untouched by a skipped step.
+
+    Args:
+        to_average (*optional*): the parameters whose gradients are still per rank (default: all of `params`);
+            those of a module that DDP / FSDP wrapped are averaged already.
+    """
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)  # a zero gradient still takes AdamW's weight decay and step count
+    to_average = params if to_average is None else to_average
+    if accelerator.num_processes > 1 and to_average:
+        flat = accelerator.reduce(torch.cat([p.grad.flatten() for p in to_average]), reduction="mean")
+        offset = 0
+        for p in to_average:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
+            offset += p.numel()
+    flag = torch.tensor([float(skipped)], device=accelerator.device)
     skipped_any = accelerator.reduce(flag, reduction="sum") if accelerator.num_processes > 1 else flag
-    grad_norm = float(flat.norm())
+    grad_norm = _grad_norm(params)
     if skipped_any.item() > 0 or not math.isfinite(grad_norm):
         optimizer.zero_grad(set_to_none=True)
         return grad_norm, True
-    offset = 0
-    for p in params:
-        p.grad = flat[offset : offset + p.numel()].view_as(p).to(p.dtype)
-        offset += p.numel()
     if max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm, False
+
+
+def _grad_norm(params: list[torch.nn.Parameter]) -> float:
+    """The L2 norm of all gradients together; FSDP's gradients are shards (DTensors), whose norm is reduced."""
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in params]
+    if any(isinstance(g, DTensor) for g in grads):
+        norm = torch.nn.utils.get_total_norm(grads)
+        return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    return float(torch.cat([g.flatten() for g in grads]).norm())
