@@ -16,7 +16,7 @@ StableDiffusion3Pipeline: this class builds that stock pipeline from the loaded 
 `zr_align.guidance` on it, so the stock code does the sampling.
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 from diffusers import (
@@ -27,7 +27,7 @@ from diffusers import (
 )
 from diffusers.utils import BaseOutput
 
-from zr_align.guidance import MODES, generate, load_lora, load_reward
+from zr_align.guidance import generate, load_lora, load_reward, mode_options
 
 
 @dataclass
@@ -82,7 +82,7 @@ class ZRewardPipeline(DiffusionPipeline):
 
     def __call__(self, prompt, reward=None, mode: str = "guidance", num_inference_steps: int = 20,
                  guidance_scale: float = 1.0, seeds=None, height: int | None = None, output_type: str = "pil",
-                 options=None, **mode_options) -> ZRewardPipelineOutput:
+                 options=None, **option_fields) -> ZRewardPipelineOutput:
         """Generate one image per prompt.
 
         Args:
@@ -93,20 +93,14 @@ class ZRewardPipeline(DiffusionPipeline):
             seeds: image `i` starts from the noise of seed `seeds[i]` (default 0, 1, ...): equal seeds, equal
                 starting noise in every mode.
             height: image side (square); default the pipeline's.
-            options / mode_options: the mode's options dataclass, or its fields as keyword arguments
+            options / option_fields: the mode's options dataclass, or its fields as keyword arguments
                 (e.g. `scale=0.5, window=(0.0, 0.5)`; `iterations=8`; `n=4`).
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-        if options is None and MODES[mode] is not None:
-            allowed = {f.name for f in fields(MODES[mode])}
-            unknown = sorted(set(mode_options) - allowed)
-            if unknown:
-                raise ValueError(f"mode {mode} has no option {unknown[0]!r}; its options: {', '.join(sorted(allowed))}")
-            options = MODES[mode](**mode_options)
-        elif mode_options:
-            raise ValueError(f"unexpected arguments {', '.join(sorted(mode_options))}")
+        if options is None:
+            options = mode_options(mode, **option_fields)
+        elif option_fields:
+            raise ValueError(f"give the options of mode {mode} either as options= or as keyword arguments, not both")
         if reward is not None:
             reward = load_reward(reward, device=self.base.vae.device)
         result = generate(self.base, prompts, mode, reward, seeds, num_inference_steps, guidance_scale, height,

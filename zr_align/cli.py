@@ -347,11 +347,60 @@ def _run_compare(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ zr-align generate
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="sample a stock SD / SDXL / SD3 folder guided by a reward (per-step "
+                                        "guidance, initial-noise optimisation or best-of-N); PNGs + samples.jsonl")
+    p.add_argument("--model", required=True, help="diffusers pipeline folder (e.g. models/tinyworld/sft)")
+    p.add_argument("--lora", default=None, help="folder with pytorch_lora_weights.safetensors (train_t2i output)")
+    p.add_argument("--reward", default=None, help="reward-model folder (needed by every mode but plain)")
+    p.add_argument("--mode", default="guidance", choices=("guidance", "noise", "best_of_n", "plain"))
+    p.add_argument("--prompts", required=True, help=".txt (one per line), .jsonl with a 'prompt' field, or "
+                                                    "tinyworld:SPLIT")
+    p.add_argument("--out", required=True, help="output folder: 00000.png, ... and samples.jsonl (with the reward)")
+    p.add_argument("--seed", type=int, default=0, help="image i starts from the noise of seed SEED + i in every mode")
+    p.add_argument("--steps", type=_positive_int, default=20, help="sampling steps of the pipeline")
+    p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale of the pipeline")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    g = p.add_argument_group("mode options (default: the library's, see README)")
+    g.add_argument("--scale", type=float, help="guidance: step length in noise-level units (0: plain sampling)")
+    g.add_argument("--window", type=float, nargs=2, metavar=("START", "END"),
+                   help="guidance: guide the steps j with START <= j/T < END")
+    g.add_argument("--guided-steps", type=int, nargs="+", metavar="J", help="guidance: exactly these steps")
+    g.add_argument("--checkpoint", action="store_true", default=None,
+                   help="guidance: recompute denoiser and decode + reward in backward (less memory)")
+    g.add_argument("--iterations", type=int, help="noise: gradient steps on the initial noise")
+    g.add_argument("--lr", type=float, help="noise: step length per iteration (unit-RMS gradient)")
+    g.add_argument("--opt-steps", type=int, help="noise: steps of the differentiable sampler being optimised through")
+    g.add_argument("--reg-weight", type=float, help="noise: weight of the chi-square noise-norm regulariser")
+    g.add_argument("--n", type=int, help="best_of_n: candidates per prompt")
+
+
+def _run_generate(args) -> int:
+    from .diffusion.datasets import load_prompts
+    from .guidance import generate_folder, load_pipeline, load_reward, mode_options
+
+    given = {"scale": args.scale, "window": args.window, "steps": args.guided_steps,
+             "gradient_checkpointing": args.checkpoint, "iterations": args.iterations, "lr": args.lr,
+             "num_steps": args.opt_steps, "reg_weight": args.reg_weight, "n": args.n}
+    options = mode_options(args.mode, **given)  # an option of another mode is refused before anything loads
+    if args.mode != "plain" and args.reward is None:
+        raise ValueError(f"mode {args.mode} needs --reward")
+    prompts = load_prompts(args.prompts)
+    pipe = load_pipeline(args.model, args.lora)
+    reward = load_reward(args.reward, device=pipe.device) if args.reward is not None else None
+    index = generate_folder(pipe, prompts, args.out, args.mode, reward, seed=args.seed, batch_size=args.batch_size,
+                            num_inference_steps=args.steps, guidance_scale=args.cfg, options=options)
+    print(json.dumps({"samples": len(prompts), "mode": args.mode, "index": str(index)}))
+    return 0
+
+
 # name -> (add arguments, run)
 COMMANDS = {
     "score": (_add_score, _run_score),
     "plan": (_add_plan, _run_plan),
     "compare": (_add_compare, _run_compare),
+    "generate": (_add_generate, _run_generate),
     "tinyworld": command_group("tinyworld", "TinyWorld, the built-in miniature world with a ground-truth judge",
                                TINYWORLD_COMMANDS),
     "reward": command_group("reward", "reward-model training (GDSO, RISD and baselines), data and evaluation",

@@ -12,7 +12,7 @@ neither of them imports this package.
 
 from .best_of_n import BestOfN, BestOfNOptions, best_of_n
 from .callback import GuidanceOptions, RewardGuidance
-from .generate import MODES, GuidedSamples, generate
+from .generate import MODES, GuidedSamples, generate, generate_folder, mode_options
 from .noise import NoiseOptions, NoiseResult, chi_square_penalty, optimize_noise
 from .pipelines import initial_noise, load_lora, load_pipeline, load_reward
 
@@ -28,9 +28,11 @@ __all__ = [
     "best_of_n",
     "chi_square_penalty",
     "generate",
+    "generate_folder",
     "initial_noise",
     "load_lora",
     "load_pipeline",
     "load_reward",
+    "mode_options",
     "optimize_noise",
 ]

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from .best_of_n import BestOfNOptions, best_of_n
@@ -67,3 +70,43 @@ def generate(pipe, prompts: list[str], mode: str = "guidance", reward=None, seed
     images = run_pipeline(pipe, prompts, latents, callback=callback, **run)
     values = score_images(reward, images, prompts).cpu() if reward is not None else None
     return GuidedSamples(images, values, latents)
+
+
+def mode_options(mode: str, **values):
+    """The options dataclass of `mode` with the given fields (None: the field's default); None for plain mode.
+    A field the mode does not have is a one-line `ValueError` naming the mode's fields."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    values = {k: v for k, v in values.items() if v is not None}
+    allowed = {f.name for f in fields(MODES[mode])} if MODES[mode] is not None else set()
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ValueError(f"mode {mode} has no option {unknown[0]!r}"
+                         + (f"; its options: {', '.join(sorted(allowed))}" if allowed else ""))
+    return MODES[mode](**values) if MODES[mode] is not None else None
+
+
+def generate_folder(pipe, prompts: list[str], out_dir, mode: str, reward=None, seed: int = 0, batch_size: int = 16,
+                    **kwargs) -> Path:
+    """`generate` over `prompts` in batches (image `i` from seed `seed + i`), written to `out_dir` as `00000.png`,
+    ... and `samples.jsonl`: one `{"image", "prompt", "seed", "mode", "reward"}` line per image. `kwargs` go to
+    `generate` (num_inference_steps, guidance_scale, size, options)."""
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        seeds = [seed + start + i for i in range(len(chunk))]
+        result = generate(pipe, chunk, mode, reward, seeds, **kwargs)
+        pixels = (result.images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+        rewards = result.reward.tolist() if result.reward is not None else [None] * len(chunk)
+        for i, (image, prompt, value) in enumerate(zip(pixels, chunk, rewards)):
+            name = f"{start + i:05d}.png"
+            Image.fromarray(image).save(out_dir / name)
+            lines.append(json.dumps({"image": name, "prompt": prompt, "seed": seeds[i], "mode": mode,
+                                     "reward": value}))
+    index = out_dir / "samples.jsonl"
+    index.write_text("\n".join(lines) + "\n")
+    return index
