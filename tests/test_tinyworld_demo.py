@@ -1,5 +1,6 @@
-"""The main job (`make demo`) at a tiny budget: it trains a LoRA on the shipped baseline with the shipped student,
-judges baseline and tuned images on held-out prompts and writes the report."""
+"""The main job (`make demo`) at a tiny budget: it trains a reward-tuned LoRA on the shipped baseline with the
+shipped student and an SFT control LoRA matched to it, judges every arm on held-out prompts and writes the report
+(Markdown, self-contained HTML, JSON, figures)."""
 
 import json
 
@@ -13,8 +14,8 @@ from zr_align.tinyworld.grammar import split_prompts
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    report = run_demo(out, num_eval=4, eval_split="validation", log=lambda *_: None,
-                      overrides=("max_steps=2", "checkpoint_every=2", "batch_size=2"))
+    report = run_demo(out, num_eval=4, eval_split="validation", log=lambda *_: None, curve_images=4,
+                      overrides=("max_steps=2", "checkpoint_every=2", "batch_size=2"), progress=False)
     return out, report
 
 
@@ -28,9 +29,27 @@ def test_demo_writes_the_report_and_a_trained_lora(demo):
     assert gsb["good"] + gsb["same"] + gsb["bad"] == 4
     assert report["training"]["steps"] == 2
     assert "validation split" in report["eval"]["prompts"]
-    lora = load_file(out / "run" / "lora" / "pytorch_lora_weights.safetensors")
-    # peft initialises every lora_B to zero: after two steps some must have moved
-    assert any(torch.count_nonzero(w) for k, w in lora.items() if "lora_B" in k or "lora.up" in k)
+    for run in ("run", "sft_run"):
+        lora = load_file(out / run / "lora" / "pytorch_lora_weights.safetensors")
+        # peft initialises every lora_B to zero: after two steps some must have moved
+        assert any(torch.count_nonzero(w) for k, w in lora.items() if "lora_B" in k or "lora.up" in k)
+
+
+def test_demo_compares_three_arms_with_intervals_and_a_matched_sft_control(demo):
+    out, report = demo
+    assert [arm["name"] for arm in report["arms"]] == ["base", "SFT-control", "reward-tuned"]
+    sft, tuned = (json.loads((out / run / "metrics.jsonl").read_text().splitlines()[-1]) for run in ("sft_run", "run"))
+    assert sft["step"] == tuned["step"] == 2  # the SFT control trains as many steps as the reward arm
+    sft_config = (out / "sft_run" / "config.yaml").read_text()
+    assert "method: sft" in sft_config and "rank: 8" in sft_config and "batch_size: 2" in sft_config
+    for arm in report["arms"]:
+        a = arm["accuracy"]["all_correct"]
+        assert a["low"] <= a["value"] <= a["high"]
+    assert report["arms"][0]["vs_base"] is None and report["arms"][2]["vs_base"] == report["judge"]["gsb"]
+    assert [p["step"] for p in report["curves"]["reward-tuned"]] == [0, 2]  # the base, then each checkpoint
+    html = (out / "report.html").read_text()
+    assert html.count('<img src="data:image/png;base64,') == 3 and "SFT-control" in html
+    assert all((out / name).is_file() for name in ("comparison.png", "curves.png", "attributes.png"))
 
 
 def test_demo_judges_held_out_prompts_only(demo):

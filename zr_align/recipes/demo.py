@@ -1,14 +1,23 @@
-"""The main job on the embedded TinyWorld default (`make demo`): reward fine-tuning, judged by the truth.
+"""The main job on the embedded TinyWorld default (`make demo`): reward fine-tuning against a fair SFT control,
+judged by the truth on held-out prompts.
 
-1. `configs/tinyworld_draft.yaml` through `zr_align.diffusion.fine_tune` (what `train_t2i.py` runs): DRaFT-K
-   fine-tuning of a LoRA on the shipped SFT baseline (`models/tinyworld/sft`) with the shipped RISD student (`models/tinyworld/student`) as the
-   differentiable reward, on the train split's prompts.
-2. Held-out evaluation: the test split's prompts (never trained on; `eval_split="validation"` to choose
-   settings without touching the test split), the same noise seed per image for the baseline and the tuned
-   model; the ground-truth judge scores both (never the reward that was optimised).
-   GSB: an image is "good" when the tuned model's overall judge score beats the baseline's by more than the
-   tie band, "bad" when it loses by more; net = (good - bad) / all (the paper reports +41.3%).
-3. `OUT/report.md` and `OUT/report.json`, and `OUT/comparison.png` (baseline row over tuned row).
+Arms, all on the shipped SFT baseline (`models/tinyworld/sft`):
+
+- **base**: the baseline itself;
+- **SFT control**: a LoRA of the same rank trained with `method: sft` on TinyWorld renders of the same training
+  prompts, for the same number of steps and prompts per step (`configs/tinyworld_sft_lora.yaml`): what the same
+  extra training buys without the reward (the baseline before tuning is not that control);
+- **reward-tuned**: `configs/tinyworld_draft.yaml` through `zr_align.diffusion.fine_tune` (what `train_t2i.py`
+  runs): DRaFT-K with the shipped RISD student (`models/tinyworld/student`) as the differentiable reward;
+- **guidance** (`extra_arms`): reward guidance at sampling time, once `zr_align.guidance` provides it.
+
+Phases, one progress bar each: 1 reward fine-tuning, 2 SFT control, 3 sampling and judging on the held-out
+prompts (`zr_align.tinyworld.compare`: the test split, or `eval_split="validation"` to choose settings without
+touching it; the same noise seed per image for every arm; the ground-truth judge, never the reward that was
+optimised), 4 training curves (every checkpoint on the validation prompts, `curves.py`), 5 the report:
+`OUT/report.md`, `OUT/report.html` (self-contained), `OUT/report.json` and the figures (`report.py`).
+GSB: an image is "good" when an arm's overall judge score beats the base's by more than the tie band, "bad" when
+it loses by more; net = (good - bad) / all with a 95% bootstrap interval over prompts (the paper reports +41.3%).
 """
 
 from __future__ import annotations
@@ -18,91 +27,224 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..diffusion import fine_tune, load_train_config
 from ..rewards import ZRewardModel
+from ..tinyworld.compare import ModelSpec, compare_models, load_samples
 from ..tinyworld.grammar import split_prompts
-from ..tinyworld.judge import judge_images, net_preference, summarize
-from ..tinyworld.sample import generate, load_pipeline
+from ..tinyworld.judge import judge
+from . import report as figures
+from .curves import checkpoint_curve
+
+EVAL_SEED, CURVE_SEED, GRID_COLUMNS = 10_000, 20_000, 8
+# settings the SFT control takes from the reward run, so that both arms train the same LoRA as long
+MATCHED = ("seed", "max_steps", "batch_size", "checkpoint_every", "lora.rank", "lora.alpha", "lora.dropout",
+           "lora.targets")
 
 
-def _comparison_grid(base: np.ndarray, tuned: np.ndarray, path: Path, n: int = 12) -> None:
-    from PIL import Image
+def _resolved(config: dict, key: str):
+    for part in key.split("."):
+        config = config[part]
+    return config
 
-    grid = Image.new("RGB", (n * 66, 2 * 66), (255, 255, 255))
-    for i in range(min(n, len(base))):
-        grid.paste(Image.fromarray(base[i]), (i * 66, 0))
-        grid.paste(Image.fromarray(tuned[i]), (i * 66, 66))
-    grid.resize((grid.width * 2, grid.height * 2), Image.Resampling.NEAREST).save(path)
+
+def _train(config: str, overrides: list[str], log) -> dict:
+    """One fine-tuning run (afresh: the run folder belongs to the demo); its resolved config and timing."""
+    import yaml
+
+    log(f"train_t2i.py --config {config} --overwrite " + " ".join(overrides))
+    start = time.perf_counter()
+    out = fine_tune(load_train_config(config, overrides), overwrite=True)
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {"dir": str(out), "config": config, "resolved": resolved, "metrics": metrics,
+            "minutes": round((time.perf_counter() - start) / 60, 2)}
+
+
+def _train_arms(out: Path, config: str, sft_config: str, base_model: str, reward: str, overrides: tuple[str, ...],
+                log) -> dict[str, dict]:
+    """Phases 1 and 2: the reward-tuned LoRA exactly as `config` says (checkpoints every 25 steps for the curves;
+    where checkpoints are written does not change training), then the SFT control matched to it."""
+    log("[1/5] reward fine-tuning (the reward-tuned arm)")
+    reward_run = _train(config, [f"output_dir={out / 'run'}", f"model.path={base_model}", f"reward.path={reward}",
+                                 "checkpoint_every=25", *overrides], log)
+    log("[2/5] SFT control: same base, LoRA, steps and prompts per step; the denoising loss on renders")
+    matched = [f"{key}={json.dumps(_resolved(reward_run['resolved'], key))}" for key in MATCHED]
+    sft_run = _train(sft_config, [f"output_dir={out / 'sft_run'}", f"model.path={base_model}", *matched], log)
+    return {"SFT-control": sft_run, "reward-tuned": reward_run}
+
+
+def _describe(run: dict) -> str:
+    c = run["resolved"]
+    if c["method"] == "sft":
+        return (f"sft on TinyWorld renders of the train prompts, LoRA rank {c['lora']['rank']}, lr {c['optim']['lr']}, "
+                f"batch {c['batch_size']}")
+    return (f"{c['method']} (K={c['sampling']['k']}, T={c['sampling']['num_steps']}) with the RISD student, LoRA rank "
+            f"{c['lora']['rank']}, lr {c['optim']['lr']}, batch {c['batch_size']}, KL weight {c['optim']['kl_weight']}")
+
+
+def _grid(out: Path, result: dict, specs: list[ModelSpec], held_out: list[str], seed: int = 0) -> tuple[Path, list]:
+    """`comparison.png`: GRID_COLUMNS held-out prompts drawn at random (seeded), the first image of each per arm."""
+    num = min(result["settings"]["num_images"], len(held_out))
+    chosen = sorted(np.random.default_rng(seed).choice(num, size=min(GRID_COLUMNS, num), replace=False).tolist())
+    rows, notes = {}, {}
+    for spec in specs:
+        images = load_samples(out / "compare" / "samples" / spec.name, max(chosen) + 1)[chosen]
+        rows[spec.name] = images
+        verdicts = [judge(image, held_out[i]) for image, i in zip(images, chosen)]
+        notes[spec.name] = [("all four right", True) if not v.num_wrong else
+                            ("wrong " + ", ".join(a for a, ok in v.correct.items() if not ok), False) for v in verdicts]
+    prompts = [held_out[i] for i in chosen]
+    return figures.sample_grid(rows, prompts, notes, out / "comparison.png"), prompts
 
 
 def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_draft.yaml",
              base_model: str = "models/tinyworld/sft", reward: str = "models/tinyworld/student",
-             num_eval: int = 200, overrides: tuple[str, ...] = (), eval_split: str = "test", log=print) -> dict:
+             num_eval: int = 200, overrides: tuple[str, ...] = (), eval_split: str = "test", log=print,
+             sft_config: str = "configs/tinyworld_sft_lora.yaml", extra_arms: tuple[ModelSpec, ...] = (),
+             curve_images: int = 36, progress: bool = True) -> dict:
+    """Train the arms, compare them on `num_eval` images of the held-out `eval_split` prompts, write the report.
+
+    Args:
+        overrides: `key=value` overrides of the reward arm's config (the SFT control follows its steps, batch,
+            seed, checkpoints and LoRA settings).
+        extra_arms: more arms on the same prompts and seeds, e.g. a sampler with reward guidance (`ModelSpec`
+            with `sampler=`); they appear in every table and figure.
+        curve_images: validation images per checkpoint for the training curves (validation prompts, cycled).
+    """
     if eval_split not in ("validation", "test"):
         raise ValueError(f"eval_split must be 'validation' or 'test', got {eval_split!r}")
-    out = Path(out)
-    start = time.perf_counter()
-    # overwrite: OUT/run belongs to the demo, which starts it afresh every time
-    overrides = [f"output_dir={out / 'run'}", f"model.path={base_model}", f"reward.path={reward}", *overrides]
-    log(f"fine-tuning: train_t2i.py --config {config} --overwrite " + " ".join(overrides))
-    fine_tune(load_train_config(config, overrides), overwrite=True)
-    train_minutes = (time.perf_counter() - start) / 60
-
-    held_out = getattr(split_prompts(0), eval_split)
-    prompts = [held_out[i % len(held_out)] for i in range(num_eval)]
-    base_images = generate(load_pipeline(base_model), prompts, seed=10_000)
-    tuned_images = generate(load_pipeline(base_model, out / "run" / "lora"), prompts, seed=10_000)
-    base_verdicts, tuned_verdicts = judge_images(base_images, prompts), judge_images(tuned_images, prompts)
-    gsb = net_preference(tuned_verdicts, base_verdicts)
-    gsb_wide = net_preference(tuned_verdicts, base_verdicts, margin=0.25)
+    out, start = Path(out), time.perf_counter()
+    runs = _train_arms(out, config, sft_config, base_model, reward, overrides, log)
+    specs = [ModelSpec("base", base_model), ModelSpec("SFT-control", base_model, str(out / "sft_run" / "lora")),
+             ModelSpec("reward-tuned", base_model, str(out / "run" / "lora")), *extra_arms]
+    log(f"[3/5] sampling and judging {num_eval} images per arm on the held-out {eval_split} prompts")
+    result = compare_models(specs, out / "compare", prompts=f"tinyworld:{eval_split}", num_images=num_eval,
+                            seed=EVAL_SEED, reward=reward, replace_stale=True, progress=progress)
+    log("[4/5] training curves: every checkpoint on the validation prompts")
+    validation = split_prompts(0).validation
+    curve_prompts = [validation[i % len(validation)] for i in range(curve_images)]
     reward_model = ZRewardModel.from_pretrained(reward)
-
-    def mean_reward(images):
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-        return float(reward_model.score(x, prompts, batch_size=32).reward.mean())
-
-    metrics = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
-    import yaml
-
-    resolved = yaml.safe_load((out / "run" / "config.yaml").read_text())
-    setup = (f"{resolved['method']} (K={resolved['sampling']['k']}, T={resolved['sampling']['num_steps']}, LoRA rank "
-             f"{resolved['lora']['rank']}, lr {resolved['optim']['lr']}, batch {resolved['batch_size']}, KL weight "
-             f"{resolved['optim']['kl_weight']})")
-    report = {
-        "judge": {"baseline": summarize(base_verdicts), "tuned": summarize(tuned_verdicts), "gsb": gsb,
-                  "gsb_margin_0.25": gsb_wide},
-        "reward_model_mean": {"baseline": mean_reward(base_images), "tuned": mean_reward(tuned_images)},
-        "training": {"steps": len(metrics), "minutes": round(train_minutes, 1),
-                     "reward_first_10": float(np.mean([m["reward_mean"] for m in metrics[:10]])),
-                     "reward_last_10": float(np.mean([m["reward_mean"] for m in metrics[-10:]]))},
-        "eval": {"prompts": f"TinyWorld {eval_split} split (never trained on)", "images": num_eval,
-                 "noise_seed": 10_000},
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    _comparison_grid(base_images, tuned_images, out / "comparison.png")
-    b, t = report["judge"]["baseline"], report["judge"]["tuned"]
-    rows = "\n".join(f"| {a} | {b['accuracy'][a]:.3f} | {t['accuracy'][a]:.3f} |" for a in b["accuracy"])
-    rows += f"\n| all four correct | {b['all_correct']:.3f} | {t['all_correct']:.3f} |"
-    rows += "".join(f"\n| mean {d} | {b['mean_scores'][d]:.2f} | {t['mean_scores'][d]:.2f} |" for d in b["mean_scores"])
-    text = f"""# TinyWorld demo: reward fine-tuning judged by the ground truth
-
-{setup} LoRA fine-tuning of `{base_model}` with the RISD student `{reward}` as the reward,
-{len(metrics)} steps in {train_minutes:.1f} min. Evaluation: {num_eval} images of the held-out {eval_split} prompts, same
-noise for both models, scored by the ground-truth judge (not by the reward model).
-
-**GSB net preference of the tuned model over the SFT baseline: {gsb['net']:+.1%}** (good {gsb['good']}, same
-{gsb['same']}, bad {gsb['bad']}; tie band 0.2 of the overall judge score, so one attribute decides; the paper
-reports +41.3%). With the older, wider tie band 0.25 (one attribute alone is a tie): {gsb_wide['net']:+.1%}.
-
-| judge | SFT baseline | reward-tuned |
-|---|---|---|
-{rows}
-
-Reward model's own mean reward (what was optimised, for reference): {report['reward_model_mean']['baseline']:.3f}
--> {report['reward_model_mean']['tuned']:.3f}. Top row of `comparison.png`: baseline; bottom: tuned.
-"""
-    (out / "report.md").write_text(text)
-    log(text)
+    curves, base_point = {}, None
+    for name, run in runs.items():
+        curves[name] = checkpoint_curve(run["dir"], base_model, curve_prompts, reward_model, seed=CURVE_SEED,
+                                        start=base_point, progress=progress, label=name)
+        base_point = {k: v for k, v in curves[name][0].items() if k != "step"}
+    log("[5/5] report")
+    report = _report(out, result, runs, curves, specs, eval_split, curve_images)
+    report["minutes_total"] = round((time.perf_counter() - start) / 60, 2)
+    _write(out, report, arms=report["arms"])
+    log((out / "report.md").read_text())
+    log(f"report: {out / 'report.html'}")
     return report
+
+
+def _arm_rows(result: dict, runs: dict, specs: list[ModelSpec]) -> list[dict]:
+    """One row per arm: how it was made, its judge accuracy and reward-model mean, GSB against the base."""
+    vs_base = {p["candidate"]: p for p in result["pairs"] if p["reference"] == specs[0].name}
+    rows = []
+    for spec in specs:
+        run = runs.get(spec.name)
+        model = result["models"][spec.name]
+        how = _describe(run) if run else spec.sampler_label if spec.sampler else "the shipped SFT baseline as it is"
+        rows.append({"name": spec.name, "how": how,
+                     "steps": len(run["metrics"]) if run else 0, "train_minutes": run["minutes"] if run else 0.0,
+                     "lora": spec.lora, "accuracy": model["accuracy"], "reward_mean": model["reward_mean"],
+                     "mean_scores": model["summary"]["mean_scores"], "vs_base": vs_base.get(spec.name)})
+    return rows
+
+
+def _fmt(interval: dict, spec: str = ".3f") -> str:
+    return f"{interval['value']:{spec}} [{interval['low']:{spec}}, {interval['high']:{spec}}]"
+
+
+def _markdown(report: dict, arms: list[dict], pairs: list[dict]) -> str:
+    ev, gsb = report["eval"], report["judge"]["gsb"]
+    lines = ["| arm | training | GSB vs base: good / same / bad | net vs base [95% CI] | all four right | color | "
+             "position | shape | size | reward-model mean |", "|---" * 10 + "|"]
+    for arm in arms:
+        v, a = arm["vs_base"], arm["accuracy"]
+        gsb_cells = (f"{v['good']} / {v['same']} / {v['bad']} | {_fmt(v['net_interval'], '+.1%')}" if v else "- | -")
+        training = f"{arm['steps']} steps, {arm['train_minutes']:.1f} min" if arm["steps"] else "-"
+        lines.append(f"| {arm['name']} | {training} | {gsb_cells} | " + " | ".join(
+            _fmt(a[k]) for k in ("all_correct", "color", "position", "shape", "size")) +
+            f" | {_fmt(arm['reward_mean'])} |")
+    how = "\n".join(f"- **{arm['name']}**: {arm['how']}" + (f" (`{arm['lora']}`)" if arm["lora"] else "")
+                    for arm in arms)
+    pair_rows = "\n".join(f"| {p['candidate']} vs {p['reference']} | {p['good']} | {p['same']} | {p['bad']} | "
+                          f"{_fmt(p['net_interval'], '+.1%')} |" for p in pairs)
+    pictures = [
+        f"![Samples of {len(ev['grid_prompts'])} held-out prompts drawn at random: one row per arm, the prompt under "
+        "each column, the judge's verdict under each image](comparison.png)", "",
+        f"![Training curves: the reward model's mean and the judge's all-four-right rate on {report['curve_images']} "
+        "images of the validation prompts at every checkpoint (step 0 is the base)](curves.png)", "",
+        "![Per-attribute judge accuracy on the held-out prompts, 95% intervals over prompts](attributes.png)"]
+    scores = "\n".join(f"| {arm['name']} | " + " | ".join(f"{s:.2f}" for s in arm["mean_scores"].values()) + " |"
+                       for arm in arms)
+    return f"""# TinyWorld demo: reward fine-tuning against an SFT control, judged by the ground truth
+
+{len(arms)} arms on the SFT baseline `{report['base_model']}`, compared on {ev['images']} images of the {ev['prompts']}
+({ev['num_prompts']} prompts; image i shows prompt i mod {ev['num_prompts']} with noise seed {ev['noise_seed']} + i, the
+same for every arm), scored by the ground-truth judge, not by the reward model. Intervals: 95% bootstrap over
+prompts. Wall time {report['minutes_total']:.1f} min.
+
+**GSB net preference of the reward-tuned model over the SFT baseline: {gsb['net']:+.1%}**
+[{gsb['net_interval']['low']:+.1%}, {gsb['net_interval']['high']:+.1%}] (good {gsb['good']}, same {gsb['same']}, bad
+{gsb['bad']}; tie band 0.2 of the overall judge score, so one attribute decides; the paper reports +41.3%).
+
+{chr(10).join(lines)}
+
+{how}
+
+{chr(10).join(pictures)}
+
+Every pair (later arm vs earlier arm):
+
+| candidate vs reference | good | same | bad | net [95% CI] |
+|---|---|---|---|---|
+{pair_rows}
+
+Mean judge scores:
+
+| arm | {' | '.join(arms[0]['mean_scores'])} |
+|---|{'---|' * len(arms[0]['mean_scores'])}
+{scores}
+
+Files beside this report: [report.json](report.json), [compare/compare.md](compare/compare.md) (the `zr-align compare`
+tables), samples in `compare/samples/ARM/`, the runs in `run/` (reward-tuned) and `sft_run/` (SFT control).
+"""
+
+
+def _report(out: Path, result: dict, runs: dict, curves: dict, specs: list[ModelSpec], eval_split: str,
+            curve_images: int) -> dict:
+    """Phase 5: what report.json holds (with the keys of earlier demos); draws the figures."""
+    arms, reward_run = _arm_rows(result, runs, specs), runs["reward-tuned"]
+    grid, grid_prompts = _grid(out, result, specs, split_prompts(0).as_dict()[eval_split])
+    base, tuned = (result["models"][name] for name in ("base", "reward-tuned"))
+    rewards = [m["reward_mean"] for m in reward_run["metrics"] if m["reward_mean"] is not None]
+    report = {
+        "arms": arms, "pairs": result["pairs"], "curves": curves, "base_model": specs[0].model,
+        "judge": {"baseline": base["summary"], "tuned": tuned["summary"], "gsb": arms[2]["vs_base"]},
+        "reward_model_mean": {"baseline": base["reward_mean"]["value"], "tuned": tuned["reward_mean"]["value"]},
+        "training": {"steps": len(reward_run["metrics"]), "minutes": reward_run["minutes"],
+                     "sft_minutes": runs["SFT-control"]["minutes"],
+                     "reward_first_10": float(np.mean(rewards[:10])), "reward_last_10": float(np.mean(rewards[-10:]))},
+        "eval": {"prompts": f"TinyWorld {eval_split} split (never trained on)",
+                 "images": result["settings"]["num_images"],
+                 "num_prompts": result["settings"]["num_prompts"], "noise_seed": EVAL_SEED,
+                 "grid_prompts": grid_prompts},
+        "curve_images": curve_images, "figures": {"grid": grid.name, "curves": "curves.png",
+                                                   "attributes": "attributes.png"},
+    }
+    figures.training_curves(curves, reward_run["metrics"], out / "curves.png")
+    figures.attribute_bars({arm["name"]: arm["accuracy"] for arm in arms}, out / "attributes.png")
+    return report
+
+
+def _write(out: Path, report: dict, arms: list[dict]) -> None:
+    """report.json, report.md and the self-contained report.html (figures embedded)."""
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    text = _markdown(report, arms, report["pairs"])
+    (out / "report.md").write_text(text)
+    pictures = {name: out / name for name in report["figures"].values()}
+    (out / "report.html").write_text(figures.markdown_to_html(text, pictures, "TinyWorld demo report"))

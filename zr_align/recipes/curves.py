@@ -1,0 +1,66 @@
+"""Training curves of a fine-tuning run measured after the fact: every checkpoint's LoRA sampled on the validation
+prompts (the same noise each time), scored by the ground-truth judge and by the reward model.
+
+The trainer logs the reward of its own training batches (`metrics.jsonl`) but not what the judge would say; its
+checkpoints (`OUT/checkpoints/step_N`) hold the trained weights, so the curve is measured here without touching
+the run (its seeds and results stay exactly as they were).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..lora import add_lora
+from ..runs import TrainableState, checkpoint_step, list_checkpoints
+from ..tinyworld.grammar import ATTRIBUTES
+from ..tinyworld.judge import judge_images
+from ..tinyworld.sample import generate, load_pipeline
+
+TRAINED_STATE_FILE = "custom_checkpoint_0.pkl"  # accelerate's file for the first registered object: the weights
+
+
+def evaluate_images(images: np.ndarray, prompts: list[str], reward_model) -> dict:
+    """Judge accuracy (per attribute and all four) and the reward model's mean on uint8 `(N, H, W, 3)` images."""
+    verdicts = judge_images(images, prompts)
+    point = {a: float(np.mean([v.correct[a] for v in verdicts])) for a in ATTRIBUTES}
+    point["all_correct"] = float(np.mean([all(v.correct.values()) for v in verdicts]))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255  # (N, 3, H, W) in [0, 1]
+    point["reward_mean"] = float(reward_model.score(x, prompts, batch_size=32).reward.mean())
+    return point
+
+
+def checkpoint_curve(run_dir, base_model, prompts: list[str], reward_model, seed: int = 20_000, steps: int = 20,
+                     start: dict | None = None, progress: bool = True, label: str = "") -> list[dict]:
+    """`[{"step": 0, ...}, {"step": N, ...}, ...]`: `evaluate_images` of the base model (or `start`, its result
+    computed once for several runs) and of every complete checkpoint of the LoRA run in `run_dir`.
+
+    Args:
+        run_dir: a `train_t2i.py` output folder with `config.yaml` and `checkpoints/step_N` (LoRA runs).
+        base_model: the pipeline folder the run trained its LoRA on.
+        prompts: one image per entry; image `i` uses the noise of seed `seed + i` at every checkpoint.
+    """
+    import yaml
+    from tqdm.auto import tqdm
+
+    config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    pipe = load_pipeline(base_model)
+    checkpoints = list_checkpoints(Path(run_dir) / "checkpoints")
+    points = []
+    with tqdm(total=len(checkpoints) + (start is None), desc=f"curve {label}".strip(), disable=not progress) as bar:
+        if start is None:
+            start = evaluate_images(generate(pipe, prompts, seed=seed, steps=steps), prompts, reward_model)
+            bar.update(1)
+        points.append({"step": 0, **start})
+        lora = config["lora"]
+        add_lora(pipe.unet, config["model"]["family"], rank=lora["rank"], alpha=lora["alpha"],
+                 dropout=lora["dropout"], target_modules=lora["targets"])
+        weights = TrainableState({"denoiser": pipe.unet})
+        for checkpoint in checkpoints:
+            weights.load_state_dict(torch.load(checkpoint / TRAINED_STATE_FILE, weights_only=True))
+            images = generate(pipe, prompts, seed=seed, steps=steps)
+            points.append({"step": checkpoint_step(checkpoint), **evaluate_images(images, prompts, reward_model)})
+            bar.update(1)
+    return points
