@@ -172,8 +172,7 @@ def make_reward_data(
     Args:
         out_dir: output folder (created); existing files of the same names are overwritten.
         split (`str`): "train", "validation" or "test" of `split_prompts(split_seed)`.
-        images_per_prompt (`int`): images per prompt (>= 2): about a third of the non-SFT ones clean renders, the
-            rest corrupted renders. Cost: the judge reads each image (~10 ms).
+        images_per_prompt (`int`): images per prompt (>= 2). Cost: the judge reads each image (~10 ms).
         seed (`int`): seeds layouts, corruptions, ratings, pair choice, the panel's raters and the SFT noise.
         sft_model (`str`, *optional*): a TinyWorld diffusion pipeline folder (e.g. `models/tinyworld/sft`); its
             samples make up `sft_fraction` of each prompt's images. Cost: one sampling run of all of them.
@@ -202,26 +201,17 @@ def make_reward_data(
     _check_arguments(split, recipe, images_per_prompt, sft_fraction, double_fraction)
     split_id = SPLITS.index(split)
     prompts = _choose_prompts(split, split_seed, num_prompts, seed)
-    max_pairs = images_per_prompt * (images_per_prompt - 1) // 2
-    pairs_per_prompt = min(images_per_prompt if pairs_per_prompt is None else pairs_per_prompt, max_pairs)
-    if pairs_per_prompt < 1:
-        raise ValueError(f"pairs_per_prompt must be >= 1, got {pairs_per_prompt}")
+    pairs_per_prompt = _pairs_per_prompt(images_per_prompt, pairs_per_prompt)
     panel = panel or AnnotatorPanel(seed=seed)
     n_clean, n_corrupt, n_sft = _image_plan(images_per_prompt, sft_fraction, sft_model is not None)
     if recipe == "perception":
         n_clean, n_corrupt = 0, images_per_prompt - n_sft
-
-    sft_images = None
-    if n_sft:
-        from .sample import generate, load_pipeline
-
-        sft_prompts = [p for p in prompts for _ in range(n_sft)]
-        sft_images = generate(load_pipeline(sft_model), sft_prompts, seed=seed, steps=sample_steps)
-
+    sft_images = _sft_samples(sft_model, prompts, n_sft, seed, sample_steps)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     # All corruption kinds in turn (a seeded order), continued across prompts so every kind is equally common.
-    kinds = _KindCycle([list(CORRUPTIONS)[i] for i in np.random.default_rng([seed, split_id]).permutation(len(CORRUPTIONS))])
+    order = np.random.default_rng([seed, split_id]).permutation(len(CORRUPTIONS))
+    kinds = _KindCycle([list(CORRUPTIONS)[i] for i in order])
     tally = _Tally()
     for p, prompt in enumerate(prompts):
         rng = np.random.default_rng([seed, split_id, p])
@@ -240,6 +230,24 @@ def make_reward_data(
                    prompts=len(prompts), images_per_prompt=images_per_prompt, pairs_per_prompt=pairs_per_prompt)
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
+
+
+def _pairs_per_prompt(images_per_prompt: int, pairs_per_prompt: int | None) -> int:
+    max_pairs = images_per_prompt * (images_per_prompt - 1) // 2
+    pairs = min(images_per_prompt if pairs_per_prompt is None else pairs_per_prompt, max_pairs)
+    if pairs < 1:
+        raise ValueError(f"pairs_per_prompt must be >= 1, got {pairs}")
+    return pairs
+
+
+def _sft_samples(sft_model: str | None, prompts: list[str], n_sft: int, seed: int, steps: int):
+    """`n_sft` samples per prompt of the TinyWorld pipeline `sft_model` (prompt-major), or None."""
+    if not n_sft:
+        return None
+    from .sample import generate, load_pipeline
+
+    sft_prompts = [p for p in prompts for _ in range(n_sft)]
+    return generate(load_pipeline(sft_model), sft_prompts, seed=seed, steps=steps)
 
 
 def _check_arguments(split: str, recipe: str, images_per_prompt: int, sft_fraction: float,
