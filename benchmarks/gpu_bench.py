@@ -76,7 +76,7 @@ def qwen2_vl_2b_reward(device, dtype):
     from zr_align.rewards.families import FAMILIES
     from zr_align.rewards.zreward import ZRewardConfig, ZRewardModel
     from zr_align.rubrics import Rubric
-    from zr_align.tiny.qwen import _token_ids, qwen_processor_config, qwen_tokenizer
+    from zr_align.tiny.qwen import special_token_ids, qwen_processor_config, qwen_tokenizer
 
     tokenizer = qwen_tokenizer()
     config = transformers.Qwen2VLConfig(
@@ -89,7 +89,7 @@ def qwen2_vl_2b_reward(device, dtype):
         },
         vision_config={"depth": 32, "embed_dim": 1280, "hidden_size": 1536, "num_heads": 16, "mlp_ratio": 4,
                        "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2},
-        tie_word_embeddings=True, **_token_ids(tokenizer),
+        tie_word_embeddings=True, **special_token_ids(tokenizer),
     )
     with torch.device(device):
         model = transformers.Qwen2VLForConditionalGeneration(config)

@@ -21,7 +21,7 @@ def qwen_tokenizer():
     return word_level_tokenizer(QWEN_SPECIAL_TOKENS, pad_token="<|endoftext|>")
 
 
-def _token_ids(tokenizer) -> dict:
+def special_token_ids(tokenizer) -> dict:
     ids = tokenizer.convert_tokens_to_ids
     return {
         "image_token_id": ids("<|image_pad|>"),
@@ -77,7 +77,7 @@ def tiny_qwen_model(family: str, tokenizer, seed: int = 0):
     import transformers
 
     torch.manual_seed(seed)
-    ids = _token_ids(tokenizer)
+    ids = special_token_ids(tokenizer)
     if family == "qwen2_vl":
         config = transformers.Qwen2VLConfig(
             text_config=_text_config(tokenizer, initializer_range=0.1),
