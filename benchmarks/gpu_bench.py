@@ -76,7 +76,7 @@ def qwen2_vl_2b_reward(device, dtype):
     from zr_align.rewards.families import FAMILIES
     from zr_align.rewards.zreward import ZRewardConfig, ZRewardModel
     from zr_align.rubrics import Rubric
-    from zr_align.tiny.qwen import special_token_ids, qwen_processor_config, qwen_tokenizer
+    from zr_align.tiny.qwen import qwen_processor_config, qwen_tokenizer, special_token_ids
 
     tokenizer = qwen_tokenizer()
     config = transformers.Qwen2VLConfig(
