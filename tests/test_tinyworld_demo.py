@@ -35,9 +35,11 @@ def test_demo_writes_the_report_and_a_trained_lora(demo):
         assert any(torch.count_nonzero(w) for k, w in lora.items() if "lora_B" in k or "lora.up" in k)
 
 
-def test_demo_compares_three_arms_with_intervals_and_a_matched_sft_control(demo):
+def test_demo_compares_four_arms_with_intervals_and_a_matched_sft_control(demo):
     out, report = demo
-    assert [arm["name"] for arm in report["arms"]] == ["base", "SFT-control", "reward-tuned"]
+    assert [arm["name"] for arm in report["arms"]] == ["base", "SFT-control", "reward-tuned", "guidance"]
+    card = json.loads((out / "compare" / "samples" / "guidance" / "model.json").read_text())
+    assert card["sampler"].startswith("reward guidance") and card["lora"] is None
     sft, tuned = (json.loads((out / run / "metrics.jsonl").read_text().splitlines()[-1]) for run in ("sft_run", "run"))
     assert sft["step"] == tuned["step"] == 2  # the SFT control trains as many steps as the reward arm
     sft_config = (out / "sft_run" / "config.yaml").read_text()
@@ -48,7 +50,7 @@ def test_demo_compares_three_arms_with_intervals_and_a_matched_sft_control(demo)
     assert report["arms"][0]["vs_base"] is None and report["arms"][2]["vs_base"] == report["judge"]["gsb"]
     assert [p["step"] for p in report["curves"]["reward-tuned"]] == [0, 2]  # the base, then each checkpoint
     html = (out / "report.html").read_text()
-    assert html.count('<img src="data:image/png;base64,') == 3 and "SFT-control" in html
+    assert html.count('<img src="data:image/png;base64,') == 3 and "SFT-control" in html and "guidance" in html
     assert all((out / name).is_file() for name in ("comparison.png", "curves.png", "attributes.png"))
 
 

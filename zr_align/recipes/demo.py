@@ -9,7 +9,8 @@ Arms, all on the shipped SFT baseline (`models/tinyworld/sft`):
   extra training buys without the reward (the baseline before tuning is not that control);
 - **reward-tuned**: `configs/tinyworld_draft.yaml` through `zr_align.diffusion.fine_tune` (what `train_t2i.py`
   runs): DRaFT-K with the shipped RISD student (`models/tinyworld/student`) as the differentiable reward;
-- **guidance** (`extra_arms`): reward guidance at sampling time, once `zr_align.guidance` provides it.
+- **guidance**: the base sampled with per-step reward guidance (`zr_align.guidance`, the same reward with the
+  reward arm's weights, no training; settings `GUIDANCE`); `extra_arms` adds more samplers the same way.
 
 Phases, one progress bar each: 1 reward fine-tuning, 2 SFT control, 3 sampling and judging on the held-out
 prompts (`zr_align.tinyworld.compare`: the test split, or `eval_split="validation"` to choose settings without
@@ -37,6 +38,9 @@ from . import report as figures
 from .curves import checkpoint_curve
 
 EVAL_SEED, CURVE_SEED, GRID_COLUMNS = 10_000, 20_000, 8
+# Reward guidance of the guidance arm: the candidate benchmarks/guidance_eval.py chose on the validation prompts
+# (steps in the first half of the trajectory, where layout and colour are decided).
+GUIDANCE = {"scale": 1.0, "window": (0.0, 0.5)}
 # settings the SFT control takes from the reward run, so that both arms train the same LoRA as long
 MATCHED = ("seed", "max_steps", "batch_size", "checkpoint_every", "lora.rank", "lora.alpha", "lora.dropout",
            "lora.targets")
@@ -74,6 +78,23 @@ def _train_arms(out: Path, config: str, sft_config: str, base_model: str, reward
     return {"SFT-control": sft_run, "reward-tuned": reward_run}
 
 
+def guidance_arm(base_model: str, reward_model, options: dict) -> ModelSpec:
+    """The base model sampled with per-step reward guidance (`zr_align.guidance.generate`, mode "guidance"): the
+    same initial noise as every other arm (image `i` from seed `seed + i`), no training."""
+    from ..guidance import GuidanceOptions
+    from ..guidance import generate as guided_generate
+
+    guidance = GuidanceOptions(**options)
+
+    def sampler(pipe, prompts: list[str], seed: int, steps: int) -> np.ndarray:
+        out = guided_generate(pipe, prompts, "guidance", reward_model, seeds=[seed + i for i in range(len(prompts))],
+                              num_inference_steps=steps, options=guidance)
+        return (out.images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+    label = "reward guidance at sampling time (" + ", ".join(f"{k} {v}" for k, v in options.items()) + ")"
+    return ModelSpec("guidance", base_model, sampler=sampler, sampler_label=label)
+
+
 def _describe(run: dict) -> str:
     c = run["resolved"]
     if c["method"] == "sft":
@@ -101,30 +122,33 @@ def _grid(out: Path, result: dict, specs: list[ModelSpec], held_out: list[str], 
 def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_draft.yaml",
              base_model: str = "models/tinyworld/sft", reward: str = "models/tinyworld/student",
              num_eval: int = 200, overrides: tuple[str, ...] = (), eval_split: str = "test", log=print,
-             sft_config: str = "configs/tinyworld_sft_lora.yaml", extra_arms: tuple[ModelSpec, ...] = (),
-             curve_images: int = 36, progress: bool = True) -> dict:
+             sft_config: str = "configs/tinyworld_sft_lora.yaml", guidance: dict | None = GUIDANCE,
+             extra_arms: tuple[ModelSpec, ...] = (), curve_images: int = 36, progress: bool = True) -> dict:
     """Train the arms, compare them on `num_eval` images of the held-out `eval_split` prompts, write the report.
 
     Args:
         overrides: `key=value` overrides of the reward arm's config (the SFT control follows its steps, batch,
             seed, checkpoints and LoRA settings).
-        extra_arms: more arms on the same prompts and seeds, e.g. a sampler with reward guidance (`ModelSpec`
-            with `sampler=`); they appear in every table and figure.
+        guidance: `GuidanceOptions` fields of the guidance arm (None: no guidance arm).
+        extra_arms: more arms on the same prompts and seeds (`ModelSpec`, e.g. with its own `sampler`); they
+            appear in every table and figure.
         curve_images: validation images per checkpoint for the training curves (validation prompts, cycled).
     """
     if eval_split not in ("validation", "test"):
         raise ValueError(f"eval_split must be 'validation' or 'test', got {eval_split!r}")
     out, start = Path(out), time.perf_counter()
     runs = _train_arms(out, config, sft_config, base_model, reward, overrides, log)
+    # the reward arm's reward: its folder with the dimension weights the run used (for guidance and the curves)
+    reward_model = ZRewardModel.from_pretrained(reward, weights=runs["reward-tuned"]["resolved"]["reward"]["weights"])
     specs = [ModelSpec("base", base_model), ModelSpec("SFT-control", base_model, str(out / "sft_run" / "lora")),
-             ModelSpec("reward-tuned", base_model, str(out / "run" / "lora")), *extra_arms]
+             ModelSpec("reward-tuned", base_model, str(out / "run" / "lora")),
+             *([guidance_arm(base_model, reward_model, guidance)] if guidance is not None else []), *extra_arms]
     log(f"[3/5] sampling and judging {num_eval} images per arm on the held-out {eval_split} prompts")
     result = compare_models(specs, out / "compare", prompts=f"tinyworld:{eval_split}", num_images=num_eval,
-                            seed=EVAL_SEED, reward=reward, replace_stale=True, progress=progress)
+                            seed=EVAL_SEED, reward=reward_model, replace_stale=True, progress=progress)
     log("[4/5] training curves: every checkpoint on the validation prompts")
     validation = split_prompts(0).validation
     curve_prompts = [validation[i % len(validation)] for i in range(curve_images)]
-    reward_model = ZRewardModel.from_pretrained(reward)
     curves, base_point = {}, None
     for name, run in runs.items():
         curves[name] = checkpoint_curve(run["dir"], base_model, curve_prompts, reward_model, seed=CURVE_SEED,
@@ -186,7 +210,8 @@ def _markdown(report: dict, arms: list[dict], pairs: list[dict]) -> str:
 {len(arms)} arms on the SFT baseline `{report['base_model']}`, compared on {ev['images']} images of the {ev['prompts']}
 ({ev['num_prompts']} prompts; image i shows prompt i mod {ev['num_prompts']} with noise seed {ev['noise_seed']} + i, the
 same for every arm), scored by the ground-truth judge, not by the reward model. Intervals: 95% bootstrap over
-prompts. Wall time {report['minutes_total']:.1f} min.
+prompts. Reward-model mean: the RISD student `{report['reward']}` with the reward arm's weights (what it optimised;
+for reference only). Wall time {report['minutes_total']:.1f} min.
 
 **GSB net preference of the reward-tuned model over the SFT baseline: {gsb['net']:+.1%}**
 [{gsb['net_interval']['low']:+.1%}, {gsb['net_interval']['high']:+.1%}] (good {gsb['good']}, same {gsb['same']}, bad
@@ -224,6 +249,7 @@ def _report(out: Path, result: dict, runs: dict, curves: dict, specs: list[Model
     rewards = [m["reward_mean"] for m in reward_run["metrics"] if m["reward_mean"] is not None]
     report = {
         "arms": arms, "pairs": result["pairs"], "curves": curves, "base_model": specs[0].model,
+        "reward": reward_run["resolved"]["reward"]["path"],
         "judge": {"baseline": base["summary"], "tuned": tuned["summary"], "gsb": arms[2]["vs_base"]},
         "reward_model_mean": {"baseline": base["reward_mean"]["value"], "tuned": tuned["reward_mean"]["value"]},
         "training": {"steps": len(reward_run["metrics"]), "minutes": reward_run["minutes"],

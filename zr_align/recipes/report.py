@@ -228,8 +228,9 @@ def markdown_to_html(markdown: str, figures: dict[str, Path], title: str) -> str
             paragraph.append(line.strip())
     flush()
     style = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#1e1e1e}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;white-space:nowrap;"
-             "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
+             "table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;white-space:nowrap;text-align:right}"
+             "td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
              "img{max-width:100%;border:1px solid #ddd}figure{margin:1.5em 0}figcaption{color:#555}")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

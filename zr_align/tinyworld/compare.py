@@ -359,7 +359,7 @@ def _reward_scores(model, images: np.ndarray, prompts: list[str]) -> np.ndarray:
 
 
 def compare_models(models: list[ModelSpec], out, prompts: str = "tinyworld:test", num_images: int | None = None,
-                   seed: int = 10_000, steps: int = 20, reward: str | None = None, margin: float = 0.2,
+                   seed: int = 10_000, steps: int = 20, reward=None, margin: float = 0.2,
                    batch_size: int = 16, replace_stale: bool = False, progress: bool = True) -> dict:
     """Sample, judge and compare `models` (see the module docstring); writes `OUT/compare.json` and
     `OUT/compare.md` and returns what `compare.json` holds.
@@ -371,7 +371,8 @@ def compare_models(models: list[ModelSpec], out, prompts: str = "tinyworld:test"
         num_images: images per model; image `i` shows prompt `i % P` (default: one per prompt).
         seed: image `i` of every model uses the noise of seed `seed + i`.
         steps: sampling steps.
-        reward: a reward-model folder whose mean score is reported for reference, or None.
+        reward: a reward-model folder (or a loaded `ZRewardModel`) whose mean score is reported for reference, or
+            None.
         margin: GSB tie band on the overall judge score (0.2: one attribute decides).
         replace_stale: sample again folders made by another model, sampler, prompts or seeds (else refused).
     """
@@ -388,8 +389,8 @@ def compare_models(models: list[ModelSpec], out, prompts: str = "tinyworld:test"
     if num_images < 1:
         raise ValueError(f"num_images must be >= 1; got {num_images}")
     units = np.arange(num_images) % num_prompts  # image i -> its prompt: the bootstrap's resampling unit
-    reward_model = None
-    if reward is not None:
+    reward_model = reward
+    if isinstance(reward, (str, Path)):
         from ..rewards import ZRewardModel
 
         reward_model = ZRewardModel.from_pretrained(reward)  # before sampling: a bad folder fails at once
@@ -405,7 +406,8 @@ def compare_models(models: list[ModelSpec], out, prompts: str = "tinyworld:test"
         if reward_model is not None:
             rewards[spec.name] = _reward_scores(reward_model, images, image_prompts)
     result = {"settings": {"prompts": prompts, "num_prompts": num_prompts, "num_images": num_images, "seed": seed,
-                           "steps": steps, "margin": margin, "reward": reward,
+                           "steps": steps, "margin": margin,
+                           "reward": str(reward) if isinstance(reward, (str, Path)) else type(reward).__name__,
                            "interval": "95% percentile bootstrap over prompts, 2000 resamples"},
               "models": {}, "pairs": []}
     for spec in models:
