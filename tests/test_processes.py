@@ -99,9 +99,28 @@ def test_every_rank_and_micro_batch_has_its_own_stream_and_layouts_agree():
     assert all(not torch.equal(a, b) for i, a in enumerate(streams) for b in streams[i + 1:])
     assert torch.equal(draw(1, 0, 1), draw(0, 1, 2))  # rank 1 of 2 x A=1 is micro-batch 1 of 1 x A=2
     assert torch.equal(draw(0, 0, 1), torch.randn(4, generator=torch.Generator().manual_seed(3 * 7919)))
-    assert torch.equal(torch.rand(3, generator=shape_generator(0, 3, 0)), torch.rand(3, generator=shape_generator(0, 3, 0)))
+    same_on_every_rank = [torch.rand(3, generator=shape_generator(0, 3, 0)) for _ in range(2)]
+    assert torch.equal(*same_on_every_rank)
     with pytest.raises(ValueError, match="random streams"):
         micro_batch_generator(0, 0, 7918, 1, 2)
+
+
+def test_process_kinds_and_fsdp_version_1_refused():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from zr_align.runs.processes import process_kind
+
+    def state(kind, processes=2, fsdp2=True):
+        return SimpleNamespace(distributed_type=kind, num_processes=processes, is_fsdp2=fsdp2)
+
+    assert process_kind(state(DistributedType.NO, 1)) == "single"
+    assert process_kind(state(DistributedType.MULTI_CPU)) == "ddp"
+    assert process_kind(state(DistributedType.MULTI_GPU)) == "ddp"
+    assert process_kind(state(DistributedType.FSDP)) == "fsdp"
+    with pytest.raises(ValueError, match="fsdp_version: 2"):
+        process_kind(state(DistributedType.FSDP, fsdp2=False))
 
 
 # ------------------------------------------------------------------ DDP
@@ -194,8 +213,8 @@ def test_a_locked_folder_is_refused_on_every_rank(tiny_cache, tmp_path):
 # ------------------------------------------------------------------ the shipped accelerate configs
 @pytest.mark.parametrize("name, expected", [
     ("ddp.yaml", {}),
-    ("fsdp.yaml", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2", "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
-                   "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT"}),
+    ("fsdp.yaml", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2",
+                   "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP", "FSDP_STATE_DICT_TYPE": "SHARDED_STATE_DICT"}),
     ("multi_node_fsdp.yaml", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}),
     ("zero2.yaml", {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}),
     ("zero3.yaml", {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}),

@@ -208,10 +208,13 @@ def _prepare(run: Run, config: TrainConfig, accelerator) -> None:
 
 
 def _fill_deepspeed_config(accelerator, config: TrainConfig) -> None:
-    """DeepSpeed's "auto" batch sizes are filled from data loaders, which this trainer has none of: from the config."""
+    """DeepSpeed's "auto" values: the batch size (accelerate reads it from data loaders, which this trainer has none
+    of), clipping (accelerate would put 1.0) and the micro-batches per step, from the training config."""
     ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
     if ds_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
         ds_config["train_micro_batch_size_per_gpu"] = config.batch_size
+    if ds_config.get("gradient_clipping", "auto") == "auto":
+        ds_config["gradient_clipping"] = config.optim.max_grad_norm
     accelerator.gradient_accumulation_steps = config.gradient_accumulation_steps
 
 
