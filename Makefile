@@ -16,10 +16,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	@touch $(STAMP)
 
-# The main job on the embedded TinyWorld default: reward fine-tuning, judged on held-out prompts.
+# The main job on the embedded TinyWorld default: reward fine-tuning against an SFT control and reward guidance,
+# judged on held-out prompts; one progress bar per phase.
 demo: $(STAMP)
-	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 $(PY) -m zr_align.cli tinyworld demo --out outputs/demo
-	@echo "report: outputs/demo/report.md"
+	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(PY) -m zr_align.cli tinyworld demo --out outputs/demo
+	@echo "report: outputs/demo/report.html"
 
 # Everything but what needs a GPU (slow CPU tests included).
 test: $(STAMP)

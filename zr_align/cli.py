@@ -102,9 +102,9 @@ def _run_judge(args) -> int:
         raise ValueError(f"prompt file {index} has no lines")
     verdicts = []
     for number, record in records:
-        name = record.get("image", record.get("file_name"))
+        name = record.get("image", record.get("file_name", record.get("file")))  # "file": zr-align compare
         if name is None or "prompt" not in record:
-            raise ValueError(f"{index} line {number} needs 'image' and 'prompt' fields")
+            raise ValueError(f"{index} line {number} needs 'image' (or 'file') and 'prompt' fields")
         if not (root / name).is_file():
             raise ValueError(f"{index} line {number}: image {root / name} does not exist")
         with Image.open(root / name) as image:
@@ -188,21 +188,25 @@ def _run_build_rewards(args) -> int:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", help="reward fine-tuning of the SFT baseline with the shipped student, judged on "
-                                    "held-out prompts; writes OUT/report.md")
+    p = sub.add_parser("demo", help="reward fine-tuning of the SFT baseline with the shipped student against an SFT "
+                                    "control and reward guidance, judged on held-out prompts; OUT/report.html")
     p.add_argument("--out", default="outputs/demo")
     p.add_argument("--config", default="configs/tinyworld_draft.yaml")
     p.add_argument("--num-eval", type=int, default=200)
     p.add_argument("--eval-split", choices=("test", "validation"), default="test",
                    help="held-out prompts to judge on (choose settings on validation, report on test)")
+    p.add_argument("--no-guidance", dest="guidance", action="store_false", help="leave out the reward-guidance arm")
     p.add_argument("overrides", nargs="*", help="train_t2i.py key=value overrides, e.g. max_steps=50")
 
 
 def _run_demo(args) -> int:
-    from .recipes.demo import run_demo
+    from diffusers.utils import logging as diffusers_logging
 
+    from .recipes.demo import GUIDANCE, run_demo
+
+    diffusers_logging.disable_progress_bar()  # the phases' bars, not one per pipeline load
     run_demo(args.out, args.config, num_eval=args.num_eval, overrides=tuple(args.overrides),
-             eval_split=args.eval_split)
+             eval_split=args.eval_split, guidance=GUIDANCE if args.guidance else None)
     return 0
 
 
@@ -322,7 +326,11 @@ def _add_compare(sub) -> None:
 
 
 def _run_compare(args) -> int:
+    from diffusers.utils import logging as diffusers_logging
+
     from .tinyworld.compare import compare_models, load_compare_config, specs_from_dict
+
+    diffusers_logging.disable_progress_bar()  # one bar per model sampled, not one per pipeline load
 
     config = load_compare_config(args.config) if args.config else {"models": {}}
     models = config.pop("models")
