@@ -4,10 +4,11 @@
 environment it gives each process (ACCELERATE_USE_FSDP, FSDP_*, ...): the configs are checked by accelerate itself.
 
 As a script (`python -m torch.distributed.run --nproc_per_node 2 tests/accelerate_cpu.py --config ...`) it trains
-under that environment. accelerate 1.15 never selects FSDP for CPU processes (`AcceleratorState` only turns
-GPU-like multi-process runs into FSDP), so with ACCELERATE_USE_FSDP=true this script creates the state first and
-marks it FSDP, with the plugin read from the same environment; everything after that (`prepare`, `fully_shard`,
-sharded `save_state` / `load_state`) is accelerate's and torch's own code, on gloo instead of NCCL.
+under that environment. accelerate 1.15 never selects FSDP or DeepSpeed for CPU processes (`AcceleratorState`
+only turns GPU-like multi-process runs into them), so with ACCELERATE_USE_FSDP=true (or ACCELERATE_USE_DEEPSPEED=true)
+this script creates the state first and marks it FSDP (or DeepSpeed), with the plugin read from the same environment;
+everything after that (`prepare`, `fully_shard` or `deepspeed.initialize`, sharded `save_state` / `load_state`) is
+accelerate's, torch's and DeepSpeed's own code, on gloo instead of NCCL.
 """
 
 from __future__ import annotations
@@ -43,11 +44,26 @@ def _fsdp_state_on_cpu() -> None:
     state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
+def _deepspeed_state_on_cpu() -> None:
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DeepSpeedPlugin, DistributedType, TorchDynamoPlugin
+
+    state = AcceleratorState(cpu=True, dynamo_plugin=TorchDynamoPlugin(), _from_accelerator=True)
+    plugin = DeepSpeedPlugin()  # reads ACCELERATE_DEEPSPEED_* from the environment
+    plugin.set_mixed_precision("no")
+    plugin.select(_from_accelerator_state=True)
+    state.deepspeed_plugins = plugin
+    state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.DEEPSPEED
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         os.environ["ACCELERATE_USE_CPU"] = "1"
         _fsdp_state_on_cpu()
+    elif os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        os.environ["ACCELERATE_USE_CPU"] = "1"
+        _deepspeed_state_on_cpu()
     import train_t2i
 
     sys.exit(train_t2i.main(sys.argv[1:]))

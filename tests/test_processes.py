@@ -44,12 +44,12 @@ def with_cache(out: Path, cache: Path) -> Path:
 
 
 def torchrun(out: Path, cache: Path, *args, kind: str = "ddp", wait: bool = True):
-    """2 gloo ranks of train_t2i.py (DDP), or of tests/accelerate_cpu.py under configs/accelerate/fsdp.yaml."""
+    """2 gloo ranks of train_t2i.py (DDP), or of tests/accelerate_cpu.py under configs/accelerate/<kind>.yaml."""
     with_cache(out, cache)
     env = {**ENV, "ACCELERATE_USE_CPU": "1"}
     script = ROOT / "train_t2i.py"
-    if kind == "fsdp":
-        env.update(launch_env(ROOT / "configs" / "accelerate" / "fsdp.yaml"))
+    if kind != "ddp":
+        env.update(launch_env(ROOT / "configs" / "accelerate" / f"{kind}.yaml"))
         script = ROOT / "tests" / "accelerate_cpu.py"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
            str(script), "--config", TINY, f"output_dir={out}", *args]
@@ -165,6 +165,25 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(ddp_run, tiny_cache, tmp_path)
     assert (whole / "checkpoints" / "step_2" / "pytorch_model_fsdp_0").is_dir()  # accelerate's sharded save
     resumed = torchrun(tmp_path / "resumed", tiny_cache, "max_steps=2", kind="fsdp")
     torchrun(resumed, tiny_cache, "--resume", "latest", kind="fsdp")
+    assert max_diff(lora(resumed), lora(whole)) == 0.0
+    assert numbers(resumed) == numbers(whole)
+
+
+# ------------------------------------------------------------------ DeepSpeed
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, pytest.param(3, marks=pytest.mark.xfail(strict=True, reason=(
+    "ZeRO-3 on CPU ranks: the frozen CLIP text encoder, which is not prepared, ends up partitioned too "
+    "('max_position_embeddings: 0' at the first prompt encoding); not solved")))])
+def test_deepspeed_trains_like_ddp_and_resumes_exactly(stage, ddp_run, tiny_cache, tmp_path):
+    # DeepSpeed is not a dependency (its sdist builds against the installed torch): install it beside the venv, e.g.
+    # pip install --target DIR --no-deps --no-build-isolation deepspeed hjson py-cpuinfo msgpack ninja einops,
+    # and run with PYTHONPATH=DIR. Its CPU accelerator communicates over gloo.
+    pytest.importorskip("deepspeed")
+    whole = torchrun(tmp_path / "whole", tiny_cache, kind=f"zero{stage}")
+    assert (whole / "checkpoints" / "step_2" / "pytorch_model").is_dir()  # DeepSpeed's own checkpoint
+    assert max_diff(lora(whole), lora(ddp_run)) < 1e-6  # measured with ZeRO-2: 0.0
+    resumed = torchrun(tmp_path / "resumed", tiny_cache, "max_steps=2", kind=f"zero{stage}")
+    torchrun(resumed, tiny_cache, "--resume", "latest", kind=f"zero{stage}")
     assert max_diff(lora(resumed), lora(whole)) == 0.0
     assert numbers(resumed) == numbers(whole)
 
