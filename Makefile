@@ -17,9 +17,10 @@ $(STAMP): setup.cfg pyproject.toml
 	@touch $(STAMP)
 
 # The main job on the embedded TinyWorld default: reward fine-tuning against an SFT control and reward guidance,
-# judged on held-out prompts; one progress bar per phase.
+# judged on held-out prompts; one progress bar per phase. OMP_WAIT_POLICY=PASSIVE: on a machine shared with other
+# jobs, spinning OpenMP threads made steps 7-15x slower (PITFALLS); it costs ~15% on an idle machine.
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 $(PY) -m zr_align.cli tinyworld demo --out outputs/demo
+	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m zr_align.cli tinyworld demo --out outputs/demo
 	@echo "report: outputs/demo/report.html"
 
 # Everything but what needs a GPU (slow CPU tests included).
