@@ -164,7 +164,7 @@ def training_curves(curves: dict[str, list[dict]], reward_steps: list[dict], pat
     if batches:
         window = 10
         smooth = [float(np.mean([r for _, r in batches[max(0, i - window + 1): i + 1]])) for i in range(len(batches))]
-        reward_series.append({"label": "training batches (10-step mean)", "x": [s for s, _ in batches],
+        reward_series.append({"label": "training batches (run's weights)", "x": [s for s, _ in batches],
                               "y": smooth, "color": (245, 180, 130), "width": 1})
     for arm, points in curves.items():
         reward_series.append({"label": arm, "x": [p["step"] for p in points],
