@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow venv clean tinyworld
+.PHONY: demo test test-slow venv clean tinyworld bench-peer
 
 venv: $(STAMP)
 
@@ -40,5 +40,22 @@ tinyworld: $(STAMP)
 	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m zr_align.cli tinyworld build-rewards --sft-model models/tinyworld/sft --out models/tinyworld
 	$(PY) benchmarks/tinyworld_sft.py --model models/tinyworld/sft --grid docs/tinyworld_sft_samples.png > docs/tinyworld_sft.json
 
+# The peer: trl 0.23.1's AlignPropTrainer timed against zr_align on the same TinyWorld work, alternated
+# (benchmarks/peer_alignprop.py). Its own venv: torch 2.13.0 (CPU) first, then trl with every version our .venv
+# has pinned, and zr_align without the [test] extra; both sides run from it, so the installed packages are equal.
+PEER := .venv-peer
+PEER_STAMP := $(PEER)/.installed
+
+$(PEER_STAMP): $(STAMP)
+	@test -x $(PEER)/bin/python || $(PYTHON) -m venv $(PEER) || python3 -m venv $(PEER)
+	$(PEER)/bin/python -m pip install -q torch==2.13.0
+	$(PY) -m pip freeze --exclude-editable | grep -v '^torch==' > $(PEER)/ours.txt
+	$(PEER)/bin/python -m pip install -q -c $(PEER)/ours.txt trl==0.23.1 -e .
+	@touch $(PEER_STAMP)
+
+bench-peer: $(PEER_STAMP)
+	env OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE HF_HUB_OFFLINE=1 $(PEER)/bin/python benchmarks/peer_alignprop.py \
+		--out benchmarks/results/peer_alignprop.txt
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(PEER) build *.egg-info

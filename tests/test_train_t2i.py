@@ -18,7 +18,8 @@ from zr_align.runs.folders import MARKER, list_checkpoints, resolve_resume
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny_debug.yaml")
-METRIC_KEYS = {"step", "loss", "reward_mean", "reward_std", "grad_norm", "skipped", "seconds", "peak_mem_mb"}
+METRIC_KEYS = {"step", "loss", "reward_mean", "reward_std", "grad_norm", "skipped", "seconds", "cpu_seconds",
+               "peak_mem_mb"}
 
 
 @pytest.fixture(scope="module")

@@ -250,7 +250,7 @@ def _train(config: TrainConfig, accelerator, resume_from: Path | None, resume: s
                     disable=not accelerator.is_local_main_process, desc=config.method)
     skipped_in_a_row = 0
     for step in progress:
-        begin = time.perf_counter()
+        begin = (time.perf_counter(), time.process_time())
         loss_total, rewards, skipped = _step(run, config, accelerator, step)
         grad_norm, skipped = _optimizer_step(run, config, accelerator, skipped)
         run.lr_schedule.step()
@@ -343,9 +343,10 @@ def _sft_loss(run: Run, config: TrainConfig, generator: torch.Generator) -> torc
 
 
 def _record(accelerator, step: int, loss_total: float, rewards: list, grad_norm: float, skipped: bool,
-            begin: float) -> dict:
+            begin: tuple[float, float]) -> dict:
     """The step's line of metrics.jsonl: the loss averaged over ranks, the rewards of all ranks. A skipped step has no
-    loss or gradient: null, never 0.0 (which would read as a real step)."""
+    loss or gradient: null, never 0.0 (which would read as a real step). `begin`: the step's start as
+    (`time.perf_counter()`, `time.process_time()`): wall and CPU seconds (all threads of this process)."""
     if accelerator.num_processes > 1:
         loss = torch.tensor([loss_total], dtype=torch.float64, device=accelerator.device)
         loss_total = float(accelerator.reduce(loss, reduction="mean"))
@@ -357,7 +358,8 @@ def _record(accelerator, step: int, loss_total: float, rewards: list, grad_norm:
         "reward_std": float(reward_all.std(unbiased=False)) if len(reward_all) else None,
         "grad_norm": None if skipped or not math.isfinite(grad_norm) else grad_norm,
         "skipped": skipped,
-        "seconds": time.perf_counter() - begin,
+        "seconds": time.perf_counter() - begin[0],
+        "cpu_seconds": time.process_time() - begin[1],
         "peak_mem_mb": peak_memory_mb(accelerator.device),
     }
 
