@@ -23,7 +23,7 @@ prompts = ["a large red circle on the left", "a small blue square at the top", "
 latents = initial_noise(pipe, seeds=[0, 1, 2, 3])  # the same noise for both calls
 
 plain = pipe(prompts, latents=latents, num_inference_steps=20, output_type="pt").images
-guidance = RewardGuidance(pipe, reward, prompts, GuidanceOptions(scale=0.1, window=(0.0, 0.5)))
+guidance = RewardGuidance(pipe, reward, prompts, GuidanceOptions(scale=0.02))
 guided = pipe(prompts, latents=latents, num_inference_steps=20, output_type="pt", callback_on_step_end=guidance).images
 
 for name, images in (("plain ", plain), ("guided", guided)):

@@ -19,7 +19,7 @@ reward = load_reward("models/tinyworld/student")
 prompts = ["a large red circle on the left", "a small green triangle at the top"]
 noise = initial_noise(pipe, seeds=[0, 1])
 
-result = optimize_noise(pipe, reward, prompts, noise, NoiseOptions(iterations=8, lr=0.1, num_steps=5))
+result = optimize_noise(pipe, reward, prompts, noise, NoiseOptions(iterations=8, lr=0.025, num_steps=5))
 print("reward per iterate (short sampler):", [r.numpy().round(3).tolist() for r in result.history])
 for name, start in (("initial noise  ", noise), ("optimised noise", result.latents)):
     images = run_pipeline(pipe, prompts, start, num_inference_steps=20)

@@ -17,7 +17,7 @@ from .pipelines import run_pipeline, score_images
 class BestOfNOptions:
     """Best-of-N reranking (`best_of_n`): N times the sampling cost, plus N reward scores per image."""
 
-    n: int = 4  # candidates per prompt (candidate 0 is the plain sample's own noise)
+    n: int = 8  # candidates per prompt (candidate 0 is the plain sample's own noise); cost grows linearly
     batch_size: int = 16  # images per reward `score` call
 
     def __post_init__(self):
