@@ -1,7 +1,10 @@
-"""Real-scale cost of a DRaFT-K step on a GPU (docs/ and benchmarks/results/): random-init full-size architectures, nothing downloaded.
+"""Real-scale cost of a DRaFT-K step on a GPU (docs/BENCHMARKS.md, benchmarks/results/): random-init full-size
+architectures, nothing downloaded.
 
     python benchmarks/gpu_bench.py                 # SD1.5-size UNet + Qwen2-VL-2B-size student, 512 px, bf16
-    python benchmarks/gpu_bench.py --scale tiny    # the same measurements on the tiny test stack (CPU check)
+    python benchmarks/gpu_bench.py --scale sdxl    # SDXL-size UNet + Qwen2.5-VL-3B-size student, 1024 px, batch 1
+    python benchmarks/gpu_bench.py --scale tiny --quick        # every measurement on the tiny stack (CPU check)
+    bash benchmarks/gpu_session.sh OUT_DIR         # what a GPU session runs: both scales, each under a time limit
 
 The stack: an SD1.5-size `UNet2DConditionModel` (860M), the SD VAE, a CLIP ViT-L/14-size text encoder and a
 Qwen2-VL-2B-size reward (2.2B; 512 px -> 324 image tokens), all random-init in bf16, a rank-8 LoRA (fp32) on the
@@ -14,6 +17,14 @@ Printed, one JSON line per measurement:
   parts       the bare compute of a step's parts, each timed alone: one no-grad denoiser call (x (T-K)), one grad
               step with its recompute and backward (x K), decode forward + backward, reward forward + backward,
               the optimizer; `overhead` = step time / sum of parts (target <= 1.15)
+              each part's TFLOP/s (FLOPs counted by torch.utils.flop_counter, recompute and backward included)
+  reference   what a user would call fast: our no-grad trajectory (T steps + decode) against the stock pipeline's
+              own inference `pipe(...)` (same UNet with its LoRA, T, CFG, resolution; bf16 weights, SDPA), and the
+              reward forward against the VLM's bare forward on the same inputs (no preprocessing or prompt assembly)
+  flops       a whole DRaFT-K step's FLOPs and achieved TFLOP/s, next to --peak-tflops (H200 bf16 dense: 989)
+  dtypes      weight and output dtypes of each model in a step, and the attention kernels (SDPA or not)
+  switch      one checkpointing switch flipped from the default (all on but the UNet's blocks), K=1 and K=4;
+              "oom" where it did not fit
   ckpt        the step at K=4 with per-step checkpointing on vs off
 """
 
@@ -99,12 +110,22 @@ def qwen2_vl_2b_reward(device, dtype):
     return ZRewardModel(model, tokenizer, reward_config, processor).to(device)
 
 
-def tiny_stack(device, dtype, cache):
+def sdxl_stack(device, dtype):
+    """SDXL-size pipeline (UNet 2.6B, two CLIP text encoders) and a Qwen2.5-VL-3B-size reward, random init on
+    `device`, from configs/architectures (the shapes of the released checkpoints)."""
+    from zr_align.architectures import meta_pipeline, meta_reward
+
+    pipe = meta_pipeline("sdxl", dtype, device=device)
+    reward = meta_reward("qwen2_5_vl_3b", dtype, device=device).to(device)
+    return pipe, reward
+
+
+def tiny_stack(device, dtype, cache, family="sd"):
     from zr_align.rewards import ZRewardModel
     from zr_align.testing import tiny_reward_model
     from zr_align.tiny.diffusion import tiny_pipeline
 
-    pipe = tiny_pipeline("sd").to(device, dtype)
+    pipe = tiny_pipeline(family).to(device, dtype)
     reward = ZRewardModel.from_pretrained(tiny_reward_model("qwen2_vl", os.path.join(cache, "reward")))
     return pipe, reward.to(device, dtype)
 
@@ -114,32 +135,38 @@ def count(module) -> float:
 
 
 class Bench:
-    def __init__(self, pipe, reward, resolution, device, batch, guidance):
+    def __init__(self, pipe, reward, resolution, device, batch, guidance, family="sd", repeats=5):
         from zr_align.lora import add_lora, lora_parameters
 
         self.pipe, self.reward, self.device, self.batch = pipe, reward, device, batch
-        self.resolution, self.guidance = resolution, guidance
+        self.resolution, self.guidance, self.family, self.repeats = resolution, guidance, family, repeats
         self.prompts = (PROMPTS * batch)[:batch]
-        add_lora(pipe.unet, "sd", rank=8)
-        self.optimizer = torch.optim.AdamW(lora_parameters(pipe.unet), lr=1e-5)
+        self.denoiser = pipe.unet
+        add_lora(self.denoiser, family, rank=8)
+        self.optimizer = torch.optim.AdamW(lora_parameters(self.denoiser), lr=1e-5)
         reward.enable_gradient_checkpointing()
 
-    def sampler(self, steps, k, ckpt=True):
+    def sampler(self, steps, k, ckpt=True, vae=True, denoiser=False, reward=True):
+        """A sampler with these checkpointing switches (set both ways: a sampler only ever turns them on)."""
         from zr_align.diffusion.sampling import DifferentiableSampler, SamplingConfig
 
         config = SamplingConfig(num_steps=steps, k=k, guidance_scale=self.guidance, checkpoint_steps=ckpt,
-                                checkpoint_vae=True)
-        return DifferentiableSampler(self.pipe, "sd", config, self.resolution)
+                                checkpoint_vae=vae, checkpoint_denoiser=denoiser)
+        sampler = DifferentiableSampler(self.pipe, self.family, config, self.resolution)
+        for module, on in ((self.pipe.vae, vae), (self.denoiser, denoiser)):
+            (module.enable_gradient_checkpointing if on else module.disable_gradient_checkpointing)()
+        (self.reward.enable_gradient_checkpointing if reward else self.reward.disable_gradient_checkpointing)()
+        return sampler
 
     def sync(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def timed(self, fn, repeats=5, warmup=2):
+    def timed(self, fn, repeats=None, warmup=2):
         for _ in range(warmup):
             fn()
         times = []
-        for _ in range(repeats):
+        for _ in range(repeats or self.repeats):
             self.sync()
             start = time.perf_counter()
             fn()
@@ -166,18 +193,24 @@ class Bench:
     def peak_gb(self):
         return torch.cuda.max_memory_allocated() / 2**30 if self.device.type == "cuda" else float("nan")
 
-    def step(self, steps, k, ckpt=True):
-        sampler = self.sampler(steps, k, ckpt)
-        self.train_step(sampler)  # warm-up (kernels, allocator)
-        self.peak_reset()
-        resident = torch.cuda.memory_allocated() / 2**30 if self.device.type == "cuda" else float("nan")
-        seconds = self.timed(lambda: self.train_step(sampler, 1), warmup=0)
+    def step(self, steps, k, ckpt=True, **switches):
+        sampler = self.sampler(steps, k, ckpt, **switches)
+        try:
+            self.train_step(sampler)  # warm-up (kernels, allocator)
+            self.peak_reset()
+            resident = torch.cuda.memory_allocated() / 2**30 if self.device.type == "cuda" else float("nan")
+            seconds = self.timed(lambda: self.train_step(sampler, 1), warmup=0)
+        except torch.OutOfMemoryError:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.peak_reset()
+            return {"what": "step", "T": steps, "K": k, "step_ckpt": ckpt, **switches, "oom": True}
         peak = self.peak_gb()
-        return {"what": "step", "T": steps, "K": k, "step_ckpt": ckpt, "s_per_step": round(seconds, 3),
+        return {"what": "step", "T": steps, "K": k, "step_ckpt": ckpt, **switches, "s_per_step": round(seconds, 3),
                 "peak_gb": round(peak, 2), "above_resident_gb": round(peak - resident, 2)}
 
-    def parts(self, steps, k):
-        sampler = self.sampler(steps, k)
+    def part_fns(self, sampler, steps):
+        """Each part of a step alone: a no-grad denoiser call, a grad step with recompute and backward, decode
+        forward + backward, reward forward + backward, the optimizer."""
         cond = sampler.encode(self.prompts)
         scheduler = sampler.new_scheduler(steps)
         t = scheduler.timesteps[-1]
@@ -198,7 +231,7 @@ class Bench:
             latents = x.detach().clone().requires_grad_(True)
             with self.autocast():
                 images = sampler.decode(latents)
-            images.square().mean().backward()
+            images.float().square().mean().backward()
 
         with torch.no_grad(), self.autocast():
             images0 = sampler.decode(x)
@@ -215,48 +248,160 @@ class Bench:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 
-        p = {name: self.timed(fn) for name, fn in
-             [("no_grad_call", no_grad_call), ("grad_call", grad_call), ("decode", decode), ("reward", reward),
-              ("optimizer", optimizer)]}
+        return {"no_grad_call": no_grad_call, "grad_call": grad_call, "decode": decode, "reward": reward,
+                "optimizer": optimizer}
+
+    def parts(self, steps, k):
+        sampler = self.sampler(steps, k)
+        fns = self.part_fns(sampler, steps)
+        p = {name: self.timed(fn) for name, fn in fns.items()}
+        flops = {name: count_flops(fn) for name, fn in fns.items()}
         self.optimizer.zero_grad(set_to_none=True)
-        bare = (steps - k) * p["no_grad_call"] + k * p["grad_call"] + p["decode"] + p["reward"] + p["optimizer"]
+        counts = {"no_grad_call": steps - k, "grad_call": k}
+        bare = sum(counts.get(name, 1) * seconds for name, seconds in p.items())
         full = self.step(steps, k)
         return {"what": "parts", "T": steps, "K": k, **{n: round(v, 4) for n, v in p.items()},
+                "tflops_per_s": {n: round(flops[n] / p[n] / 1e12, 3) for n in p},
                 "bare_sum_s": round(bare, 3), "step_s": full["s_per_step"],
                 "overhead": round(full["s_per_step"] / bare, 3)}
 
+    def reference(self, steps):
+        """Ours against what a user would call fast (see the module docstring); ratio = ours / reference."""
+        sampler = self.sampler(steps, 1)
 
-def main():
+        def ours_sampling():
+            with torch.no_grad(), self.autocast():
+                sampler.sample(self.prompts, "draft_k", torch.Generator().manual_seed(0))
+
+        def stock_sampling():  # the pipeline's own inference: bf16 weights on a GPU, no autocast
+            self.pipe(self.prompts, num_inference_steps=steps, guidance_scale=self.guidance, height=self.resolution,
+                      width=self.resolution, output_type="pt")
+
+        with torch.no_grad(), self.autocast():
+            images = sampler.decode(sampler.initial_latents(self.batch, torch.Generator().manual_seed(0)))
+        backbone, captured = self.reward.model.model, {}
+        handle = backbone.register_forward_pre_hook(lambda m, a, kw: captured.update(kw), with_kwargs=True)
+        with torch.no_grad(), self.autocast():
+            self.reward(images, self.prompts)
+        handle.remove()
+
+        def ours_reward():
+            with torch.no_grad(), self.autocast():
+                self.reward(images, self.prompts)
+
+        def bare_reward():
+            with torch.no_grad():
+                backbone(**captured)
+
+        t = {name: self.timed(fn, warmup=1) for name, fn in (("ours_sampling", ours_sampling),
+                                                              ("stock_sampling", stock_sampling),
+                                                              ("ours_reward", ours_reward),
+                                                              ("bare_reward", bare_reward))}
+        return {"what": "reference", "T": steps, "guidance": self.guidance, **{n: round(v, 4) for n, v in t.items()},
+                "sampling_ratio": round(t["ours_sampling"] / t["stock_sampling"], 3),
+                "reward_ratio": round(t["ours_reward"] / t["bare_reward"], 3)}
+
+    def flops(self, steps, k, peak_tflops):
+        sampler = self.sampler(steps, k)
+        self.train_step(sampler)
+        total = count_flops(lambda: self.train_step(sampler, 1))
+        seconds = self.timed(lambda: self.train_step(sampler, 1), warmup=0)
+        achieved = total / seconds / 1e12
+        return {"what": "flops", "T": steps, "K": k, "tflop_per_step": round(total / 1e12, 3),
+                "s_per_step": round(seconds, 3), "tflops_per_s": round(achieved, 2), "peak_tflops": peak_tflops,
+                "fraction_of_peak": round(achieved / peak_tflops, 4)}
+
+    def dtypes(self, steps):
+        """Weight and output dtypes of each model as a training step calls it; the attention kernels."""
+        seen = {}
+        modules = {"unet": self.denoiser, "vae_decoder": self.pipe.vae.decoder, "text_encoder": self.pipe.text_encoder,
+                   "reward_vlm": self.reward.model.model}
+
+        def hook(name):
+            def record(module, args, output):
+                out = output[0] if isinstance(output, (tuple, list)) else output
+                out = getattr(out, "sample", getattr(out, "last_hidden_state", out))
+                base = sorted({str(p.dtype) for n, p in module.named_parameters() if "lora_" not in n})
+                seen.setdefault(name, {"weights": base, "output": str(getattr(out, "dtype", type(out).__name__))})
+            return record
+
+        handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
+        self.train_step(self.sampler(steps, 1))
+        for handle in handles:
+            handle.remove()
+        processors = sorted({type(p).__name__ for p in self.denoiser.attn_processors.values()})
+        return {"what": "dtypes", **seen, "unet_attention": processors,
+                "reward_attention": str(self.reward.model.config._attn_implementation)}
+
+
+def count_flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def build(args, device, dtype):
+    """(pipe, reward, resolution, family) of --scale."""
+    if args.scale == "full":
+        return sd15_pipeline(device, dtype), qwen2_vl_2b_reward(device, dtype), 512, "sd"
+    if args.scale == "sdxl":
+        return (*sdxl_stack(device, dtype), 1024, "sdxl")
+    import tempfile
+
+    family = "sdxl" if args.scale == "tiny-sdxl" else "sd"
+    return (*tiny_stack(device, dtype, tempfile.mkdtemp(), family), 64, family)
+
+
+def measure(bench, args, emit):
+    """Every measurement of one batch size, the most wanted first (a time limit keeps what was printed);
+    --quick: short trajectories (a CPU check of the code paths)."""
+    T, long_ts = (4, (2, 6)) if args.quick else (20, (8, 50))
+    for steps in sorted((T, *long_ts)):
+        emit(bench.step(steps, 1))
+    emit(bench.parts(T, 1))
+    emit(bench.reference(T))
+    emit(bench.flops(T, 1, args.peak_tflops))
+    if bench.batch == args.batch[0]:
+        emit(bench.dtypes(T))
+    for ckpt in (True, False):
+        emit(bench.step(T, min(4, T), ckpt))
+    if bench.batch == args.batch[0]:
+        for k in args.switch_ks:
+            for switch in ({"vae": False}, {"reward": False}, {"denoiser": True}):
+                emit({**bench.step(T, min(k, T), **switch), "what": "switch"})
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scale", choices=("full", "tiny"), default="full")
-    parser.add_argument("--batch", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--scale", choices=("full", "sdxl", "tiny", "tiny-sdxl"), default="full")
+    parser.add_argument("--batch", type=int, nargs="*", default=None, help="default: 1 2 (sdxl: 1)")
     parser.add_argument("--guidance", type=float, default=7.5)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per measurement (median)")
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="the GPU's dense bf16 peak (H200: 989)")
+    parser.add_argument("--switch-ks", type=int, nargs="*", default=[1, 4],
+                        help="K values at which each checkpointing switch is flipped (none: skip)")
+    parser.add_argument("--quick", action="store_true", help="short trajectories, 1 repeat: checks the code paths")
+    args = parser.parse_args(argv)
+    args.batch = args.batch or ([1] if args.scale == "sdxl" else [1, 2])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
     start = time.perf_counter()
-    if args.scale == "full":
-        pipe, reward, resolution = sd15_pipeline(device, dtype), qwen2_vl_2b_reward(device, dtype), 512
-    else:
-        import tempfile
-
-        pipe, reward = tiny_stack(device, dtype, tempfile.mkdtemp())
-        resolution = 64
+    pipe, reward, resolution, family = build(args, device, dtype)
     info = {"what": "setup", "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
             "torch": torch.__version__, "scale": args.scale, "resolution": resolution,
             "unet_b": round(count(pipe.unet), 3), "vae_b": round(count(pipe.vae), 3),
             "text_b": round(count(pipe.text_encoder), 3), "reward_b": round(count(reward.model), 3),
             "build_s": round(time.perf_counter() - start, 1)}
     print(json.dumps(info), flush=True)
-    bench = Bench(pipe, reward, resolution, device, args.batch[0], args.guidance)
+    bench = Bench(pipe, reward, resolution, device, args.batch[0], args.guidance, family,
+                  1 if args.quick else args.repeats)
     for batch in args.batch:
         bench.batch, bench.prompts = batch, (PROMPTS * batch)[:batch]
-        print(json.dumps({"batch": batch, **bench.parts(20, 1)}), flush=True)
-        for steps in (20, 50):
-            print(json.dumps({"batch": batch, **bench.step(steps, 1)}), flush=True)
-        for ckpt in (True, False):
-            print(json.dumps({"batch": batch, **bench.step(20, 4, ckpt)}), flush=True)
+        measure(bench, args, lambda record, b=batch: print(json.dumps({"batch": b, **record}), flush=True))
 
 
 if __name__ == "__main__":

@@ -67,10 +67,11 @@ def _component_class(name: str):
     return classes[name]
 
 
-def meta_module(spec: dict, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """One component (`{"class": ..., "config": {...}}`) built on the meta device: shapes, no memory."""
+def meta_module(spec: dict, dtype: torch.dtype = torch.float32, device: str | torch.device = "meta") -> torch.nn.Module:
+    """One component (`{"class": ..., "config": {...}}`) built on the meta device: shapes, no memory. Another
+    `device` builds it there for real, randomly initialised (benchmarks/gpu_bench.py)."""
     cls = _component_class(spec["class"])
-    with torch.device("meta"):
+    with torch.device(device):
         if isinstance(cls, tuple):
             model_class, config_class = cls
             module = model_class(config_class(**spec["config"]))
@@ -88,12 +89,13 @@ def _stand_in_tokenizer(spec: dict):
     return tokenizer
 
 
-def meta_pipeline(name: str, dtype: str | torch.dtype = torch.bfloat16):
+def meta_pipeline(name: str, dtype: str | torch.dtype = torch.bfloat16, device: str | torch.device = "meta"):
     """The stock diffusers pipeline of architecture `name` with every model on the meta device in `dtype`.
 
     Tokenizers are offline stand-ins with the real context lengths; the schedulers are real (they hold no
     weights). Nothing can run through it, but everything up to the first forward can be set up on it: the
-    sampler, LoRA adapters, gradient-checkpointing switches, parameter counts.
+    sampler, LoRA adapters, gradient-checkpointing switches, parameter counts. Another `device` builds the models
+    there, randomly initialised: a full-size stand-in that runs (benchmarks/gpu_bench.py).
     """
     from .diffusion.families import get_denoiser_family
 
@@ -106,7 +108,7 @@ def meta_pipeline(name: str, dtype: str | torch.dtype = torch.bfloat16):
         elif component["class"].endswith("Scheduler"):
             components[key] = _component_class(component["class"]).from_config(component["config"])
         else:
-            components[key] = meta_module(component, dtype)
+            components[key] = meta_module(component, dtype, device)
     pipeline_class = get_denoiser_family(spec["family"]).pipeline_class()
     if spec["family"] == "sd":
         components.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -115,20 +117,22 @@ def meta_pipeline(name: str, dtype: str | torch.dtype = torch.bfloat16):
     return pipe
 
 
-def meta_vlm(name: str, dtype: str | torch.dtype = torch.bfloat16, **overrides):
-    """The transformers VLM of architecture `name` on the meta device; `overrides` replace top-level config keys."""
+def meta_vlm(name: str, dtype: str | torch.dtype = torch.bfloat16, device: str | torch.device = "meta", **overrides):
+    """The transformers VLM of architecture `name` on the meta device (or built for real, randomly initialised, on
+    `device`); `overrides` replace top-level config keys."""
     from .rewards.families import get_family
 
     spec = load_architecture(name)
     dtype = _DTYPES.get(dtype, dtype)
     model_class = get_family(spec["family"]).model_class()
     config = model_class.config_class(**{k: v for k, v in {**spec["config"], **overrides}.items() if k != "model_type"})
-    with torch.device("meta"):
+    with torch.device(device):
         model = model_class(config)
     return model.to(dtype).eval().requires_grad_(False)
 
 
-def meta_reward(name: str, dtype: str | torch.dtype = torch.bfloat16, tokenizer=None, **config_fields):
+def meta_reward(name: str, dtype: str | torch.dtype = torch.bfloat16, tokenizer=None, device: str | torch.device = "meta",
+                **config_fields):
     """A `ZRewardModel` around the meta-device VLM of architecture `name`, with its real image-processor settings.
 
     `tokenizer` defaults to the offline byte-level BPE with Qwen's pre-tokenisation
@@ -146,7 +150,7 @@ def meta_reward(name: str, dtype: str | torch.dtype = torch.bfloat16, tokenizer=
         tokenizer = qwen_bpe_tokenizer()
     rubric = zero_shot_rubric(family.name, tokenizer, family.image_prompt.format(family.image_token))
     config = ZRewardConfig(family=family.name, rubric=rubric.to_dict(), **config_fields)
-    return ZRewardModel(meta_vlm(name, dtype), tokenizer, config, spec["processor"])
+    return ZRewardModel(meta_vlm(name, dtype, device), tokenizer, config, spec["processor"])
 
 
 def setup_models(config, architecture: str | None = None, reward_architecture: str | None = None):

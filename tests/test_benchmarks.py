@@ -1,0 +1,70 @@
+"""The performance scripts stay runnable on a CPU: benchmarks/gpu_bench.py at its reduced size (--scale tiny --quick)
+and benchmarks/peer_alignprop.py's zr_align side and table (the trl side needs .venv-peer: `make bench-peer`)."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _json_lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", ["tiny", "tiny-sdxl"])
+def test_gpu_bench_runs_on_cpu_at_reduced_size(scale):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_bench.py"), "--scale", scale, "--quick",
+                          "--batch", "1"] + (["--switch-ks"] if scale == "tiny" else []),
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = _json_lines(out.stdout)
+    kinds = [r["what"] for r in records]
+    assert {"setup", "parts", "reference", "flops", "dtypes", "step"} <= set(kinds)
+    if scale == "tiny-sdxl":
+        assert kinds.count("switch") == 6
+    parts = next(r for r in records if r["what"] == "parts")
+    assert parts["overhead"] > 0 and all(v >= 0 for v in parts["tflops_per_s"].values())
+    reference = next(r for r in records if r["what"] == "reference")
+    assert reference["sampling_ratio"] > 0 and reference["reward_ratio"] > 0
+    flops = next(r for r in records if r["what"] == "flops")
+    assert flops["tflop_per_step"] > 0
+    dtypes = next(r for r in records if r["what"] == "dtypes")
+    assert dtypes["unet"]["weights"] == ["torch.float32"] and dtypes["unet_attention"] == ["AttnProcessor2_0"]
+    steps = [r for r in records if r["what"] == "step" and r["K"] == 1]
+    assert [r["T"] for r in steps] == [2, 4, 6]
+
+
+def test_peer_table_ratios_are_ours_over_peer_medians():
+    peer = _script("peer_alignprop")
+    ours = peer.summarise([{"wall": 1.0, "cpu": 2.0, "rss": 500.0}, {"wall": 3.0, "cpu": 1.0, "rss": 520.0},
+                           {"wall": 2.0, "cpu": 4.0, "rss": 510.0}])
+    assert ours == {"wall": (2.0, 1.0), "cpu": (2.0, 1.0), "rss": (510.0, 500.0)}
+    other = {"wall": (4.0, 3.0), "cpu": (2.5, 2.0), "rss": (600.0, 590.0)}
+    row = peer.row(20, 1.0, ours, other)
+    assert row.split("|")[1].split()[-1] == "0.50" and row.split("|")[3].split()[-1] == "0.85"
+
+
+@pytest.mark.slow
+def test_peer_benchmark_zr_align_side(tmp_path):
+    """One step of zr_align's side of the comparison (fine_tune on the TinyWorld config with the shared settings)."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peer_alignprop.py"), "--child", "ours", "2", "1",
+                          "--warmup", "0", "--steps", "1"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["wall"] > 0 and result["cpu"] > 0 and result["rss"] > 100
