@@ -83,7 +83,12 @@ def run(pipe, reward, prompts: list[str], mode: str, options: dict, steps: int, 
 
 
 def judged(result: dict, prompts: list[str], baseline: list | None) -> dict:
-    from zr_align.tinyworld.judge import judge_images, net_preference, overall, summarize
+    from zr_align.tinyworld.judge import (
+        judge_images,
+        net_preference,
+        overall,
+        summarize,
+    )
 
     verdicts = judge_images(result["images"], prompts)
     summary = summarize(verdicts)
@@ -95,8 +100,9 @@ def judged(result: dict, prompts: list[str], baseline: list | None) -> dict:
 
 
 def table(rows: dict, plain_seconds: float) -> str:
-    lines = ["| mode | size | colour | shape | position | all four | judge score | GSB vs plain (good/same/bad) | net "
-             "| mean reward | s/image | extra s/image |", "|---" * 12 + "|"]
+    header = ("| mode | size | colour | shape | position | all four | judge score | GSB vs plain (good/same/bad) | net "
+              "| mean reward | s/image | extra s/image |")
+    lines = [header, "|---" * 12 + "|"]
     for name, row in rows.items():
         acc, gsb = row["accuracy"], row["gsb"]
         versus = f"{gsb['good']}/{gsb['same']}/{gsb['bad']}" if gsb else "-"
@@ -104,9 +110,9 @@ def table(rows: dict, plain_seconds: float) -> str:
         lines.append(f"| {name} | {acc['size']:.3f} | {acc['color']:.3f} | {acc['shape']:.3f} | {acc['position']:.3f} "
                      f"| {row['all_correct']:.3f} | {row['judge']:.3f} | {versus} | {net} | {row['reward']:.3f} | {row['s_per_image']:.2f} "
                      f"| {row['s_per_image'] - plain_seconds:+.2f} |")
+    dimensions = list(next(iter(rows.values()))["mean_scores"])
     lines += ["", "Mean judge score per rubric dimension (1-5; the judge score above is their mean):", "",
-              "| mode | " + " | ".join(next(iter(rows.values()))["mean_scores"]) + " |",
-              "|---" * (1 + len(next(iter(rows.values()))["mean_scores"])) + "|"]
+              "| mode | " + " | ".join(dimensions) + " |", "|---" * (1 + len(dimensions)) + "|"]
     lines += [f"| {name} | " + " | ".join(f"{v:.3f}" for v in row["mean_scores"].values()) + " |"
               for name, row in rows.items()]
     return "\n".join(lines)
@@ -149,7 +155,8 @@ def evaluate(split: str, num_images: int, settings: list, steps: int, lora: str 
     rows = {}
     for name, model, mode, options in plans:
         result = cached(folder if "LoRA" not in name else None, name,
-                        lambda: run(model, reward, prompts, mode, options, steps))
+                        lambda model=model, mode=mode, options=options: run(model, reward, prompts, mode, options,
+                                                                            steps))
         rows[name] = judged(result, prompts, rows["plain"]["verdicts"] if rows else None)
         log(json.dumps({name: {k: v for k, v in rows[name].items() if k != "verdicts"}}), flush=True)
     if lora is not None:

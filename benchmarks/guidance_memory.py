@@ -72,7 +72,13 @@ def child(config: str, steps: int, batch: int, tiny: bool) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from zr_align.guidance import GuidanceOptions, NoiseOptions, RewardGuidance, initial_noise, optimize_noise
+    from zr_align.guidance import (
+        GuidanceOptions,
+        NoiseOptions,
+        RewardGuidance,
+        initial_noise,
+        optimize_noise,
+    )
     from zr_align.guidance.pipelines import run_pipeline
 
     pipe, reward = _models(tiny)

@@ -9,7 +9,13 @@ stock pipeline samples from it at its own 20 steps.
 
 import torch
 
-from zr_align.guidance import NoiseOptions, initial_noise, load_pipeline, load_reward, optimize_noise
+from zr_align.guidance import (
+    NoiseOptions,
+    initial_noise,
+    load_pipeline,
+    load_reward,
+    optimize_noise,
+)
 from zr_align.guidance.pipelines import run_pipeline
 from zr_align.tinyworld.judge import judge_images
 

@@ -68,9 +68,9 @@ class ZRewardPipeline(DiffusionPipeline):
                  text_encoder_2=None, tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
                  force_zeros_for_empty_prompt: bool = True):
         super().__init__()
-        components = dict(vae=vae, scheduler=scheduler, unet=unet, transformer=transformer, text_encoder=text_encoder,
-                          tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
-                          text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3)
+        components = {"vae": vae, "scheduler": scheduler, "unet": unet, "transformer": transformer,
+                      "text_encoder": text_encoder, "tokenizer": tokenizer, "text_encoder_2": text_encoder_2,
+                      "tokenizer_2": tokenizer_2, "text_encoder_3": text_encoder_3, "tokenizer_3": tokenizer_3}
         self.register_modules(**components)
         self.register_to_config(force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
         self.base = _stock_pipeline(components, force_zeros_for_empty_prompt)

@@ -13,7 +13,13 @@ import torch
 from .best_of_n import BestOfNOptions, best_of_n
 from .callback import GuidanceOptions, RewardGuidance
 from .noise import NoiseOptions, optimize_noise
-from .pipelines import CANDIDATE_SEED_STRIDE, initial_noise, pipeline_family, run_pipeline, score_images
+from .pipelines import (
+    CANDIDATE_SEED_STRIDE,
+    initial_noise,
+    pipeline_family,
+    run_pipeline,
+    score_images,
+)
 
 # mode -> its options dataclass ("plain": the stock pipeline alone, the baseline every mode is compared with)
 MODES = {"plain": None, "guidance": GuidanceOptions, "noise": NoiseOptions, "best_of_n": BestOfNOptions}
@@ -56,7 +62,7 @@ def generate(pipe, prompts: list[str], mode: str = "guidance", reward=None, seed
     if len(seeds) != len(prompts):
         raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts; give one seed per prompt")
     latents = initial_noise(pipe, seeds, size)
-    run = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+    run = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
     if mode == "best_of_n":
         candidates = [initial_noise(pipe, [s + k * CANDIDATE_SEED_STRIDE for s in seeds], size) if k else latents
                       for k in range(options.n)]
