@@ -21,7 +21,6 @@ $(STAMP): setup.cfg pyproject.toml
 # jobs, spinning OpenMP threads made steps 7-15x slower (PITFALLS); it costs ~15% on an idle machine.
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m zr_align.cli tinyworld demo --out outputs/demo
-	@echo "report: outputs/demo/report.html"
 
 # Everything but what needs a GPU (slow CPU tests included).
 test: $(STAMP)

@@ -191,6 +191,10 @@ def markdown_to_html(markdown: str, figures: dict[str, Path], title: str) -> str
         text = re.sub(r"`(.+?)`", r"<code>\1</code>", text)
         return re.sub(r"\[(.+?)\]\((.+?)\)", lambda m: f'<a href="{html.escape(m[2])}">{m[1]}</a>', text)
 
+    def cell(text: str) -> str:
+        """A table cell; an interval `value [low, high]` goes on a second, smaller line (narrow columns)."""
+        return re.sub(r" (\[[^\]]+\])$", r"<br><small>\1</small>", inline(text))
+
     body, table, paragraph, items = [], [], [], []
 
     def flush() -> None:
@@ -203,7 +207,7 @@ def markdown_to_html(markdown: str, figures: dict[str, Path], title: str) -> str
         if table:
             cells = [[c.strip() for c in row.strip().strip("|").split("|")] for row in table if "---" not in row]
             head = "".join(f"<th>{inline(c)}</th>" for c in cells[0])
-            rows = "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
+            rows = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in row) + "</tr>" for row in cells[1:])
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
             table.clear()
 
@@ -229,7 +233,7 @@ def markdown_to_html(markdown: str, figures: dict[str, Path], title: str) -> str
     flush()
     style = ("body{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;color:#1e1e1e}"
              "table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;white-space:nowrap;text-align:right}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;white-space:nowrap;text-align:right}small{color:#666}"
              "td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
              "img{max-width:100%;border:1px solid #ddd}figure{margin:1.5em 0}figcaption{color:#555}")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
