@@ -204,19 +204,30 @@ def sd_folder(tmp_path_factory):
     return folder
 
 
-def test_custom_pipeline_loads_with_diffusion_pipeline_from_pretrained(sd_folder, tiny_reward_dirs):
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+@pytest.mark.parametrize("family", FAMILIES)
+def test_custom_pipeline_loads_with_diffusion_pipeline_from_pretrained(tmp_path, family, tiny_reward_dirs):
+    from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained(sd_folder, custom_pipeline=str(ROOT / "pipelines/zreward_pipeline.py"),
+    stock = tiny_pipeline(family, out_dir=tmp_path)
+    pipe = DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline=str(ROOT / "pipelines/zreward_pipeline.py"),
                                              trust_remote_code=True)
-    assert type(pipe).__name__ == "ZRewardPipeline" and isinstance(pipe.base, StableDiffusionPipeline)
+    assert type(pipe).__name__ == "ZRewardPipeline" and type(pipe.base) is type(stock)
     plain = pipe(PROMPTS, mode="plain", num_inference_steps=3, seeds=[3, 4], output_type="pt").images
-    stock = StableDiffusionPipeline.from_pretrained(sd_folder)
     assert torch.equal(plain, run_pipeline(stock, PROMPTS, initial_noise(stock, [3, 4]), 3))
-    out = pipe(PROMPTS, reward=str(tiny_reward_dirs("qwen2_vl")), mode="guidance", num_inference_steps=3, scale=0.5)
+    reward = str(tiny_reward_dirs("qwen2_vl"))
+    out = pipe(PROMPTS, reward=reward, mode="guidance", num_inference_steps=3, guidance_scale=2.0, scale=0.5)
     assert len(out.images) == 2 and out.images[0].size == (64, 64) and len(out.rewards) == 2
     with pytest.raises(ValueError, match="mode guidance has no option 'n'"):
-        pipe(PROMPTS, reward=str(tiny_reward_dirs("qwen2_vl")), mode="guidance", n=2)
+        pipe(PROMPTS, reward=reward, mode="guidance", n=2)
+
+
+def test_custom_pipeline_refuses_another_family(tmp_path):
+    from diffusers import DiffusionPipeline
+
+    tiny_pipeline("pixart", out_dir=tmp_path)
+    with pytest.raises(ValueError, match="does not support a PixArtTransformer2DModel"):
+        DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline=str(ROOT / "pipelines/zreward_pipeline.py"),
+                                          trust_remote_code=True)
 
 
 def test_cli_generate_writes_pngs_and_rewards(tmp_path, sd_folder, tiny_reward_dirs, capsys):
