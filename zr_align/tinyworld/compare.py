@@ -185,7 +185,7 @@ def check_model(spec: ModelSpec) -> None:
 
 
 COMPARE_OPTIONS = ("prompts", "num_images", "seed", "steps", "reward", "margin")
-_SPEC_FIELDS = ("model", "lora", "prompts")
+_MODEL_FIELDS = ("model", "lora", "prompts")
 
 
 def specs_from_dict(models: dict) -> list[ModelSpec]:
@@ -193,9 +193,9 @@ def specs_from_dict(models: dict) -> list[ModelSpec]:
     specs = []
     for name, fields in models.items():
         fields = {"model": fields} if isinstance(fields, str) else dict(fields or {})
-        unknown = sorted(set(fields) - set(_SPEC_FIELDS))
+        unknown = sorted(set(fields) - set(_MODEL_FIELDS))
         if unknown:
-            raise ValueError(f"model {name}: unknown field {unknown[0]!r}; allowed: {', '.join(_SPEC_FIELDS)}")
+            raise ValueError(f"model {name}: unknown field {unknown[0]!r}; allowed: {', '.join(_MODEL_FIELDS)}")
         if not fields.get("model"):
             raise ValueError(f"model {name} has no pipeline folder (give --model {name}=FOLDER or its 'model' field)")
         specs.append(ModelSpec(str(name), **{k: None if v is None else str(v) for k, v in fields.items()}))
