@@ -38,10 +38,11 @@ from . import report as figures
 from .curves import checkpoint_curve
 
 EVAL_SEED, CURVE_SEED, GRID_COLUMNS = 10_000, 20_000, 8
-# Reward guidance of the guidance arm, chosen on the validation prompts (`python benchmarks/guidance_eval.py --split
-# validation --sweep`, 36 images, GSB net vs plain sampling): scale 0.05 on the second half of the steps +44.4%
-# at ~0.7 s extra per image; on every step scale 0.02 +50.0% at ~1.9 s, 0.05 +38.9%; scale 0.1 or more +17% to
-# -11% (scale 1.0 on the first half ruins the images: -87% on the test prompts).
+# Reward guidance of the guidance arm, chosen on the validation prompts (benchmarks/results/guidance_validation.txt,
+# 36 images, GSB net vs plain sampling): scale 0.05 on the second half of the steps +44.4% at ~0.7 s extra per
+# image. The benchmark's own choice, scale 0.02 on every step (+50.0%, within the noise of 36 images), costs
+# ~1.9 s extra per image: too slow for the demo's time budget. Scale 0.1 or more gave +17% to -11% (scale 1.0 on
+# the first half ruins the images: -87% on the test prompts).
 GUIDANCE = {"scale": 0.05, "window": (0.5, 1.0)}
 # settings the SFT control takes from the reward run, so that both arms train the same LoRA as long
 MATCHED = ("seed", "max_steps", "batch_size", "checkpoint_every", "lora.rank", "lora.alpha", "lora.dropout",
