@@ -1,11 +1,13 @@
 """A diffusers custom pipeline: sampling guided by a Z-Reward model, with no training (zr_align, README:
 "Reward-guided sampling").
 
+    import torch
     from diffusers import DiffusionPipeline
 
-    pipe = DiffusionPipeline.from_pretrained("models/tinyworld/sft", custom_pipeline="pipelines/zreward_pipeline.py")
+    pipe = DiffusionPipeline.from_pretrained("models/tinyworld/sft", custom_pipeline="pipelines/zreward_pipeline.py",
+                                             trust_remote_code=True, dtype=torch.float32)
     pipe.load_lora("outputs/demo/run/lora")  # optional: a LoRA written by train_t2i.py
-    out = pipe(["a large red circle on the left"], reward="models/tinyworld/student", mode="guidance", scale=0.5)
+    out = pipe(["a large red circle on the left"], reward="models/tinyworld/student", mode="guidance", scale=0.02)
     out.images[0].save("circle.png")
     out.rewards  # the reward of each returned image
 
@@ -13,7 +15,8 @@ Modes: "guidance" (per-step reward guidance, `zr_align.guidance.GuidanceOptions`
 optimisation, `NoiseOptions`), "best_of_n" (`BestOfNOptions`), "plain" (the stock pipeline). Their options are
 keyword arguments of the call. The folder may hold a StableDiffusionPipeline, StableDiffusionXLPipeline or
 StableDiffusion3Pipeline: this class builds that stock pipeline from the loaded components (`self.base`) and runs
-`zr_align.guidance` on it, so the stock code does the sampling.
+`zr_align.guidance` on it, so the stock code does the sampling. diffusers 0.42.1 asks for `trust_remote_code=True`
+even for a local file; the TinyWorld folder stores fp16 weights, hence `dtype=torch.float32` on a CPU.
 """
 
 from dataclasses import dataclass
