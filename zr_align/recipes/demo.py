@@ -204,8 +204,8 @@ def _markdown(report: dict, arms: list[dict], pairs: list[dict]) -> str:
         f"![Samples of {len(ev['grid_prompts'])} held-out prompts drawn at random: one row per arm, the prompt under "
         "each column, the judge's verdict under each image](comparison.png)", "",
         f"![Training curves: the reward model's mean and the judge's all-four-right rate on {report['curve_images']} "
-        "images of the validation prompts at every checkpoint (step 0 is the base); thin line: the reward of the reward "
-        "arm's training batches, 10-step mean](curves.png)", "",
+        "images of the validation prompts at every checkpoint (step 0 is the base); thin line: the reward of the "
+        "reward arm's training batches, 10-step mean](curves.png)", "",
         "![Per-attribute judge accuracy on the held-out prompts, 95% intervals over prompts](attributes.png)"]
     scores = "\n".join(f"| {arm['name']} | " + " | ".join(f"{s:.2f}" for s in arm["mean_scores"].values()) + " |"
                        for arm in arms)
