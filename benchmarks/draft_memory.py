@@ -45,7 +45,7 @@ def child(family: str, k: int, steps: int, ckpt: bool, cache: str, all_ckpt: boo
     else:
         from diffusers import DiffusionPipeline
 
-        pipe = DiffusionPipeline.from_pretrained(model)
+        pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32)
     reward_dir = reward_path or os.path.join(cache, "reward")
     if not os.path.isdir(reward_dir):
         tiny_reward_model("qwen2_vl", reward_dir)

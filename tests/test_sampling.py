@@ -177,3 +177,29 @@ def test_resolution_not_divisible_by_vae_factor():
         DifferentiableSampler(pipe, "sd", SamplingConfig(), resolution=66)
     with pytest.raises(ValueError, match="unknown diffusion family 'kandinsky'"):
         DifferentiableSampler(pipe, "kandinsky", SamplingConfig(), resolution=64)
+
+
+@pytest.mark.parametrize("method", ["draft_k", "draft_lv"])
+def test_merge_lora_same_trajectory_and_gradient_base_restored_exactly(lora_pipe, reward_model, method):
+    """`sampling.merge_lora`: the no-grad steps with the LoRA folded into the base weights give the same images and
+    LoRA gradient up to float rounding; afterwards the base weights are bit-identical and the adapters active."""
+    family, pipe, denoiser = lora_pipe
+    base = {n: p.detach().clone() for n, p in denoiser.named_parameters() if not p.requires_grad}
+    results = []
+    for merge in (False, True):
+        config = SamplingConfig(num_steps=6, k=2, merge_lora=merge, guidance_scale=2.0)
+        trajectory = DifferentiableSampler(pipe, family, config, 64).sample(
+            PROMPTS, method, torch.Generator().manual_seed(3))
+        reward_model(trajectory.images, PROMPTS * trajectory.repeats).reward.mean().backward()
+        grads = [p.grad.clone() for p in lora_parameters(denoiser)]
+        denoiser.zero_grad(set_to_none=True)
+        results.append((trajectory.images.detach(), grads))
+    (images, grads), (images_merged, grads_merged) = results
+    assert (images - images_merged).abs().max() < 1e-4 and (images - images_merged).abs().max() > 0
+    for g, gm in zip(grads, grads_merged, strict=True):
+        torch.testing.assert_close(gm, g, rtol=1e-3, atol=1e-6)
+    assert all(torch.equal(p, base[n]) for n, p in denoiser.named_parameters() if not p.requires_grad)
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for m in denoiser.modules() if isinstance(m, BaseTunerLayer)]
+    assert layers and not any(m.merged or m.disable_adapters for m in layers)

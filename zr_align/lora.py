@@ -142,6 +142,31 @@ def adapters_disabled(module: nn.Module):
             layer.enable_adapters(True)
 
 
+@contextlib.contextmanager
+def lora_merged(module: nn.Module):
+    """Inside the block, every active LoRA of `module` is folded into its base weight (peft's `merge`), so calls
+    without a graph skip the per-layer adapter branch; on exit the base weights are restored bit for bit (peft's
+    `unmerge` subtracts, which would leave rounding drift in the frozen base after many steps, so the weights are
+    copied back). Not on the gradient path: the LoRA gets no gradient through merged weights. Costs a copy of the
+    adapted base weights while inside; not for sharded weights (FSDP, ZeRO-3)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [layer for layer in module.modules()
+              if isinstance(layer, BaseTunerLayer) and not layer.merged and not layer.disable_adapters]
+    saved = [layer.get_base_layer().weight.detach().clone() for layer in layers]
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                layer.merge()
+        yield module
+    finally:
+        with torch.no_grad():
+            for layer, weight in zip(layers, saved, strict=True):
+                if layer.merged:
+                    layer.unmerge()
+                layer.get_base_layer().weight.copy_(weight)
+
+
 def add_language_lora(model: nn.Module, rank: int) -> list[nn.Parameter]:
     """A LoRA (alpha = rank) on the attention projections of a VLM's language model, the only trained weights;
     returns them. Reward-model training uses it; `merge_lora` folds it back before saving."""

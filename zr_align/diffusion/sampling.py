@@ -17,13 +17,14 @@ each grad step's denoiser call in backward, so a grad step holds only its input 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..lora import adapters_disabled
+from ..lora import adapters_disabled, lora_merged
 from ..preprocess import from_signed
 from ..runs.checks import check_choice, check_positive
 from .families import get_denoiser_family
@@ -49,6 +50,10 @@ class SamplingConfig:
     checkpoint_steps: bool = True  # torch.utils.checkpoint per grad step: activations of 1 step, ~1 extra forward
     checkpoint_denoiser: bool = False  # the denoiser's own block checkpointing (more recompute, less memory)
     checkpoint_vae: bool = False  # VAE-decoder checkpointing
+    # the no-grad steps with the LoRA folded into the base weights (restored exactly before the grad steps): skips
+    # the adapter branch of every adapted layer (~8% of a no-grad call on TinyWorld, CPU); outputs differ by float
+    # rounding (~1e-6), so runs are not bit-identical to unmerged ones; one process or DDP (not FSDP / ZeRO-3)
+    merge_lora: bool = False
 
     def __post_init__(self):
         check_positive("sampling.num_steps", self.num_steps)
@@ -253,14 +258,17 @@ class DifferentiableSampler:
 
         kl_terms = []
         x0 = x
-        for i in range(stop):
+        no_grad_until = grad_from if torch.is_grad_enabled() else stop
+        merged = self.config.merge_lora and no_grad_until > 0
+        with lora_merged(self.denoiser) if merged else contextlib.nullcontext(), torch.no_grad():
+            for i in range(min(no_grad_until, stop)):
+                x, x0 = self.step(scheduler, self.predict(x, timesteps[i], cond), timesteps[i], i, x)
+        for i in range(no_grad_until, stop):  # with grad
             t = timesteps[i]
-            with_grad = i >= grad_from and torch.is_grad_enabled()
-            with torch.set_grad_enabled(with_grad):
-                out = self.predict(x, t, cond, use_checkpoint=with_grad and self.config.checkpoint_steps)
-                if with_grad and kl:
-                    kl_terms.append(self._kl_term(x, t, cond, out))
-                x, x0 = self.step(scheduler, out, t, i, x)
+            out = self.predict(x, t, cond, use_checkpoint=self.config.checkpoint_steps)
+            if kl:
+                kl_terms.append(self._kl_term(x, t, cond, out))
+            x, x0 = self.step(scheduler, out, t, i, x)
         grad_steps = list(range(grad_from, stop))
 
         if method == "draft_lv":
