@@ -54,6 +54,7 @@ from ..runs import (
     save_config,
 )
 from ..runs.processes import (
+    MAX_STREAMS,
     full_trained_state,
     keep_model_weights_out_of_checkpoints,
     micro_batch_generator,
@@ -180,8 +181,9 @@ def _prepare(run: Run, config: TrainConfig, accelerator) -> None:
     sampler calls the module it returns wherever a gradient is built. The trained weights are checkpointed as their
     own object (`TrainableState`), except those accelerate saves itself (sharded: FSDP, DeepSpeed)."""
     kind = run.kind = process_kind(accelerator)
-    if accelerator.num_processes * config.gradient_accumulation_steps >= 7919:
-        raise ValueError("processes x gradient_accumulation_steps must stay below 7919 (random streams per step)")
+    if accelerator.num_processes * config.gradient_accumulation_steps >= MAX_STREAMS:
+        raise ValueError(f"processes x gradient_accumulation_steps must stay below {MAX_STREAMS} (random streams per "
+                         "step)")
     checkpointed = dict(run.trained)
     if kind == "single":
         run.optimizer, run.lr_schedule = accelerator.prepare(run.optimizer, run.lr_schedule)
