@@ -14,7 +14,10 @@ import torch
 from PIL import Image
 
 from zr_align.cli import main as cli_main
+from zr_align.preprocess import check_images, from_signed
 from zr_align.rewards import ZRewardModel
+from zr_align.tinyworld.grammar import all_prompts
+from zr_align.tinyworld.render import render
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a large red circle on the left"
@@ -61,15 +64,53 @@ def test_images_in_minus1_1_are_refused(reward_model):
 
 
 def test_decoder_overshoot_is_still_accepted_and_clamped(reward_model):
-    """A trained decoder overshoots [0, 1] by a few hundredths; the random tiny decoders of the tests reach
-    [-0.82, 1.47] (tests/test_sampling.py feeds those straight in): both stay accepted."""
+    """A trained decoder overshoots [0, 1] by a few hundredths: accepted and clamped. The random tiny decoders of
+    the tests reach [-0.82, 1.47]: accepted once mapped with `from_signed`, as the engine's decode does."""
     x = images()
     slight = x * 1.1 - 0.05  # [-0.05, 1.05]
     torch.testing.assert_close(reward_model(slight, [PROMPT] * 2).reward,
                                reward_model(slight.clamp(0, 1), [PROMPT] * 2).reward)
-    random_decoder = (0.47 + 0.3 * torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
-    assert (random_decoder < -0.1).float().mean() > 0.02 and random_decoder.min() < -0.6
-    assert torch.isfinite(reward_model(random_decoder.requires_grad_(), [PROMPT] * 2).reward).all()
+    signed = (-0.06 + 0.6 * torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))).requires_grad_()
+    assert ((signed + 1) / 2).min() < -0.6
+    out = reward_model(from_signed(signed), [PROMPT] * 2).reward
+    torch.testing.assert_close(out, reward_model(((signed + 1) / 2).clamp(0, 1), [PROMPT] * 2).reward)
+    out.sum().backward()
+    assert signed.grad.abs().sum() > 0
+
+
+def test_from_signed_has_an_identity_gradient_and_keeps_the_clamp_modes():
+    """`from_signed` pulls overshoot to [-0.05, 1.05] in the forward pass only: the gradient stays 0.5 everywhere,
+    and after the reward's clamp the values equal those of the plain affine map."""
+    signed = torch.linspace(-2.5, 2.5, 101).requires_grad_()
+    unit = from_signed(signed)
+    assert float(unit.detach().min()) == pytest.approx(-0.05) and float(unit.detach().max()) == pytest.approx(1.05)
+    unit.sum().backward()
+    assert torch.equal(signed.grad, torch.full_like(signed, 0.5))
+    plain = (signed.detach() + 1) / 2
+    inside = (plain >= -0.05) & (plain <= 1.05)
+    assert torch.equal(unit.detach()[inside], plain[inside])
+    assert torch.equal(unit.detach().clamp(0, 1), plain.clamp(0, 1))
+
+
+def test_every_signed_tinyworld_render_is_refused(reward_model):
+    """The rule refuses any value beyond 0.1 outside [0, 1], so a [-1, 1] image with only a small object darker
+    than 45% grey is refused as well (the old share rule let small pale objects through)."""
+    prompts = all_prompts()
+    renders = torch.stack([torch.from_numpy(render(p, seed=i).image).permute(2, 0, 1) for i, p in enumerate(prompts)])
+    unit = renders.float() / 255
+    check_images(unit)  # every valid render passes
+    refused = 0
+    for image in unit * 2 - 1:
+        try:
+            check_images(image[None])
+        except ValueError as error:
+            assert "decoder output in [-1, 1]" in str(error)
+            refused += 1
+    assert refused == len(prompts)
+    pale = torch.full((1, 3, 64, 64), 0.9)
+    pale[..., 30:32, 30:32] = 0.2  # a 2x2 dark spot: 0.03% of the values below 0 in [-1, 1]
+    with pytest.raises(ValueError, match=r"images look like decoder output in \[-1, 1\]"):
+        reward_model(pale * 2 - 1, [PROMPT])
 
 
 def test_non_finite_weights_are_refused_at_load(reward_dir, tmp_path):

@@ -55,6 +55,7 @@ from ..runs import (
 )
 from ..runs.processes import (
     MAX_STREAMS,
+    frozen_models_whole,
     full_trained_state,
     keep_model_weights_out_of_checkpoints,
     micro_batch_generator,
@@ -144,7 +145,8 @@ def setup(config: TrainConfig, accelerator) -> Run:
     from accelerate.utils import set_seed
 
     # The stock pipeline, everything frozen; our differentiable sampler over its components.
-    pipe, pipeline_class = load_pipeline(config, accelerator)
+    with frozen_models_whole(accelerator):
+        pipe, pipeline_class = load_pipeline(config, accelerator)
     sampler = DifferentiableSampler(pipe, config.model.family, config.sampling, config.model.resolution)
     denoiser = sampler.denoiser
     # A LoRA on the denoiser (fp32), or whole modules with model.trainable: full. Same seed on every rank: the
@@ -161,7 +163,8 @@ def setup(config: TrainConfig, accelerator) -> Run:
             module.to(torch.float32).requires_grad_(True).train()
     params = [p for module in trained.values() for p in module.parameters() if p.requires_grad]
     # The reward (frozen, differentiable for the backprop methods) and the data.
-    reward_fn = load_reward(config, accelerator) if config.method != "sft" else None
+    with frozen_models_whole(accelerator):
+        reward_fn = load_reward(config, accelerator) if config.method != "sft" else None
     prompts = load_prompts(config.data.prompts)
     if accelerator.is_main_process:
         warn_long_prompts(pipe, prompts + list(config.data.validation_prompts))

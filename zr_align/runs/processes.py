@@ -9,6 +9,7 @@ a DeepSpeed engine (ZeRO-2: gradients and optimizer state split; ZeRO-3: the wei
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import torch
@@ -79,6 +80,28 @@ def full_trained_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
         with deepspeed.zero.GatheredParameters([p for _, p in named]):
             return {name: p.detach().clone().cpu() for name, p in named}
     return {name: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu() for name, p in named}
+
+
+@contextlib.contextmanager
+def frozen_models_whole(accelerator):
+    """A context in which models are loaded whole on every rank.
+
+    Under ZeRO-3 accelerate registers its DeepSpeed config with transformers (even with `zero3_init_flag: false`),
+    and transformers then builds every model inside `deepspeed.zero.Init`, which partitions it at construction:
+    the frozen text encoder and the reward VLM, never prepared, would run on empty placeholders. The config is
+    unregistered while models load and registered again after; only the prepared denoiser is sharded (by
+    `prepare`)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None or plugin.zero_stage != 3:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
 
 
 def keep_model_weights_out_of_checkpoints(accelerator) -> None:
