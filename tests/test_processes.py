@@ -184,6 +184,19 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(ddp_run, tiny_cache, tmp_path)
     assert numbers(resumed) == numbers(whole)
 
 
+def test_fsdp_refuses_merge_lora_in_one_line(tiny_cache, tmp_path):
+    """Folding the LoRA into the base weights needs them whole; FSDP shards them: refused before the first step."""
+    out = with_cache(tmp_path / "merge", tiny_cache)
+    proc = torchrun(out, tiny_cache, "sampling.merge_lora=true", kind="fsdp", wait=False)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode != 0
+    errors = [line for line in err.splitlines() if line.startswith("train_t2i.py: error: ")]
+    assert errors and all("sampling.merge_lora=true folds the LoRA into whole base weights, but fsdp shards them"
+                          in line for line in errors), err[-2000:]
+    assert "ValueError" not in err  # (the launcher prints its own traceback when ranks exit non-zero)
+    assert not (out / "checkpoints").exists() and not (out / "lora").exists()
+
+
 # ------------------------------------------------------------------ DeepSpeed
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])

@@ -194,6 +194,9 @@ def _prepare(run: Run, config: TrainConfig, accelerator) -> None:
         if kind != "ddp" and config.model.trainable == "full":
             raise ValueError(f"model.trainable: full is not supported with {kind} (the pipeline is saved from whole "
                              "weights); use LoRA or DDP")
+        if config.sampling.merge_lora and shards_weights(accelerator):
+            raise ValueError(f"sampling.merge_lora=true folds the LoRA into whole base weights, but {kind} shards them; "
+                             "set sampling.merge_lora=false or use DDP")
         if kind == "deepspeed":
             _fill_deepspeed_config(accelerator, config)
         with warnings.catch_warnings():  # torch 2.13 deprecates broadcast_buffers; accelerate 1.15 has no successor

@@ -15,9 +15,9 @@ any pixel is darker than 45% grey still passes: it cannot be told from a dim [0,
 Decoders overshoot [-1, 1]: trained ones by a few hundredths, the random tiny VAEs of the tests to [-0.82, 1.47]
 after mapping. `from_signed` therefore pulls values beyond [-0.05, 1.05] (half the tolerance, a margin for
 bf16 rounding) to that band in the forward pass only (straight-through: the gradient is the identity), so
-decoder output mapped with it never trips the check,
-and what the reward computes is unchanged: its clamp mode maps every value outside [0, 1] to the same bound,
-with the same gradient ("hard": zero; "straight_through": identity; "none": refused as before).
+decoder output mapped with it never trips the check, and what the reward computes is unchanged: its clamp mode
+maps every value outside [0, 1] to the same bound, with the same gradient ("hard": zero; "straight_through":
+identity; "none": refused as before).
 
 `MinimumSize` refuses images smaller than a vision patch (`ZRewardModel` wraps its preprocessor in it): HF
 processors upsample a 1x1 or 8x8 image and the model then scores interpolated mush.
