@@ -4,13 +4,8 @@ backpropagating a differentiable reward through the sampler (DRaFT-K, DRaFT-LV, 
     from zr_align.diffusion import fine_tune, load_train_config
     fine_tune(load_train_config("configs/tiny_debug.yaml", ["max_steps=2"]), overwrite=True)
 
-Output folder (`output_dir`):
-    lora/pytorch_lora_weights.safetensors   diffusers format, loads with `pipe.load_lora_weights(OUT/lora)`
-    pipeline/                               instead of lora/ with model.trainable: full (a stock pipeline folder)
-    checkpoints/step_N/                     accelerate state (trained weights, optimizer, LR, RNG), crash-safe
-    metrics.jsonl                           one JSON object per optimizer step
-    config.yaml                             the resolved config
-    validation/step_N.png                   image grids of the fixed validation prompts
+The output folder (`output_dir`: lora/, checkpoints/step_N/, metrics.jsonl, config.yaml, validation/) is laid
+out as `python train_t2i.py --help` shows.
 
 A folder that already holds a run is refused unless `resume` (continue it: the model settings must match) or
 `overwrite` (clear it first); two runs cannot write into one folder at once (a lock). Bad input raises a one-line
