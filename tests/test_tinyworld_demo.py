@@ -64,3 +64,21 @@ def test_demo_judges_held_out_prompts_only(demo):
 def test_demo_refuses_an_unknown_split(tmp_path):
     with pytest.raises(ValueError, match="eval_split must be 'validation' or 'test'"):
         run_demo(tmp_path, eval_split="train")
+
+
+def test_demo_reports_the_judges_artefact_rates_per_arm(demo):
+    """Realism, plausibility and aesthetics move through the judge's artefact flags: the report shows the share of
+    images with each flag per arm, as the judge reads the arm's own samples."""
+    import numpy as np
+    from PIL import Image
+
+    from zr_align.tinyworld.judge import ARTEFACTS, judge
+
+    out, report = demo
+    for arm in report["arms"]:
+        folder = out / "compare" / "samples" / arm["name"]
+        lines = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+        verdicts = [judge(np.asarray(Image.open(folder / x["file"]).convert("RGB")), x["prompt"]) for x in lines]
+        assert arm["artefacts"] == {a: sum(v.artefacts[a] for v in verdicts) / len(verdicts) for a in ARTEFACTS}
+    md = (out / "report.md").read_text()
+    assert "| arm | blur | noise | color shift | fragments | crop | low contrast | clutter |" in md

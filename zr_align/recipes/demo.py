@@ -177,7 +177,8 @@ def _arm_rows(result: dict, runs: dict, specs: list[ModelSpec]) -> list[dict]:
         rows.append({"name": spec.name, "how": how,
                      "steps": len(run["metrics"]) if run else 0, "train_minutes": run["minutes"] if run else 0.0,
                      "lora": spec.lora, "accuracy": model["accuracy"], "reward_mean": model["reward_mean"],
-                     "mean_scores": model["summary"]["mean_scores"], "vs_base": vs_base.get(spec.name)})
+                     "mean_scores": model["summary"]["mean_scores"],
+                     "artefacts": model["summary"].get("artefacts", {}), "vs_base": vs_base.get(spec.name)})
     return rows
 
 
@@ -209,6 +210,9 @@ def _markdown(report: dict, arms: list[dict], pairs: list[dict]) -> str:
         "![Per-attribute judge accuracy on the held-out prompts, 95% intervals over prompts](attributes.png)"]
     scores = "\n".join(f"| {arm['name']} | " + " | ".join(f"{s:.2f}" for s in arm["mean_scores"].values()) + " |"
                        for arm in arms)
+    flags = list(arms[0]["artefacts"])
+    artefacts = "\n".join(f"| {arm['name']} | " + " | ".join(f"{arm['artefacts'].get(f, 0.0):.2f}" for f in flags)
+                          + " |" for arm in arms)
     return f"""# TinyWorld demo: reward fine-tuning against an SFT control, judged by the ground truth
 
 {len(arms)} arms on the SFT baseline `{report['base_model']}`, compared on {ev['images']} images of the {ev['prompts']}
@@ -239,6 +243,13 @@ Mean judge scores:
 | arm | {' | '.join(arms[0]['mean_scores'])} |
 |---|{'---|' * len(arms[0]['mean_scores'])}
 {scores}
+
+Share of images with each artefact flag of the judge (blur, noise and colour shift cost realism; fragments and crop
+plausibility; low contrast and clutter aesthetics):
+
+| arm | {' | '.join(f.replace('_', ' ') for f in flags)} |
+|---|{'---|' * len(flags)}
+{artefacts}
 
 Files beside this report: [report.json](report.json), [compare/compare.md](compare/compare.md) (the `zr-align compare`
 tables), samples in `compare/samples/ARM/`, the runs in `run/` (reward-tuned) and `sft_run/` (SFT control).

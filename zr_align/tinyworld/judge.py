@@ -376,13 +376,15 @@ def _plausibility(label, components, areas, main_id: int, color_index: int, soli
 
 # ------------------------------------------------------------------ a generator measured by the judge
 def summarize(verdicts: list[Verdict]) -> dict:
-    """Per-attribute accuracy, all-attributes-correct rate and mean rubric scores of a list of verdicts."""
+    """Per-attribute accuracy, all-attributes-correct rate, mean rubric scores and the share of images with each
+    artefact flag (where the realism, plausibility and aesthetics points went) of a list of verdicts."""
     n = len(verdicts)
     return {
         "images": n,
         "accuracy": {a: sum(v.correct[a] for v in verdicts) / n for a in ATTRIBUTES},
         "all_correct": sum(all(v.correct[a] for a in ATTRIBUTES) for v in verdicts) / n,
         "mean_scores": {d: sum(v.scores[d] for v in verdicts) / n for d in verdicts[0].scores},
+        "artefacts": {a: sum(v.artefacts[a] for v in verdicts) / n for a in ARTEFACTS},
     }
 
 
