@@ -97,6 +97,34 @@ def test_distillation_targets_are_cached_once(method, sft_teacher, data, tmp_pat
     assert sum(values[-5:]) < sum(values[:5])
 
 
+def test_distillation_targets_follow_a_teacher_retrained_in_place(sft_teacher, data, tmp_path):
+    """Retraining the teacher into the same folder must not reuse its predecessor's cached targets."""
+    import shutil
+
+    own = tmp_path / "data"
+    shutil.copytree(data.parent, own, ignore=shutil.ignore_patterns("teacher_targets"))
+    teacher = tmp_path / "teacher"
+    shutil.copytree(sft_teacher, teacher)
+    risd = RisdConfig(teacher=str(teacher), num_rationales=2)
+
+    def distil(name):
+        config = RewardTrainConfig(method="risd", output_dir=str(tmp_path / name), init="tinyworld:student",
+                                   data=str(own / "rated.jsonl"), max_steps=1, batch_size=8, risd=risd)
+        train_tinyworld(config, log=lambda *_: None)
+        return {f.name: torch.load(f, weights_only=False)["targets"] for f in (own / "teacher_targets").glob("*.pt")}
+
+    first = distil("a")
+    model = ZRewardModel.from_pretrained(teacher)
+    with torch.no_grad():
+        for p in model.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    model.save_pretrained(teacher)  # the same folder, other weights
+    second = distil("b")
+    assert len(first) == 1 and len(second) == 2
+    (new,) = set(second) - set(first)
+    assert not torch.allclose(second[new], next(iter(first.values())))
+
+
 def test_resume_continues_exactly(data, tmp_path):
     def config(out, steps):
         return RewardTrainConfig(method="student_sft", output_dir=str(out), init="tinyworld:student",

@@ -87,8 +87,13 @@ def make_trainable(model: ZRewardModel, config: RewardTrainConfig) -> list[torch
 def teacher_targets(config: RewardTrainConfig, data: RatedImages, out: Path, log=print) -> torch.Tensor:
     """`(N, D, K)` teacher distributions marginalised over `num_rationales` sampled rationales, for every data
     row; computed once and cached beside the data, in `teacher_targets/<digest of the key>.pt` (keyed by teacher,
-    data, N, temperature and seed), so RISD and OPD runs on the same data share them."""
-    key = {"teacher": str(Path(config.risd.teacher).resolve()), "data": str(Path(config.data).resolve()),
+    its files, data, N, temperature and seed), so RISD and OPD runs on the same data share them. The teacher's
+    files (name, size, modification time) are in the key: a teacher retrained into the same folder gets new
+    targets, never its predecessor's."""
+    teacher_dir = Path(config.risd.teacher).resolve()
+    files = sorted(f for f in teacher_dir.iterdir() if f.is_file()) if teacher_dir.is_dir() else []
+    key = {"teacher": str(teacher_dir), "data": str(Path(config.data).resolve()),
+           "teacher_files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files],
            "num_rationales": config.risd.num_rationales, "temperature": config.risd.temperature,
            "seed": config.seed}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
