@@ -17,36 +17,26 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from zr_align.rewards import ZRewardModel
-from zr_align.tinyworld import judge, split_prompts
-from zr_align.tinyworld.judge import net_preference
-from zr_align.tinyworld.sample import load_pipeline
-
-
-def _latents(pipe, prompts: list[str], seed: int) -> torch.Tensor:
-    noise = torch.stack([torch.randn((4, 16, 16), generator=torch.Generator().manual_seed(seed + i))
-                         for i in range(len(prompts))])
-    out = [pipe(prompts[s:s + 32], num_inference_steps=20, guidance_scale=1.0, latents=noise[s:s + 32],
-                output_type="latent", height=64, width=64).images for s in range(0, len(prompts), 32)]
-    return torch.cat(out) / pipe.vae.config.scaling_factor
+from zr_align.tinyworld import split_prompts
+from zr_align.tinyworld.judge import judge_images, net_preference, summarize
+from zr_align.tinyworld.sample import generate, load_pipeline
 
 
 def _judged(images: torch.Tensor, prompts: list[str]):
-    pixels = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    return [judge(image, prompt) for image, prompt in zip(pixels, prompts)]
+    return judge_images((images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy(), prompts)
 
 
 def _line(step, verdicts, base) -> str:
-    n = len(verdicts)
-    acc = " ".join(f"{a} {np.mean([v.correct[a] for v in verdicts]):.3f}" for a in verdicts[0].correct)
-    blur, shift = (sum(v.artefacts[a] for v in verdicts) for a in ("blur", "color_shift"))
-    realism = np.mean([v.scores["realism"] for v in verdicts])
+    summary, n = summarize(verdicts), len(verdicts)
+    acc = " ".join(f"{a} {v:.3f}" for a, v in summary["accuracy"].items())
+    blur, shift = (round(summary["artefacts"][a] * n) for a in ("blur", "color_shift"))
     gsb = f" GSB vs base {net_preference(verdicts, base)['net']:+.1%}" if base is not None else ""
-    return f"step {step:>4}: realism {realism:.2f}, blur {blur}/{n}, colour shift {shift}/{n}, {acc}{gsb}"
+    return (f"step {step:>4}: realism {summary['mean_scores']['realism']:.2f}, blur {blur}/{n}, colour shift "
+            f"{shift}/{n}, {acc}{gsb}")
 
 
 def main():
@@ -68,9 +58,13 @@ def main():
     def decode(latents):
         return (vae.decode(latents).sample + 1) / 2
 
+    def low(images):  # 5x5 box blur: colours and background, not edges
+        return F.avg_pool2d(images, 5, 1, 2, count_include_pad=False)
+
     start = time.perf_counter()
     with torch.no_grad():
-        train_latents, held_latents = _latents(pipe, train, 0), _latents(pipe, held_out, 10_000)
+        train_latents, held_latents = (generate(pipe, p, seed=seed, batch_size=32, output_type="latent")
+                                       / vae.config.scaling_factor for p, seed in ((train, 0), (held_out, 10_000)))
         train_base = decode(train_latents)
         base = _judged(decode(held_latents), held_out)
     print(f"{args.reward}, anchor {args.anchor}, lr {args.lr}; latents in {time.perf_counter() - start:.0f} s")
@@ -79,7 +73,6 @@ def main():
     for p in params:
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(params, lr=args.lr)
-    low = lambda x: F.avg_pool2d(x, 5, 1, 2, count_include_pad=False)  # noqa: E731
     for step in range(1, args.steps + 1):
         idx = torch.randint(0, len(train), (8,))
         images = decode(train_latents[idx])

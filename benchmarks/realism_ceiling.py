@@ -16,18 +16,17 @@ import argparse
 import numpy as np
 import torch
 
-from zr_align.tinyworld import judge, render, split_prompts
-from zr_align.tinyworld.judge import ARTEFACTS
+from zr_align.tinyworld import render, split_prompts
+from zr_align.tinyworld.judge import ARTEFACTS, judge_images, summarize
 from zr_align.tinyworld.sample import generate, load_pipeline
 
 
 def _row(name: str, images: np.ndarray, prompts: list[str]) -> str:
-    verdicts = [judge(image, prompt) for image, prompt in zip(images, prompts)]
-    n = len(verdicts)
-    flags = " ".join(f"{sum(v.artefacts[a] for v in verdicts) / n:>6.2f}" for a in ARTEFACTS)
+    verdicts = judge_images(images, prompts)
+    summary = summarize(verdicts)
+    flags = " ".join(f"{summary['artefacts'][a]:>6.2f}" for a in ARTEFACTS)
     sharp = np.median([v.measurements.get("sharpness", np.nan) for v in verdicts])
-    realism = np.mean([v.scores["realism"] for v in verdicts])
-    return f"{name:<18} {realism:>7.2f} {sharp:>9.3f} {flags}"
+    return f"{name:<18} {summary['mean_scores']['realism']:>7.2f} {sharp:>9.3f} {flags}"
 
 
 @torch.no_grad()

@@ -33,6 +33,22 @@ def test_sft_model_loads_in_the_stock_pipeline():
     assert image.shape == (64, 64, 3) and image.std() > 0.01
 
 
+def test_generate_returns_the_latents_its_images_decode_from():
+    """`sample.generate(output_type="latent")`: the same noise per image as the PNG path, before decoding."""
+    from zr_align.tinyworld.sample import generate, load_pipeline
+
+    pipe = load_pipeline(MODELS / "sft")
+    images = generate(pipe, PROMPTS, seed=7, steps=4, batch_size=2)
+    latents = generate(pipe, PROMPTS, seed=7, steps=4, batch_size=2, output_type="latent")
+    assert latents.shape == (3, 4, 16, 16)
+    with torch.no_grad():
+        decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    pixels = ((decoded / 2 + 0.5).clamp(0, 1) * 255).permute(0, 2, 3, 1).numpy()
+    assert abs(pixels - images.astype("float32")).max() <= 1.0  # the pipeline's own decode, rounded to uint8
+    with pytest.raises(ValueError, match="output_type must be 'np' or 'latent'"):
+        generate(pipe, PROMPTS, output_type="pil")
+
+
 @pytest.fixture(scope="module")
 def student():
     return ZRewardModel.from_pretrained(MODELS / "student")

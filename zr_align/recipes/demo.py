@@ -178,7 +178,7 @@ def _arm_rows(result: dict, runs: dict, specs: list[ModelSpec]) -> list[dict]:
                      "steps": len(run["metrics"]) if run else 0, "train_minutes": run["minutes"] if run else 0.0,
                      "lora": spec.lora, "accuracy": model["accuracy"], "reward_mean": model["reward_mean"],
                      "mean_scores": model["summary"]["mean_scores"],
-                     "artefacts": model["summary"].get("artefacts", {}), "vs_base": vs_base.get(spec.name)})
+                     "artefacts": model["summary"]["artefacts"], "vs_base": vs_base.get(spec.name)})
     return rows
 
 
@@ -211,7 +211,7 @@ def _markdown(report: dict, arms: list[dict], pairs: list[dict]) -> str:
     scores = "\n".join(f"| {arm['name']} | " + " | ".join(f"{s:.2f}" for s in arm["mean_scores"].values()) + " |"
                        for arm in arms)
     flags = list(arms[0]["artefacts"])
-    artefacts = "\n".join(f"| {arm['name']} | " + " | ".join(f"{arm['artefacts'].get(f, 0.0):.2f}" for f in flags)
+    artefacts = "\n".join(f"| {arm['name']} | " + " | ".join(f"{arm['artefacts'][f]:.2f}" for f in flags)
                           + " |" for arm in arms)
     return f"""# TinyWorld demo: reward fine-tuning against an SFT control, judged by the ground truth
 

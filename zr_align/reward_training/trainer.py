@@ -91,9 +91,9 @@ def teacher_targets(config: RewardTrainConfig, data: RatedImages, out: Path, log
     files (name, size, modification time) are in the key: a teacher retrained into the same folder gets new
     targets, never its predecessor's."""
     teacher_dir = Path(config.risd.teacher).resolve()
-    files = sorted(f for f in teacher_dir.iterdir() if f.is_file()) if teacher_dir.is_dir() else []
+    files = sorted((f.name, f.stat()) for f in teacher_dir.iterdir() if f.is_file()) if teacher_dir.is_dir() else []
     key = {"teacher": str(teacher_dir), "data": str(Path(config.data).resolve()),
-           "teacher_files": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+           "teacher_files": [[name, stat.st_size, stat.st_mtime_ns] for name, stat in files],
            "num_rationales": config.risd.num_rationales, "temperature": config.risd.temperature,
            "seed": config.seed}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

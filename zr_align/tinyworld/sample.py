@@ -26,18 +26,23 @@ def load_pipeline(model_dir, lora_dir=None):
 
 
 @torch.no_grad()
-def generate(pipe, prompts: list[str], seed: int = 0, steps: int = 20, batch_size: int = 16) -> np.ndarray:
+def generate(pipe, prompts: list[str], seed: int = 0, steps: int = 20, batch_size: int = 16,
+             output_type: str = "np"):
     """uint8 `(N, 64, 64, 3)` images, one per prompt; image `i` uses the noise of seed `seed + i`, so the same
-    prompt list always gets the same noise (a fair comparison of two models on the same seeds)."""
-    images = []
+    prompt list always gets the same noise (a fair comparison of two models on the same seeds). With
+    `output_type="latent"`: the final latents `(N, 4, 16, 16)` before decoding, as a tensor (scaled as the
+    pipeline returns them; divide by `pipe.vae.config.scaling_factor` to decode)."""
+    if output_type not in ("np", "latent"):
+        raise ValueError(f"output_type must be 'np' or 'latent'; got {output_type!r}")
+    outputs = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         latents = torch.stack([torch.randn((4, 16, 16), generator=torch.Generator().manual_seed(seed + start + i))
                                for i in range(len(chunk))])
-        out = pipe(chunk, num_inference_steps=steps, guidance_scale=1.0, latents=latents, output_type="np",
+        out = pipe(chunk, num_inference_steps=steps, guidance_scale=1.0, latents=latents, output_type=output_type,
                    height=64, width=64)
-        images.append((out.images * 255).round().astype(np.uint8))
-    return np.concatenate(images)
+        outputs.append(out.images if output_type == "latent" else (out.images * 255).round().astype(np.uint8))
+    return torch.cat(outputs) if output_type == "latent" else np.concatenate(outputs)
 
 
 def write_samples(images: np.ndarray, prompts: list[str], out_dir) -> Path:
