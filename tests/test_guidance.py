@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks
+from PIL import Image
+from safetensors.torch import load_file
 
 from zr_align.cli import main as cli_main
 from zr_align.guidance import (
@@ -20,6 +23,7 @@ from zr_align.guidance import (
     generate,
     initial_noise,
     load_lora,
+    load_pipeline,
     optimize_noise,
 )
 from zr_align.guidance.pipelines import run_pipeline
@@ -123,6 +127,22 @@ def test_best_of_n_keeps_the_candidate_with_the_highest_reward(sd_pipe, reward_m
     one = generate(sd_pipe, PROMPTS, "best_of_n", reward_model, seeds=[5, 6], num_inference_steps=4,
                    options=BestOfNOptions(n=1))
     assert torch.equal(one.images, plain.images)
+
+
+def decode(pipe, latents):
+    with torch.no_grad():
+        images = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    return pipe.image_processor.postprocess(images, output_type="pt")
+
+
+def test_final_latents_are_what_every_mode_decodes_its_images_from(sd_pipe, reward_model):
+    runs = {mode: generate(sd_pipe, PROMPTS, mode, reward_model, seeds=[5, 6], num_inference_steps=3, options=opts)
+            for mode, opts in [("plain", None), ("guidance", GuidanceOptions(scale=0.5)),
+                               ("best_of_n", BestOfNOptions(n=3))]}
+    for mode, out in runs.items():
+        assert out.final_latents.shape == (2, 4, 16, 16), mode
+        assert (decode(sd_pipe, out.final_latents) - out.images).abs().max() <= 1e-6, mode
+    assert (runs["guidance"].final_latents - runs["plain"].final_latents).abs().max() > 1e-3  # guidance moved them
 
 
 def test_best_of_n_takes_a_reward_without_gradient(sd_pipe):
@@ -241,6 +261,27 @@ def test_cli_generate_writes_pngs_and_rewards(tmp_path, sd_folder, tiny_reward_d
     assert [(r["image"], r["prompt"], r["seed"]) for r in lines] == [("00000.png", PROMPTS[0], 0),
                                                                     ("00001.png", PROMPTS[1], 1)]
     assert all(isinstance(r["reward"], float) and (out / r["image"]).is_file() for r in lines)
+    assert not (out / "latents.safetensors").exists() and all("latent" not in r for r in lines)
+    saved = tmp_path / "with_latents"
+    assert cli_main([*common, "--mode", "plain", "--save-latents", "--out", str(saved)]) == 0
+    lines = [json.loads(line) for line in (saved / "samples.jsonl").read_text().splitlines()]
+    latents = load_file(saved / "latents.safetensors")["latents"]
+    assert [r["latent"] for r in lines] == [0, 1] and latents.shape == (2, 4, 16, 16)
+    pixels = torch.stack([torch.from_numpy(np.array(Image.open(saved / r["image"]))) for r in lines])
+    decoded = (decode(load_pipeline(sd_folder), latents).permute(0, 2, 3, 1) * 255).round()
+    assert (decoded - pixels.float()).abs().max() <= 1  # each PNG is its row of latents, decoded
+    # preference pairs: rows 0..1 the chosen candidates (the PNGs), rows 2..3 the lowest-reward ones
+    paired = tmp_path / "pairs"
+    assert cli_main([*common, "--mode", "best_of_n", "--n", "3", "--save-pairs", "--out", str(paired)]) == 0
+    pairs = [json.loads(line) for line in (paired / "pairs.jsonl").read_text().splitlines()]
+    latents = load_file(paired / "latents.safetensors")["latents"]
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [(PROMPTS[0], 0, 2), (PROMPTS[1], 1, 3)]
+    assert latents.shape == (4, 4, 16, 16) and all(p["reward_chosen"] > p["reward_rejected"] for p in pairs)
+    pixels = torch.stack([torch.from_numpy(np.array(Image.open(paired / f"{i:05d}.png"))) for i in range(2)])
+    assert (decode(load_pipeline(sd_folder), latents[:2]).permute(0, 2, 3, 1) * 255 - pixels.float()).abs().max() <= 1
+    capsys.readouterr()
+    assert cli_main([*common, "--mode", "plain", "--save-pairs", "--out", str(tmp_path / "y")]) == 2
+    assert "save_pairs needs mode best_of_n with n >= 2" in one_cli_error(capsys) and not (tmp_path / "y").exists()
     capsys.readouterr()
     assert cli_main([*common, "--mode", "best_of_n", "--n", "0", "--out", str(tmp_path / "x")]) == 2
     assert "best-of-N needs n >= 1" in one_cli_error(capsys) and not (tmp_path / "x").exists()

@@ -154,6 +154,31 @@ def test_two_ranks_equal_one_rank_with_two_micro_batches(ddp_run, tiny_cache, tm
 
 
 @pytest.mark.slow
+def test_dpo_on_two_ranks_equals_one_rank_with_two_micro_batches(tiny_cache, tmp_path):
+    """method dpo under DDP: the reference forward (the LoRA switched off, no graph) goes through the bare module on
+    every rank, and the pair draws follow the same streams as every other method."""
+    from safetensors.torch import save_file
+
+    pairs = tmp_path / "pairs"
+    pairs.mkdir()
+    save_file({"latents": torch.randn((6, 4, 16, 16), generator=torch.Generator().manual_seed(0))},
+              str(pairs / "latents.safetensors"))
+    (pairs / "pairs.jsonl").write_text("".join(json.dumps({"prompt": f"shape {i}", "chosen": i, "rejected": 3 + i})
+                                               + "\n" for i in range(3)))
+    args = ["method=dpo", f"data.pairs={pairs}", "max_steps=2", "optim.lr=1e-2"]
+    ddp = torchrun(tmp_path / "ddp", tiny_cache, *args)
+    single = with_cache(tmp_path / "single", tiny_cache)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert train_t2i.main(["--config", TINY, f"output_dir={single}", "gradient_accumulation_steps=2", *args]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert max_diff(lora(ddp), lora(single)) == 0.0
+    assert numbers(ddp) == numbers(single) and all(m["grad_norm"] > 0 for m in metrics(ddp))
+
+
+@pytest.mark.slow
 def test_two_ranks_killed_and_resumed_train_exactly(ddp_run, tiny_cache, tmp_path):
     out = tmp_path / "killed"
     run = torchrun(out, tiny_cache, "checkpoint_every=1", wait=False)

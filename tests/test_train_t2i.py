@@ -133,6 +133,119 @@ def test_sft_method_and_sft_mixing(tmp_path, tiny_cache):
     assert run(mixed, tiny_cache, f"data.sft_data={data}", "optim.sft_weight=0.5", "max_steps=1") == 0
 
 
+def make_latent_data(folder: Path, shape=(3, 4, 16, 16)) -> Path:
+    """A folder as `zr-align generate --save-latents` writes it: samples.jsonl naming rows of latents.safetensors."""
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    save_file({"latents": torch.randn(shape, generator=torch.Generator().manual_seed(0))},
+              str(folder / "latents.safetensors"))
+    lines = [json.dumps({"image": f"{i:05d}.png", "prompt": f"a square number {i}", "latent": i})
+             for i in range(shape[0])]
+    (folder / "samples.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_sft_on_stored_latents_skips_the_vae_encoder(tmp_path, tiny_cache, monkeypatch):
+    """A folder of latents is trained on as it is; the same run on images does go through the encoder."""
+    from zr_align.diffusion import trainer
+    from zr_align.diffusion.datasets import LatentPromptDataset, load_sft_data
+
+    latents = make_latent_data(tmp_path / "latents")
+    data = load_sft_data(str(latents), 64)
+    assert isinstance(data, LatentPromptDataset) and data.holds_latents
+    prompts, x0 = data.batch(torch.tensor([2, 0]))
+    stored = load_file(latents / "latents.safetensors")["latents"]
+    assert prompts == ["a square number 2", "a square number 0"] and torch.equal(x0, stored[[2, 0]])
+
+    encoded = []
+    real_encode = trainer.encode_images
+    monkeypatch.setattr(trainer, "encode_images", lambda sampler, images: encoded.append(1) or real_encode(sampler,
+                                                                                                          images))
+    out = tmp_path / "sft_latents"
+    assert run(out, tiny_cache, "method=sft", f"data.sft_data={latents}", "max_steps=2") == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert encoded == [] and all(r["loss"] > 0 and r["grad_norm"] > 0 for r in records)
+    assert run(tmp_path / "sft_images", tiny_cache, "method=sft", f"data.sft_data={make_sft_data(tmp_path / 'img')}",
+               "max_steps=1") == 0
+    assert encoded == [1]
+
+
+def test_stored_latents_of_another_shape_are_refused_in_one_line(tmp_path, tiny_cache, capsys):
+    latents = make_latent_data(tmp_path / "latents", shape=(2, 4, 8, 8))
+    out = tmp_path / "bad"
+    assert run(out, tiny_cache, "method=sft", f"data.sft_data={latents}") == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "stored latents have shape (4, 8, 8) but model.resolution 64 needs (4, 16, 16)" \
+        in errors[0]
+    assert not (out / "checkpoints").exists() and not (out / "lora").exists()
+    (latents / "samples.jsonl").write_text(json.dumps({"prompt": "x", "latent": 5}) + "\n")
+    with pytest.raises(ValueError, match="needs a 'prompt' and a 'latent' row in 0..1"):
+        from zr_align.diffusion.datasets import load_sft_data
+
+        load_sft_data(str(latents), 64)
+
+
+def make_pair_data(folder: Path) -> Path:
+    """Preference pairs as `zr-align generate --mode best_of_n --save-pairs` writes them: chosen rows 0..1 (a bright
+    square in the latents), rejected rows 2..3 (noise)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir()
+    chosen = torch.zeros(2, 4, 16, 16)
+    chosen[:, :, 4:12, 4:12] = 1.5
+    rejected = torch.randn((2, 4, 16, 16), generator=torch.Generator().manual_seed(1))
+    save_file({"latents": torch.cat([chosen, rejected])}, str(folder / "latents.safetensors"))
+    lines = [json.dumps({"prompt": f"a square number {i}", "chosen": i, "rejected": 2 + i}) for i in range(2)]
+    (folder / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def denoising_errors(pipe, latents: torch.Tensor, prompt: str) -> torch.Tensor:
+    """Per-sample squared error of `pipe`'s denoiser on `latents` at five fixed noise levels with fixed noise."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    embeds = pipe.encode_prompt(prompt, "cpu", 1, False)[0].expand(len(latents), -1, -1)
+    errors = []
+    for t in (100, 300, 500, 700, 900):
+        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(t))
+        steps = torch.full((len(latents),), t)
+        x_t = scheduler.add_noise(latents, noise, steps)
+        target = scheduler.get_velocity(latents, noise, steps) \
+            if scheduler.config.prediction_type == "v_prediction" else noise
+        with torch.no_grad():
+            pred = pipe.unet(x_t, steps, encoder_hidden_states=embeds).sample
+        errors.append(((pred - target) ** 2).flatten(1).mean(1))
+    return torch.stack(errors).mean(0)
+
+
+def test_dpo_moves_the_model_towards_the_chosen_latents(tmp_path, tiny_cache):
+    """Diffusion-DPO: the first loss is log 2 (the LoRA starts as the reference), the gradient reaches the LoRA, and
+    after training the tuned model denoises the chosen latents better, relative to the base, than the rejected."""
+    import math
+
+    from diffusers import StableDiffusionPipeline
+
+    pairs = make_pair_data(tmp_path / "pairs")
+    out = tmp_path / "dpo"
+    assert run(out, tiny_cache, "method=dpo", f"data.pairs={pairs}", "max_steps=6", "optim.lr=1e-2",
+               "optim.dpo_beta=50") == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert abs(records[0]["loss"] - math.log(2)) < 1e-5 and records[0]["reward_mean"] is None
+    assert all(r["grad_norm"] > 0 for r in records)
+    base = StableDiffusionPipeline.from_pretrained(out / ".tiny" / "sd")
+    tuned = StableDiffusionPipeline.from_pretrained(out / ".tiny" / "sd")
+    tuned.load_lora_weights(out / "lora")
+    latents = load_file(pairs / "latents.safetensors")["latents"]
+    margin = 0.0
+    for i in range(2):
+        pair, prompt = latents[[i, 2 + i]], f"a square number {i}"
+        tuned_err, base_err = denoising_errors(tuned, pair, prompt), denoising_errors(base, pair, prompt)
+        margin += float((tuned_err[0] - base_err[0]) - (tuned_err[1] - base_err[1]))
+    assert margin < -1e-3, margin  # chosen: error down relative to the base; rejected: up
+
+
 def test_full_sft_with_text_encoder_writes_a_stock_pipeline(tmp_path, tiny_cache):
     from diffusers import StableDiffusionPipeline
 
@@ -176,7 +289,7 @@ def test_non_finite_reward_skips_the_step_and_keeps_the_weights(tmp_path, tiny_c
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["method=dpo"], "method must be one of draft_k, refl, draft_lv, full, sft; got 'dpo'"),
+        (["method=ppo"], "method must be one of draft_k, refl, draft_lv, full, sft, dpo; got 'ppo'"),
         (["model.family=kandinsky"], "model.family must be one of sd, sdxl, sd3, pixart, flux; got 'kandinsky'"),
         (["reward.kind=jpeg_compressibility"], "reward jpeg_compressibility is not differentiable"),
         (["model.resolution=66"], "image size 66 is not divisible by 4"),
@@ -184,6 +297,9 @@ def test_non_finite_reward_skips_the_step_and_keeps_the_weights(tmp_path, tiny_c
         (["model.family=sdxl"], "model.path holds a StableDiffusionPipeline, but model.family sdxl needs"),
         (["optim.lrr=1"], "unknown config key 'optim.lrr'"),
         (["model.train_text_encoder=true"], "model.train_text_encoder needs model.trainable: full"),
+        (["method=dpo"], "method dpo needs data.pairs (a folder written by `zr-align generate --mode best_of_n"),
+        (["method=dpo", "data.pairs=/tmp", "model.trainable=full"], "method dpo needs model.trainable: lora"),
+        (["method=dpo", "data.pairs=/nonexistent"], "data.pairs /nonexistent has no latents.safetensors"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, tiny_cache, capsys, overrides, message):

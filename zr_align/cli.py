@@ -370,6 +370,12 @@ def _add_generate(sub) -> None:
     p.add_argument("--steps", type=_positive_int, default=20, help="sampling steps of the pipeline")
     p.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale of the pipeline")
     p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--save-latents", action="store_true",
+                   help="also write latents.safetensors (the final latents of every image): SFT data for "
+                        "train_t2i.py that skips the VAE encoder (data.sft_data=OUT)")
+    p.add_argument("--save-pairs", action="store_true",
+                   help="best_of_n: also write pairs.jsonl and the latents of each prompt's best and worst candidate: "
+                        "preference pairs for Diffusion-DPO (train_t2i.py method=dpo data.pairs=OUT)")
     g = p.add_argument_group("mode options (default: the library's, see README)")
     g.add_argument("--scale", type=float, help="guidance: step length in noise-level units (0: plain sampling)")
     g.add_argument("--window", type=float, nargs=2, metavar=("START", "END"),
@@ -398,7 +404,8 @@ def _run_generate(args) -> int:
     pipe = load_pipeline(args.model, args.lora)
     reward = load_reward(args.reward, device=pipe.device) if args.reward is not None else None
     index = generate_folder(pipe, prompts, args.out, args.mode, reward, seed=args.seed, batch_size=args.batch_size,
-                            num_inference_steps=args.steps, guidance_scale=args.cfg, options=options)
+                            save_latents=args.save_latents, save_pairs=args.save_pairs, num_inference_steps=args.steps,
+                            guidance_scale=args.cfg, options=options)
     print(json.dumps({"samples": len(prompts), "mode": args.mode, "index": str(index)}))
     return 0
 

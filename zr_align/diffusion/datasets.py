@@ -12,6 +12,10 @@ import torch
 from ..tinyworld.grammar import all_prompts, split_prompts
 from ..tinyworld.render import render
 
+# A folder of SFT data holding latents rather than images: this file beside its `samples.jsonl`
+# (`zr_align.guidance.generate_folder(save_latents=True)`, `zr-align generate --save-latents`).
+LATENTS_FILE = "latents.safetensors"
+
 
 def load_prompts(path: str | None) -> list[str]:
     """Prompts from a `.txt` (one per line) or `.jsonl` (a "prompt" field) file, `tinyworld:<split>` (a
@@ -42,6 +46,8 @@ class ImagePromptDataset:
     Each line holds `"prompt"` and `"image"` (or `"file_name"`, the Hugging Face imagefolder convention), an
     image path relative to the file. Images are loaded as `(3, R, R)` float tensors in [0, 1].
     """
+
+    holds_latents = False  # `batch` gives images: the SFT loss encodes them with the VAE
 
     def __init__(self, path: str | Path, resolution: int):
         path = Path(path)
@@ -90,6 +96,8 @@ class TinyWorldRenders:
     the same data. `len` is nominal (10**9): indices are drawn at random by the trainer.
     """
 
+    holds_latents = False
+
     def __init__(self, split: str, resolution: int, seed: int = 0):
         splits = split_prompts(seed).as_dict()
         if split not in splits:
@@ -110,8 +118,118 @@ class TinyWorldRenders:
         return prompts, torch.stack(images).float() / 255.0
 
 
+def _load_latents(folder: Path, index: Path, hint: str) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    if not index.is_file():
+        raise ValueError(f"{folder} has no {index.name} beside {LATENTS_FILE}; write the folder with {hint}")
+    latents = load_file(str(folder / LATENTS_FILE)).get("latents")
+    if latents is None or latents.ndim != 4:
+        raise ValueError(f"{folder / LATENTS_FILE} needs a 'latents' tensor (N, C, h, w); write it with {hint}")
+    return latents.float()
+
+
+def _check_latent_shape(latents: torch.Tensor, resolution: int, channels: int, side: int) -> None:
+    shape = tuple(latents.shape[1:])
+    if shape != (channels, side, side):
+        raise ValueError(f"stored latents have shape {shape} but model.resolution {resolution} needs "
+                         f"{(channels, side, side)}; generate them with the same model and resolution")
+
+
+class LatentPromptDataset:
+    """(prompt, latents) pairs from a folder with `samples.jsonl` and `latents.safetensors` (`"latents"`:
+    `(N, C, h, w)`, scaled as the denoiser sees them), each line a `"prompt"` and its row `"latent"`.
+
+    Written by `zr-align generate --save-latents` (reward-guided, best-of-N or plain samples). The SFT loss
+    trains on these latents as they are: no VAE encode and decode between them and the denoiser, whose round
+    trip would undo part of what guidance changed (on TinyWorld it puts colour casts back on a quarter of even
+    clean renders). This is how a sampler's improvement is distilled into a LoRA, in the spirit of reward-ranked
+    fine-tuning (RAFT, Dong et al. 2023) with latents kept instead of images.
+    """
+
+    holds_latents = True  # `batch` gives latents: the SFT loss takes them as x0
+    HINT = "`zr-align generate --save-latents`"
+
+    def __init__(self, folder: str | Path, resolution: int):
+        folder = Path(folder)
+        index = folder / "samples.jsonl"
+        self.latents = _load_latents(folder, index, self.HINT)
+        self.items = []
+        for number, record in _records(index):
+            row = record.get("latent")
+            if "prompt" not in record or not _row(row, self.latents):
+                raise ValueError(f"{index}:{number} needs a 'prompt' and a 'latent' row in 0..{len(self.latents) - 1}"
+                                 f"; write the folder with {self.HINT}")
+            self.items.append((record["prompt"], row))
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def check_shape(self, channels: int, side: int) -> None:
+        """Refuse latents the denoiser cannot take, before any step runs."""
+        _check_latent_shape(self.latents, self.resolution, channels, side)
+
+    def batch(self, indices) -> tuple[list[str], torch.Tensor]:
+        pairs = [self.items[int(i)] for i in indices]
+        return [p for p, _ in pairs], self.latents[[row for _, row in pairs]]
+
+
+class LatentPairDataset:
+    """Preference pairs `(prompt, chosen latents, rejected latents)` for Diffusion-DPO (`method: dpo`) from a
+    folder with `pairs.jsonl` (`"prompt"`, `"chosen"` and `"rejected"` rows) and `latents.safetensors`.
+
+    Written by `zr-align generate --mode best_of_n --save-pairs`: per prompt, the candidate the reward scores
+    highest and the one it scores lowest. Any reward can rank them, differentiable or not.
+    """
+
+    holds_latents = True
+    HINT = "`zr-align generate --mode best_of_n --save-pairs`"
+
+    def __init__(self, folder: str | Path, resolution: int):
+        folder = Path(folder)
+        if not (folder / LATENTS_FILE).is_file():
+            raise ValueError(f"data.pairs {folder} has no {LATENTS_FILE}; write the folder with {self.HINT}")
+        index = folder / "pairs.jsonl"
+        self.latents = _load_latents(folder, index, self.HINT)
+        self.items = []
+        for number, record in _records(index):
+            if "prompt" not in record or not (_row(record.get("chosen"), self.latents)
+                                              and _row(record.get("rejected"), self.latents)):
+                raise ValueError(f"{index}:{number} needs a 'prompt' and 'chosen' / 'rejected' rows in "
+                                 f"0..{len(self.latents) - 1}; write the folder with {self.HINT}")
+            self.items.append((record["prompt"], record["chosen"], record["rejected"]))
+        self.resolution = resolution
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def check_shape(self, channels: int, side: int) -> None:
+        _check_latent_shape(self.latents, self.resolution, channels, side)
+
+    def batch(self, indices) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        items = [self.items[int(i)] for i in indices]
+        return ([p for p, _, _ in items], self.latents[[c for _, c, _ in items]],
+                self.latents[[r for _, _, r in items]])
+
+
+def _records(index: Path):
+    """`(line number, record)` of a .jsonl file; an empty one is refused."""
+    records = [(n, json.loads(line)) for n, line in enumerate(index.read_text().splitlines(), 1) if line.strip()]
+    if not records:
+        raise ValueError(f"{index} is empty")
+    return records
+
+
+def _row(row, latents: torch.Tensor) -> bool:
+    return isinstance(row, int) and not isinstance(row, bool) and 0 <= row < len(latents)
+
+
 def load_sft_data(spec: str, resolution: int):
-    """`tinyworld:<split>` (renders on the fly) or a folder / .jsonl of (prompt, image) pairs."""
+    """`tinyworld:<split>` (renders on the fly), a folder with `latents.safetensors` (latents, no VAE encode), or a
+    folder / .jsonl of (prompt, image) pairs."""
     if spec.startswith("tinyworld:"):
         return TinyWorldRenders(spec.split(":", 1)[1], resolution)
+    if (Path(spec) / LATENTS_FILE).is_file():
+        return LatentPromptDataset(spec, resolution)
     return ImagePromptDataset(spec, resolution)

@@ -24,6 +24,22 @@ def encode_images(sampler, images: torch.Tensor) -> torch.Tensor:
     return ((z - shift) * vae.config.scaling_factor).to(sampler.denoiser.dtype)
 
 
+def _noised(sampler, latents: torch.Tensor, generator: torch.Generator):
+    """`(x_t, timestep, target)` of the denoising loss at one random noise level per sample (see `denoising_loss`)."""
+    from diffusers import DDPMScheduler
+
+    batch = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    if sampler.family.objective == "flow":
+        sigma = torch.rand(batch, generator=generator).to(latents).view(-1, 1, 1, 1)
+        return (1.0 - sigma) * latents + sigma * noise, sigma.flatten() * 1000.0, noise - latents
+    scheduler = DDPMScheduler.from_config(sampler.pipe.scheduler.config)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator).to(latents.device)
+    x_t = scheduler.add_noise(latents, noise, t)
+    target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+    return x_t, t, target
+
+
 def denoising_loss(sampler, latents: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
     """Mean squared error of the denoiser's prediction at a random noise level.
 
@@ -31,24 +47,38 @@ def denoising_loss(sampler, latents: torch.Tensor, prompts: list[str], generator
     `v = sqrt(a_t) eps - sqrt(1 - a_t) x0` for v-prediction. flow: `x_s = (1 - s) x0 + s eps`, s ~ U(0, 1),
     target `eps - x0`, timestep `1000 s`. Classifier-free guidance is not used in training.
     """
-    from diffusers import DDPMScheduler
-
-    batch = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    x_t, t, target = _noised(sampler, latents, generator)
     cond = sampler.family.encode(sampler.pipe, list(prompts), sampler.denoiser.device)
-    if sampler.family.objective == "flow":
-        sigma = torch.rand(batch, generator=generator).to(latents).view(-1, 1, 1, 1)
-        x_t = (1.0 - sigma) * latents + sigma * noise
-        pred = sampler.family.predict(sampler.pipe, x_t, sigma.flatten() * 1000.0, cond, sampler.wrapped)
-        target = noise - latents
-    else:
-        scheduler = DDPMScheduler.from_config(sampler.pipe.scheduler.config)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator).to(latents.device)
-        x_t = scheduler.add_noise(latents, noise, t)
-        pred = sampler.family.predict(sampler.pipe, x_t, t, cond, sampler.wrapped)
-        target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" \
-            else noise
+    pred = sampler.family.predict(sampler.pipe, x_t, t, cond, sampler.wrapped)
     return torch.nn.functional.mse_loss(pred.float(), target.float())
+
+
+def dpo_loss(sampler, chosen: torch.Tensor, rejected: torch.Tensor, prompts: list[str], generator: torch.Generator,
+             beta: float) -> torch.Tensor:
+    """Diffusion-DPO (Wallace et al., "Diffusion Model Alignment Using Direct Preference Optimization", 2023):
+
+        -log sigmoid(-beta / 2 * ((e_w - e_w_ref) - (e_l - e_l_ref)))
+
+    with the same noise and level for both latents of a pair (chosen w, rejected l); `e` the per-sample mean
+    squared denoising error of the tuned model, `e_ref` that of the base (the LoRA switched off, no graph). At the
+    start (LoRA B = 0) the loss is log 2; it falls as the model denoises the chosen latents better, relative to
+    the base, than the rejected ones."""
+    from ..lora import adapters_disabled
+
+    batch = chosen.shape[0]
+    state = generator.get_state()
+    x_w, t, target_w = _noised(sampler, chosen, generator)
+    generator.set_state(state)  # the same noise and level for the rejected latents
+    x_l, _, target_l = _noised(sampler, rejected, generator)
+    cond = sampler.family.encode(sampler.pipe, list(prompts) * 2, sampler.denoiser.device)
+    x, tt, target = torch.cat([x_w, x_l]), torch.cat([t, t]), torch.cat([target_w, target_l])
+    pred = sampler.family.predict(sampler.pipe, x, tt, cond, sampler.wrapped)
+    with torch.no_grad(), adapters_disabled(sampler.denoiser):
+        ref = sampler.family.predict(sampler.pipe, x, tt, cond, sampler.denoiser)
+    err = ((pred.float() - target.float()) ** 2).flatten(1).mean(1)
+    err_ref = ((ref.float() - target.float()) ** 2).flatten(1).mean(1)
+    diff = (err[:batch] - err_ref[:batch]) - (err[batch:] - err_ref[batch:])
+    return -torch.nn.functional.logsigmoid(-0.5 * beta * diff).mean()
 
 
 def kl_to_base(prediction: torch.Tensor, base_prediction: torch.Tensor) -> torch.Tensor:

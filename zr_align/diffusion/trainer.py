@@ -60,8 +60,14 @@ from ..runs.processes import (
 )
 from .components import load_pipeline, load_reward, warn_long_prompts
 from .config import TrainConfig
-from .datasets import load_prompts, load_sft_data
-from .losses import RewardNormalizer, denoising_loss, encode_images, reward_loss
+from .datasets import LatentPairDataset, load_prompts, load_sft_data
+from .losses import (
+    RewardNormalizer,
+    denoising_loss,
+    dpo_loss,
+    encode_images,
+    reward_loss,
+)
 from .sampling import DifferentiableSampler
 from .validation import validate
 
@@ -82,6 +88,7 @@ class Run:
     optimizer: object
     lr_schedule: object
     normalizer: RewardNormalizer
+    pairs: object = None  # method dpo: the preference pairs of latents (`LatentPairDataset`)
     kind: str = "single"  # single | ddp | fsdp | deepspeed (`zr_align.runs.processes.process_kind`)
     wrapped: object = None  # the module accelerate's `prepare` made of the denoiser (several processes), else None
     sharded: bool = False  # FSDP / ZeRO-3: every rank holds a shard, so every rank makes every denoiser call
@@ -159,17 +166,20 @@ def setup(config: TrainConfig, accelerator) -> Run:
     params = [p for module in trained.values() for p in module.parameters() if p.requires_grad]
     # The reward (frozen, differentiable for the backprop methods) and the data.
     with frozen_models_whole(accelerator):
-        reward_fn = load_reward(config, accelerator) if config.method != "sft" else None
+        reward_fn = load_reward(config, accelerator) if config.method not in ("sft", "dpo") else None
     prompts = load_prompts(config.data.prompts)
     if accelerator.is_main_process:
         warn_long_prompts(pipe, prompts + list(config.data.validation_prompts))
     sft_data = load_sft_data(config.data.sft_data, config.model.resolution) if config.data.sft_data else None
+    pairs = LatentPairDataset(config.data.pairs, config.model.resolution) if config.method == "dpo" else None
+    for stored in (d for d in (sft_data, pairs) if d is not None and d.holds_latents):
+        stored.check_shape(pipe.vae.config.latent_channels, config.model.resolution // pipe.vae_scale_factor)
     # AdamW with a linear warm-up; with several processes the denoiser goes through accelerate's `prepare` too.
     optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=config.optim.betas,
                                   weight_decay=config.optim.weight_decay)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config.optim.warmup_steps))
     run = Run(pipe, pipeline_class, sampler, trained, lora_config, params, reward_fn, prompts, sft_data, optimizer,
-              lr_schedule, RewardNormalizer(config.optim.reward_normalization))
+              lr_schedule, RewardNormalizer(config.optim.reward_normalization), pairs=pairs)
     _prepare(run, config, accelerator)
     return run
 
@@ -286,6 +296,8 @@ def _step(run: Run, config: TrainConfig, accelerator, step: int):
         with accelerator.autocast():
             if config.method == "sft":
                 loss = _sft_loss(run, config, generator)
+            elif config.method == "dpo":
+                loss = _dpo_loss(run, config, generator)
             else:
                 batch = [run.prompts[int(i)] for i in torch.randint(len(run.prompts), (config.batch_size,),
                                                                     generator=generator)]
@@ -341,8 +353,20 @@ def _sft_loss(run: Run, config: TrainConfig, generator: torch.Generator) -> torc
     if run.sft_data is None:
         raise ValueError("the SFT loss needs data.sft_data")
     indices = torch.randint(len(run.sft_data), (config.batch_size,), generator=generator)
-    prompts, images = run.sft_data.batch(indices)
-    return denoising_loss(run.sampler, encode_images(run.sampler, images), prompts, generator)
+    prompts, data = run.sft_data.batch(indices)
+    if run.sft_data.holds_latents:
+        latents = data.to(run.sampler.denoiser.device, run.sampler.denoiser.dtype)
+    else:
+        latents = encode_images(run.sampler, data)
+    return denoising_loss(run.sampler, latents, prompts, generator)
+
+
+def _dpo_loss(run: Run, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    indices = torch.randint(len(run.pairs), (config.batch_size,), generator=generator)
+    prompts, chosen, rejected = run.pairs.batch(indices)
+    device, dtype = run.sampler.denoiser.device, run.sampler.denoiser.dtype
+    return dpo_loss(run.sampler, chosen.to(device, dtype), rejected.to(device, dtype), prompts, generator,
+                    config.optim.dpo_beta)
 
 
 def _record(accelerator, step: int, loss_total: float, rewards: list, grad_norm: float, skipped: bool,

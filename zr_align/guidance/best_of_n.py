@@ -30,13 +30,17 @@ class BestOfNOptions:
 @dataclass
 class BestOfN:
     """`images` `(B, 3, H, W)` in [0, 1] and `reward` `(B,)` of the chosen candidates, `chosen` `(B,)` their index,
-    `latents` their initial noise; `rewards` `(N, B)` of every candidate."""
+    `latents` their initial noise, `final_latents` the latents their images were decoded from; `rewards` `(N, B)`
+    of every candidate; `rejected_latents` the final latents of the candidate with the lowest reward (with the
+    chosen one, a preference pair for Diffusion-DPO: `generate_folder(save_pairs=True)`)."""
 
     images: torch.Tensor
     reward: torch.Tensor
     chosen: torch.Tensor
     latents: torch.Tensor
     rewards: torch.Tensor
+    final_latents: torch.Tensor
+    rejected_latents: torch.Tensor
 
 
 def best_of_n(pipe, reward, prompts: list[str], candidates: list[torch.Tensor], num_inference_steps: int,
@@ -46,13 +50,19 @@ def best_of_n(pipe, reward, prompts: list[str], candidates: list[torch.Tensor], 
     options = options if options is not None else BestOfNOptions(n=len(candidates))
     if len(candidates) != options.n:
         raise ValueError(f"best-of-N with n={options.n} needs {options.n} candidate noises; got {len(candidates)}")
-    images, rewards = [], []
+    images, finals, rewards = [], [], []
     for latents in candidates:
-        images.append(run_pipeline(pipe, prompts, latents, num_inference_steps, guidance_scale))
+        image, final = run_pipeline(pipe, prompts, latents, num_inference_steps, guidance_scale, return_latents=True)
+        images.append(image)
+        finals.append(final)
         rewards.append(score_images(reward, images[-1], prompts, options.batch_size).cpu())
     rewards = torch.stack(rewards)  # (N, B)
     chosen = rewards.argmax(dim=0)  # (B,); argmax returns the first maximum
+    rejected = rewards.argmin(dim=0)
     batch = torch.arange(len(prompts))
     stacked = torch.stack(images)  # (N, B, 3, H, W)
-    return BestOfN(stacked[chosen, batch], rewards[chosen, batch], chosen,
-                   torch.stack(candidates)[chosen.to(candidates[0].device), batch.to(candidates[0].device)], rewards)
+    finals = torch.stack(finals)  # (N, B, C, h, w)
+    on_device = chosen.to(candidates[0].device), batch.to(candidates[0].device)
+    return BestOfN(stacked[chosen, batch], rewards[chosen, batch], chosen, torch.stack(candidates)[on_device], rewards,
+                   finals[chosen.to(finals.device), batch.to(finals.device)],
+                   finals[rejected.to(finals.device), batch.to(finals.device)])

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
 from ..diffusion.families import DENOISER_FAMILIES
 from ..diffusion.sampling import DifferentiableSampler, SamplingConfig
@@ -61,14 +62,38 @@ def initial_noise(pipe, seeds: list[int], size: int | None = None) -> torch.Tens
     return torch.stack(noise).to(denoiser_of(pipe).device, denoiser_of(pipe).dtype)
 
 
+class _FinalLatents(PipelineCallback):
+    """Keeps the latents the pipeline hands to its last callback: the final latents, which it then decodes."""
+
+    def __init__(self):
+        super().__init__()
+        self.latents = None
+
+    @property
+    def tensor_inputs(self) -> list[str]:
+        return ["latents"]
+
+    def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+        self.latents = callback_kwargs["latents"]
+        return callback_kwargs
+
+
 def run_pipeline(pipe, prompts: list[str], latents: torch.Tensor, num_inference_steps: int,
-                 guidance_scale: float = 1.0, callback=None) -> torch.Tensor:
-    """The stock pipeline's own `__call__` from `latents`: images `(B, 3, H, W)` in [0, 1], no graph."""
+                 guidance_scale: float = 1.0, callback=None, return_latents: bool = False):
+    """The stock pipeline's own `__call__` from `latents`: images `(B, 3, H, W)` in [0, 1], no graph.
+
+    `return_latents`: also the final latents the images were decoded from `(B, C, h, w)` (scaled as the denoiser
+    sees them; after `callback`, which runs first), as `(images, final_latents)`."""
     side = latents.shape[-2] * pipe.vae_scale_factor, latents.shape[-1] * pipe.vae_scale_factor
+    final = _FinalLatents() if return_latents else None
+    if final is not None:
+        callback = MultiPipelineCallbacks([callback, final]) if callback is not None else final
     out = pipe(prompt=list(prompts), latents=latents, num_inference_steps=num_inference_steps,
                guidance_scale=guidance_scale, height=side[0], width=side[1], output_type="pt",
                callback_on_step_end=callback)
-    return out.images.float()
+    if final is None:
+        return out.images.float()
+    return out.images.float(), final.latents.detach().float()
 
 
 @contextlib.contextmanager

@@ -100,11 +100,15 @@ def guidance_arm(base_model: str, reward_model, options: dict) -> ModelSpec:
 
 def _describe(run: dict) -> str:
     c = run["resolved"]
+    tail = f"LoRA rank {c['lora']['rank']}, lr {c['optim']['lr']}, batch {c['batch_size']}"
     if c["method"] == "sft":
-        return (f"sft on TinyWorld renders of the train prompts, LoRA rank {c['lora']['rank']}, lr {c['optim']['lr']}, "
-                f"batch {c['batch_size']}")
-    return (f"{c['method']} (K={c['sampling']['k']}, T={c['sampling']['num_steps']}) with the RISD student, LoRA rank "
-            f"{c['lora']['rank']}, lr {c['optim']['lr']}, batch {c['batch_size']}, KL weight {c['optim']['kl_weight']}")
+        data = c["data"]["sft_data"]
+        source = "TinyWorld renders of the train prompts" if data == "tinyworld:train" else f"`{data}`"
+        return f"sft on {source}, {tail}"
+    if c["method"] == "dpo":
+        return f"dpo on the preference pairs `{c['data']['pairs']}`, beta {c['optim']['dpo_beta']}, {tail}"
+    return (f"{c['method']} (K={c['sampling']['k']}, T={c['sampling']['num_steps']}) with the RISD student, {tail}, "
+            f"KL weight {c['optim']['kl_weight']}")
 
 
 def _grid(out: Path, result: dict, specs: list[ModelSpec], held_out: list[str], seed: int = 0) -> tuple[Path, list]:
