@@ -244,6 +244,13 @@ def test_dpo_moves_the_model_towards_the_chosen_latents(tmp_path, tiny_cache):
         tuned_err, base_err = denoising_errors(tuned, pair, prompt), denoising_errors(base, pair, prompt)
         margin += float((tuned_err[0] - base_err[0]) - (tuned_err[1] - base_err[1]))
     assert margin < -1e-3, margin  # chosen: error down relative to the base; rejected: up
+    mixed = tmp_path / "mixed"  # DRaFT-1 with the DPO loss mixed in
+    assert run(mixed, tiny_cache, f"data.pairs={pairs}", "optim.dpo_weight=0.5", "max_steps=1") == 0
+    record = json.loads((mixed / "metrics.jsonl").read_text())
+    assert run(tmp_path / "pure", tiny_cache, "max_steps=1") == 0
+    pure = json.loads((tmp_path / "pure" / "metrics.jsonl").read_text())
+    assert record["reward_mean"] == pure["reward_mean"] and record["grad_norm"] > 0
+    assert abs(record["loss"] - pure["loss"] - 0.5 * math.log(2)) < 1e-5  # + weight x DPO, log 2 at the start
 
 
 def test_full_sft_with_text_encoder_writes_a_stock_pipeline(tmp_path, tiny_cache):
@@ -297,8 +304,10 @@ def test_non_finite_reward_skips_the_step_and_keeps_the_weights(tmp_path, tiny_c
         (["model.family=sdxl"], "model.path holds a StableDiffusionPipeline, but model.family sdxl needs"),
         (["optim.lrr=1"], "unknown config key 'optim.lrr'"),
         (["model.train_text_encoder=true"], "model.train_text_encoder needs model.trainable: full"),
-        (["method=dpo"], "method dpo needs data.pairs (a folder written by `zr-align generate --mode best_of_n"),
-        (["method=dpo", "data.pairs=/tmp", "model.trainable=full"], "method dpo needs model.trainable: lora"),
+        (["method=dpo"], "method dpo and optim.dpo_weight > 0 need data.pairs (a folder written by `zr-align"),
+        (["method=dpo", "data.pairs=/tmp", "model.trainable=full"], "the DPO loss needs model.trainable: lora"),
+        (["method=sft", "data.sft_data=tinyworld:train", "data.pairs=/tmp", "optim.dpo_weight=1"],
+         "optim.dpo_weight mixes DPO into a reward method; method sft has no reward"),
         (["method=dpo", "data.pairs=/nonexistent"], "data.pairs /nonexistent has no latents.safetensors"),
     ],
 )

@@ -171,7 +171,8 @@ def setup(config: TrainConfig, accelerator) -> Run:
     if accelerator.is_main_process:
         warn_long_prompts(pipe, prompts + list(config.data.validation_prompts))
     sft_data = load_sft_data(config.data.sft_data, config.model.resolution) if config.data.sft_data else None
-    pairs = LatentPairDataset(config.data.pairs, config.model.resolution) if config.method == "dpo" else None
+    uses_dpo = config.method == "dpo" or config.optim.dpo_weight > 0
+    pairs = LatentPairDataset(config.data.pairs, config.model.resolution) if uses_dpo else None
     for stored in (d for d in (sft_data, pairs) if d is not None and d.holds_latents):
         stored.check_shape(pipe.vae.config.latent_channels, config.model.resolution // pipe.vae_scale_factor)
     # AdamW with a linear warm-up; with several processes the denoiser goes through accelerate's `prepare` too.
@@ -312,6 +313,8 @@ def _step(run: Run, config: TrainConfig, accelerator, step: int):
                 loss = reward_loss(reward, trajectory.kl, config.optim, run.normalizer)
                 if config.optim.sft_weight > 0:
                     loss = loss + config.optim.sft_weight * _sft_loss(run, config, generator)
+                if config.optim.dpo_weight > 0:
+                    loss = loss + config.optim.dpo_weight * _dpo_loss(run, config, generator)
             if run.kind != "deepspeed":  # DeepSpeed divides by its gradient_accumulation_steps itself
                 loss = loss / micro_batches
         if not torch.isfinite(loss):
