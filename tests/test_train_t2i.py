@@ -1,6 +1,7 @@
 """train_t2i.py end to end on tiny components: output contract, exact resume, stock loading, errors."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -179,10 +180,10 @@ def test_stored_latents_of_another_shape_are_refused_in_one_line(tmp_path, tiny_
     assert len(errors) == 1 and "stored latents have shape (4, 8, 8) but model.resolution 64 needs (4, 16, 16)" \
         in errors[0]
     assert not (out / "checkpoints").exists() and not (out / "lora").exists()
+    from zr_align.diffusion.datasets import load_sft_data
+
     (latents / "samples.jsonl").write_text(json.dumps({"prompt": "x", "latent": 5}) + "\n")
     with pytest.raises(ValueError, match="needs a 'prompt' and a 'latent' row in 0..1"):
-        from zr_align.diffusion.datasets import load_sft_data
-
         load_sft_data(str(latents), 64)
 
 
@@ -223,8 +224,6 @@ def denoising_errors(pipe, latents: torch.Tensor, prompt: str) -> torch.Tensor:
 def test_dpo_moves_the_model_towards_the_chosen_latents(tmp_path, tiny_cache):
     """Diffusion-DPO: the first loss is log 2 (the LoRA starts as the reference), the gradient reaches the LoRA, and
     after training the tuned model denoises the chosen latents better, relative to the base, than the rejected."""
-    import math
-
     from diffusers import StableDiffusionPipeline
 
     pairs = make_pair_data(tmp_path / "pairs")
