@@ -118,27 +118,58 @@ class TinyWorldRenders:
         return prompts, torch.stack(images).float() / 255.0
 
 
-def _load_latents(folder: Path, index: Path, hint: str) -> torch.Tensor:
-    from safetensors.torch import load_file
+class _StoredLatents:
+    """A folder of latents (`latents.safetensors`: `"latents"` `(N, C, h, w)`, scaled as the denoiser sees them) and
+    a .jsonl index whose lines name a `"prompt"` and rows of those latents (the keys `ROWS`). `batch` gives the
+    prompts and one latent tensor per key: the losses take them as x0, with no VAE encode in between."""
 
-    if not index.is_file():
-        raise ValueError(f"{folder} has no {index.name} beside {LATENTS_FILE}; write the folder with {hint}")
-    latents = load_file(str(folder / LATENTS_FILE)).get("latents")
-    if latents is None or latents.ndim != 4:
-        raise ValueError(f"{folder / LATENTS_FILE} needs a 'latents' tensor (N, C, h, w); write it with {hint}")
-    return latents.float()
+    holds_latents = True
+    INDEX, ROWS, CONFIG_KEY, HINT = "", (), "", ""
+
+    def __init__(self, folder: str | Path, resolution: int):
+        from safetensors.torch import load_file
+
+        folder, self.resolution = Path(folder), resolution
+        index = folder / self.INDEX
+        if not (folder / LATENTS_FILE).is_file() or not index.is_file():
+            missing = LATENTS_FILE if not (folder / LATENTS_FILE).is_file() else self.INDEX
+            raise ValueError(f"{self.CONFIG_KEY} {folder} has no {missing}; write the folder with {self.HINT}")
+        self.latents = load_file(str(folder / LATENTS_FILE)).get("latents")
+        if self.latents is None or self.latents.ndim != 4:
+            raise ValueError(f"{folder / LATENTS_FILE} needs a 'latents' tensor (N, C, h, w); write it with {self.HINT}")
+        self.latents = self.latents.float()
+        lines = [(n, json.loads(line)) for n, line in enumerate(index.read_text().splitlines(), 1) if line.strip()]
+        if not lines:
+            raise ValueError(f"{index} is empty")
+        self.items = []
+        for number, record in lines:
+            rows = [record.get(key) for key in self.ROWS]
+            if "prompt" not in record or not all(isinstance(row, int) and not isinstance(row, bool)
+                                                 and 0 <= row < len(self.latents) for row in rows):
+                names = " / ".join(f"'{key}'" for key in self.ROWS)
+                raise ValueError(f"{index}:{number} needs a 'prompt' and a {names} row in 0..{len(self.latents) - 1}"
+                                 f"; write the folder with {self.HINT}")
+            self.items.append((record["prompt"], *rows))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def check_shape(self, channels: int, side: int) -> None:
+        """Refuse latents the denoiser cannot take, before any step runs."""
+        shape = tuple(self.latents.shape[1:])
+        if shape != (channels, side, side):
+            raise ValueError(f"stored latents have shape {shape} but model.resolution {self.resolution} needs "
+                             f"{(channels, side, side)}; generate them with the same model and resolution")
+
+    def batch(self, indices) -> tuple:
+        items = [self.items[int(i)] for i in indices]
+        return ([item[0] for item in items],
+                *(self.latents[[item[1 + k] for item in items]] for k in range(len(self.ROWS))))
 
 
-def _check_latent_shape(latents: torch.Tensor, resolution: int, channels: int, side: int) -> None:
-    shape = tuple(latents.shape[1:])
-    if shape != (channels, side, side):
-        raise ValueError(f"stored latents have shape {shape} but model.resolution {resolution} needs "
-                         f"{(channels, side, side)}; generate them with the same model and resolution")
-
-
-class LatentPromptDataset:
-    """(prompt, latents) pairs from a folder with `samples.jsonl` and `latents.safetensors` (`"latents"`:
-    `(N, C, h, w)`, scaled as the denoiser sees them), each line a `"prompt"` and its row `"latent"`.
+class LatentPromptDataset(_StoredLatents):
+    """(prompt, latents) pairs from a folder with `samples.jsonl` (a `"prompt"` and its row `"latent"` per line)
+    and `latents.safetensors`.
 
     Written by `zr-align generate --save-latents` (reward-guided, best-of-N or plain samples). The SFT loss
     trains on these latents as they are: no VAE encode and decode between them and the denoiser, whose round
@@ -147,35 +178,10 @@ class LatentPromptDataset:
     fine-tuning (RAFT, Dong et al. 2023) with latents kept instead of images.
     """
 
-    holds_latents = True  # `batch` gives latents: the SFT loss takes them as x0
-    HINT = "`zr-align generate --save-latents`"
-
-    def __init__(self, folder: str | Path, resolution: int):
-        folder = Path(folder)
-        index = folder / "samples.jsonl"
-        self.latents = _load_latents(folder, index, self.HINT)
-        self.items = []
-        for number, record in _records(index):
-            row = record.get("latent")
-            if "prompt" not in record or not _row(row, self.latents):
-                raise ValueError(f"{index}:{number} needs a 'prompt' and a 'latent' row in 0..{len(self.latents) - 1}"
-                                 f"; write the folder with {self.HINT}")
-            self.items.append((record["prompt"], row))
-        self.resolution = resolution
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def check_shape(self, channels: int, side: int) -> None:
-        """Refuse latents the denoiser cannot take, before any step runs."""
-        _check_latent_shape(self.latents, self.resolution, channels, side)
-
-    def batch(self, indices) -> tuple[list[str], torch.Tensor]:
-        pairs = [self.items[int(i)] for i in indices]
-        return [p for p, _ in pairs], self.latents[[row for _, row in pairs]]
+    INDEX, ROWS, CONFIG_KEY, HINT = "samples.jsonl", ("latent",), "data.sft_data", "`zr-align generate --save-latents`"
 
 
-class LatentPairDataset:
+class LatentPairDataset(_StoredLatents):
     """Preference pairs `(prompt, chosen latents, rejected latents)` for Diffusion-DPO (`method: dpo`) from a
     folder with `pairs.jsonl` (`"prompt"`, `"chosen"` and `"rejected"` rows) and `latents.safetensors`.
 
@@ -183,46 +189,8 @@ class LatentPairDataset:
     highest and the one it scores lowest. Any reward can rank them, differentiable or not.
     """
 
-    holds_latents = True
+    INDEX, ROWS, CONFIG_KEY = "pairs.jsonl", ("chosen", "rejected"), "data.pairs"
     HINT = "`zr-align generate --mode best_of_n --save-pairs`"
-
-    def __init__(self, folder: str | Path, resolution: int):
-        folder = Path(folder)
-        if not (folder / LATENTS_FILE).is_file():
-            raise ValueError(f"data.pairs {folder} has no {LATENTS_FILE}; write the folder with {self.HINT}")
-        index = folder / "pairs.jsonl"
-        self.latents = _load_latents(folder, index, self.HINT)
-        self.items = []
-        for number, record in _records(index):
-            if "prompt" not in record or not (_row(record.get("chosen"), self.latents)
-                                              and _row(record.get("rejected"), self.latents)):
-                raise ValueError(f"{index}:{number} needs a 'prompt' and 'chosen' / 'rejected' rows in "
-                                 f"0..{len(self.latents) - 1}; write the folder with {self.HINT}")
-            self.items.append((record["prompt"], record["chosen"], record["rejected"]))
-        self.resolution = resolution
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def check_shape(self, channels: int, side: int) -> None:
-        _check_latent_shape(self.latents, self.resolution, channels, side)
-
-    def batch(self, indices) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        items = [self.items[int(i)] for i in indices]
-        return ([p for p, _, _ in items], self.latents[[c for _, c, _ in items]],
-                self.latents[[r for _, _, r in items]])
-
-
-def _records(index: Path):
-    """`(line number, record)` of a .jsonl file; an empty one is refused."""
-    records = [(n, json.loads(line)) for n, line in enumerate(index.read_text().splitlines(), 1) if line.strip()]
-    if not records:
-        raise ValueError(f"{index} is empty")
-    return records
-
-
-def _row(row, latents: torch.Tensor) -> bool:
-    return isinstance(row, int) and not isinstance(row, bool) and 0 <= row < len(latents)
 
 
 def load_sft_data(spec: str, resolution: int):

@@ -70,7 +70,8 @@ def dpo_loss(sampler, chosen: torch.Tensor, rejected: torch.Tensor, prompts: lis
     x_w, t, target_w = _noised(sampler, chosen, generator)
     generator.set_state(state)  # the same noise and level for the rejected latents
     x_l, _, target_l = _noised(sampler, rejected, generator)
-    cond = sampler.family.encode(sampler.pipe, list(prompts) * 2, sampler.denoiser.device)
+    cond = sampler.family.encode(sampler.pipe, list(prompts), sampler.denoiser.device)
+    cond = {key: torch.cat([value, value]) for key, value in cond.items()}  # one text encode for both halves
     x, tt, target = torch.cat([x_w, x_l]), torch.cat([t, t]), torch.cat([target_w, target_l])
     pred = sampler.family.predict(sampler.pipe, x, tt, cond, sampler.wrapped)
     with torch.no_grad(), adapters_disabled(sampler.denoiser):

@@ -31,8 +31,8 @@ class BestOfNOptions:
 class BestOfN:
     """`images` `(B, 3, H, W)` in [0, 1] and `reward` `(B,)` of the chosen candidates, `chosen` `(B,)` their index,
     `latents` their initial noise, `final_latents` the latents their images were decoded from; `rewards` `(N, B)`
-    of every candidate; `rejected_latents` the final latents of the candidate with the lowest reward (with the
-    chosen one, a preference pair for Diffusion-DPO: `generate_folder(save_pairs=True)`)."""
+    of every candidate; `rejected_latents` and `rejected_reward` those of the candidate with the lowest reward
+    (with the chosen one, a preference pair for Diffusion-DPO: `generate_folder(save_pairs=True)`)."""
 
     images: torch.Tensor
     reward: torch.Tensor
@@ -41,6 +41,7 @@ class BestOfN:
     rewards: torch.Tensor
     final_latents: torch.Tensor
     rejected_latents: torch.Tensor
+    rejected_reward: torch.Tensor
 
 
 def best_of_n(pipe, reward, prompts: list[str], candidates: list[torch.Tensor], num_inference_steps: int,
@@ -65,4 +66,4 @@ def best_of_n(pipe, reward, prompts: list[str], candidates: list[torch.Tensor], 
     on_device = chosen.to(candidates[0].device), batch.to(candidates[0].device)
     return BestOfN(stacked[chosen, batch], rewards[chosen, batch], chosen, torch.stack(candidates)[on_device], rewards,
                    finals[chosen.to(finals.device), batch.to(finals.device)],
-                   finals[rejected.to(finals.device), batch.to(finals.device)])
+                   finals[rejected.to(finals.device), batch.to(finals.device)], rewards[rejected, batch])

@@ -76,7 +76,7 @@ def generate(pipe, prompts: list[str], mode: str = "guidance", reward=None, seed
                       for k in range(options.n)]
         chosen = best_of_n(pipe, reward, prompts, candidates, options=options, **run)
         return GuidedSamples(chosen.images, chosen.reward, chosen.latents, chosen.final_latents,
-                             chosen.rejected_latents, chosen.rewards.min(dim=0).values)
+                             chosen.rejected_latents, chosen.rejected_reward)
     callback = None
     if mode == "guidance":
         callback = RewardGuidance(pipe, reward, prompts, options)
