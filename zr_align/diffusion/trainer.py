@@ -115,14 +115,20 @@ def fine_tune(config: TrainConfig, resume: str | None = None, overwrite: bool = 
         # (a collective per call); the denoiser's buffers are frozen constants anyway.
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
     )
-    lock = _lock(accelerator, out)
     try:
-        if overwrite and accelerator.is_main_process:
-            clear_run_outputs(out)
-        accelerator.wait_for_everyone()
-        return _train(config, accelerator, resume_from, resume)
-    finally:
-        lock.release()
+        lock = _lock(accelerator, out)
+        try:
+            if overwrite and accelerator.is_main_process:
+                clear_run_outputs(out)
+            accelerator.wait_for_everyone()
+            return _train(config, accelerator, resume_from, resume)
+        finally:
+            lock.release()
+    except BaseException:
+        # A refused or failed run leaves no process group behind. Left to interpreter exit, tearing the group's
+        # threads down sometimes aborts rank 0 ("terminate called without an active exception", exit -6, not 2).
+        accelerator.end_training()
+        raise
 
 
 def _lock(accelerator, out: Path) -> RunLock:
