@@ -16,7 +16,9 @@ from zr_align.tinyworld.reward_eval import (
     _checks,
     evaluate_kinds,
     make_eval_set,
+    pair_hits,
     reading_accuracy,
+    readings,
     score_eval_images,
 )
 from zr_align.tinyworld.reward_models import build_reward_model
@@ -77,6 +79,26 @@ def test_reading_accuracy_parses_checks_and_rejects_a_blind_reader(eval_set):
     assert set(reading) == {"size", "color", "shape", "position", "blur", "noise", "shift", "faded", "clutter",
                             "fragments", "crop"}
     assert max(reading[a] for a in ("size", "color", "shape", "position")) < 0.5
+
+
+def test_pair_hits_and_readings_are_the_rows_behind_the_figures(eval_set):
+    out, _ = eval_set
+    pairs = [json.loads(line) for line in (out / "pairs.jsonl").read_text().splitlines()]
+    perfect, blind = (pair_hits(score_eval_images(scorer, out), out) for scorer in (judge_scorer, prompt_copier))
+    assert [(r["kind"], r["prompt"]) for r in perfect] == [(p["kind"], p["prompt"]) for p in pairs]
+    assert {r["hit"] for r in perfect} == {1.0} and {r["hit"] for r in blind} == {0.5}  # a tied reward: half
+    reversed_judge = {name: -reward for name, reward in score_eval_images(judge_scorer, out).items()}
+    assert {r["hit"] for r in pair_hits(reversed_judge, out)} == {0.0}  # preferring the worse image: no hit
+
+    teacher = ReasoningTeacher(build_reward_model("teacher", teacher=True))
+    rows = readings(teacher, out, sources=("render",), limit=5)
+    rated = [r for r in map(json.loads, (out / "rated.jsonl").read_text().splitlines()) if r["source"] == "render"]
+    assert [r["image"] for r in rows] == [r["image"] for r in rated[:5]]
+    for row, record in zip(rows, rated):  # the judge's side of each check is the stored rationale
+        truth = {c: v for d, text in record["rationale"].items() for c, v in _checks(text, d).items()}
+        assert {c: judge_said for c, (judge_said, _) in row["checks"].items()} == truth
+    hits = [float(said == truth) for row in rows for truth, said in [row["checks"]["position"]]]
+    assert reading_accuracy(teacher, out, sources=("render",), limit=5)["position"] == pytest.approx(np.mean(hits))
 
 
 def test_gsb_tie_band_counts_one_attribute():

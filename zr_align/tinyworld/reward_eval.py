@@ -142,15 +142,24 @@ def score_eval_images(scorer, eval_dir, batch_size: int = 32) -> dict[str, float
     return rewards
 
 
-def evaluate_kinds(rewards: dict[str, float], eval_dir) -> dict[str, float]:
-    """Pairwise accuracy per kind and overall (a tied reward counts half) from `score_eval_images`' output."""
+def pair_hits(rewards: dict[str, float], eval_dir) -> list[dict]:
+    """One row per pair of an evaluation set: its kind, its prompt and `hit`, 1 when the scorer prefers the image
+    the judge prefers, 0 when not, 0.5 for a tied reward (from `score_eval_images`' output)."""
     pairs = [json.loads(line) for line in (Path(eval_dir) / "pairs.jsonl").read_text().splitlines()]
-    hits: dict[str, list[float]] = {}
+    rows = []
     for p in pairs:
         gap = rewards[p["image_a"]] - rewards[p["image_b"]]
         hit = 0.5 if gap == 0 else float((gap > 0) == (p["preference"] == "a"))
-        hits.setdefault(p["kind"], []).append(hit)
-        hits.setdefault("all", []).append(hit)
+        rows.append({"kind": p["kind"], "prompt": p["prompt"], "hit": hit})
+    return rows
+
+
+def evaluate_kinds(rewards: dict[str, float], eval_dir) -> dict[str, float]:
+    """Pairwise accuracy per kind and overall (a tied reward counts half) from `score_eval_images`' output."""
+    hits: dict[str, list[float]] = {}
+    for row in pair_hits(rewards, eval_dir):
+        hits.setdefault(row["kind"], []).append(row["hit"])
+        hits.setdefault("all", []).append(row["hit"])
     return {k: round(float(np.mean(v)), 4) for k, v in hits.items()}
 
 
@@ -164,17 +173,17 @@ def _checks(text: str, dimension: str) -> dict[str, str]:
 
 
 @torch.no_grad()
-def reading_accuracy(teacher, eval_dir, batch_size: int = 32, sources: tuple[str, ...] | None = None,
-                     limit: int | None = None) -> dict:
-    """Share of images where the teacher's greedy rationale says what the judge's says, per check (size, color,
-    shape, position: value and verdict; each artefact: yes/no), over the images whose source starts with one of
-    `sources` (all by default)."""
+def readings(teacher, eval_dir, batch_size: int = 32, sources: tuple[str, ...] | None = None,
+             limit: int | None = None) -> list[dict]:
+    """What the teacher's greedy rationale says against what the judge's says, one row per image whose source
+    starts with one of `sources` (all by default): `{"image", "prompt", "source", "checks": {check: (judge's,
+    teacher's)}}` (attributes: "value yes|no", each artefact: "yes|no"; the teacher's is None when it is silent)."""
     eval_dir = Path(eval_dir)
     rated = [json.loads(line) for line in (eval_dir / "rated.jsonl").read_text().splitlines()]
     if sources is not None:
         rated = [r for r in rated if r["source"].startswith(sources)]
     rated = rated[:limit]
-    hits: dict[str, list[float]] = {}
+    rows = []
     for start in range(0, len(rated), batch_size):
         chunk = rated[start:start + batch_size]
         rollouts = teacher.generate(_load(eval_dir, [r["image"] for r in chunk]), [r["prompt"] for r in chunk],
@@ -182,14 +191,29 @@ def reading_accuracy(teacher, eval_dir, batch_size: int = 32, sources: tuple[str
         texts = rollouts.texts(teacher.tokenizer)
         dims = teacher.dimensions
         for b, record in enumerate(chunk):
+            checks = {}
             for d, dim in enumerate(dims):
                 if dim not in record["rationale"]:
                     continue
-                truth = _checks(record["rationale"][dim], dim)
                 said = _checks(texts[b * len(dims) + d], dim)
-                for check, value in truth.items():
-                    hits.setdefault(check, []).append(float(said.get(check) == value))
+                checks.update({check: (value, said.get(check))
+                               for check, value in _checks(record["rationale"][dim], dim).items()})
+            rows.append({"image": record["image"], "prompt": record["prompt"], "source": record["source"],
+                         "checks": checks})
+    return rows
+
+
+def reading_accuracy(teacher, eval_dir, batch_size: int = 32, sources: tuple[str, ...] | None = None,
+                     limit: int | None = None) -> dict:
+    """Share of images where the teacher's greedy rationale says what the judge's says, per check (size, color,
+    shape, position: value and verdict; each artefact: yes/no), over the images whose source starts with one of
+    `sources` (all by default)."""
+    hits: dict[str, list[float]] = {}
+    for row in readings(teacher, eval_dir, batch_size, sources, limit):
+        for check, (truth, said) in row["checks"].items():
+            hits.setdefault(check, []).append(float(said == truth))
     return {k: round(float(np.mean(v)), 4) for k, v in hits.items()}
 
 
-__all__ = ["KINDS", "evaluate_kinds", "make_eval_set", "reading_accuracy", "score_eval_images"]
+__all__ = ["KINDS", "evaluate_kinds", "make_eval_set", "pair_hits", "reading_accuracy", "readings",
+           "score_eval_images"]

@@ -1,0 +1,98 @@
+"""Where does a TinyWorld teacher misread? Its greedy rationale against the judge's, check by check, with how close
+the judge's own measurement sits to the threshold that decides that check (CPU, a few minutes).
+
+    python benchmarks/teacher_reading_margins.py [--teacher models/tinyworld/teacher] \
+        [--eval-dir outputs/reward_ordering/test] [--sources sft_sample] [--json OUT.json]
+
+A check whose measurement is within a hair of the judge's threshold (a bounding-box centre 1 px from a third
+of the canvas, a shape half-way between two prototypes) is a coin toss for any reader of a 64 px image that went
+through a VAE; a miss far from the threshold is a failure to see. The table gives, per check, the accuracy on all
+images, the number of misses, how many of those are borderline (the bands below), and the accuracy on the images
+that are not borderline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from zr_align.reward_training.teacher import ReasoningTeacher
+from zr_align.tinyworld.grammar import CANVAS
+from zr_align.tinyworld.judge import SHAPE_PROTOTYPES, SIZE_THRESHOLD, judge
+from zr_align.tinyworld.reward_eval import readings
+
+# check -> (measurement -> distance to the deciding threshold, band within which it counts as borderline)
+THIRDS = (CANVAS / 3, 2 * CANVAS / 3)
+
+
+def _shape_gap(m: dict) -> float:
+    features = (m["fill"], m["corner_fill"], m["taper"])
+    distances = sorted(math.dist(features, p) for p in SHAPE_PROTOTYPES.values())
+    return distances[1] - distances[0]
+
+
+def _shift_gap(m: dict) -> float:
+    # flagged when the background is > 12 from gray or the core colour > 25 from its palette line
+    return min(abs(m["background_shift"] - 12.0) / 12.0, abs(m.get("core_residual", 0.0) - 25.0) / 25.0)
+
+
+MARGINS = {
+    "size": (lambda m: abs(m["extent"] - SIZE_THRESHOLD), 1.0, "px of bounding box"),
+    "position": (lambda m: min(abs(v - t) for v in (m["center_x"], m["center_y"]) for t in THIRDS), 1.0,
+                 "px from a third"),
+    "shape": (_shape_gap, 0.05, "feature distance, 2nd - 1st prototype"),
+    "blur": (lambda m: abs(m["sharpness"] - 0.45), 0.05, "sharpness"),
+    "shift": (_shift_gap, 0.2, "relative distance to either threshold"),
+}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--teacher", default="models/tinyworld/teacher")
+    parser.add_argument("--eval-dir", default="outputs/reward_ordering/test")
+    parser.add_argument("--sources", nargs="+", default=["sft_sample"], help="image sources (prefixes) to read")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    rows = readings(ReasoningTeacher.from_pretrained(args.teacher), args.eval_dir, sources=tuple(args.sources))
+    table = {}
+    for row in rows:
+        measured = judge(np.asarray(Image.open(Path(args.eval_dir) / row["image"]).convert("RGB")),
+                         row["prompt"]).measurements
+        for check, (truth, said) in row["checks"].items():
+            entry = table.setdefault(check, {"n": 0, "hits": 0, "misses": [], "clear_n": 0, "clear_hits": 0})
+            hit = said == truth
+            entry["n"] += 1
+            entry["hits"] += hit
+            if check in MARGINS and "extent" in measured:
+                gap = float(MARGINS[check][0](measured))
+                clear = gap >= MARGINS[check][1]
+                entry["clear_n"] += clear
+                entry["clear_hits"] += clear and hit
+                if not hit:
+                    entry["misses"].append({"image": row["image"], "judge": truth, "teacher": said, "gap": gap})
+            elif not hit:
+                entry["misses"].append({"image": row["image"], "judge": truth, "teacher": said, "gap": None})
+
+    print(f"{args.teacher} on {len(rows)} images of {args.eval_dir} (sources {', '.join(args.sources)})\n")
+    print("| check | images | accuracy | misses | borderline misses | accuracy off the border | border band |")
+    print("|---|---|---|---|---|---|---|")
+    for check, e in table.items():
+        if check in MARGINS:
+            band = MARGINS[check][1]
+            border = sum(m["gap"] is not None and m["gap"] < band for m in e["misses"])
+            clear = f"{e['clear_hits'] / e['clear_n']:.3f} ({e['clear_n']})" if e["clear_n"] else "-"
+            print(f"| {check} | {e['n']} | {e['hits'] / e['n']:.3f} | {len(e['misses'])} | {border} | {clear} | "
+                  f"< {band} {MARGINS[check][2]} |")
+        else:
+            print(f"| {check} | {e['n']} | {e['hits'] / e['n']:.3f} | {len(e['misses'])} | - | - | - |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=1))
+
+
+if __name__ == "__main__":
+    main()
