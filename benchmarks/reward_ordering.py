@@ -5,7 +5,7 @@ not independent), on the same pairs for both models (CPU; minutes per model, plu
     python benchmarks/reward_ordering.py --set test=outputs/reward_ordering/test \
         --set validation=outputs/reward_ordering/validation \
         --model risd=outputs/tinyworld_rewards/risd_t2/model --model student_sft=... --model opd=... \
-        --compare risd:student_sft --compare risd:opd [--make-sets] [--json OUT.json]
+        --compare risd:student_sft --compare risd:opd [--sampled NAME] [--make-sets] [--json OUT.json]
 
 `--make-sets` first writes the sets named by `--set` with `reward_eval.make_eval_set` (600 pairs of each
 synthetic kind, up to 1,200 generator pairs; seeds 11 / 12, disjoint from the shipped 120-pair sets of
@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from zr_align.reward_training.evaluate import load_scorer
 from zr_align.tinyworld.compare import bootstrap_ratio
@@ -55,6 +56,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", action="append", required=True, help="SPLIT=FOLDER (test or validation)")
     parser.add_argument("--model", action="append", required=True, help="NAME=FOLDER of a reward model")
+    parser.add_argument("--sampled", action="append", default=[],
+                        help="NAME of a --model teacher to score after 4 sampled rationales (default: greedy)")
     parser.add_argument("--compare", action="append", default=[], help="A:B, two model names: A minus B")
     parser.add_argument("--make-sets", action="store_true", help="write the sets first (see above)")
     parser.add_argument("--sft-model", default="models/tinyworld/sft")
@@ -65,6 +68,9 @@ def main():
     for pair in args.compare:
         if any(name not in models for name in pair.split(":")):
             parser.error(f"--compare {pair}: both names must be given with --model (known: {', '.join(models)})")
+    def options(name: str) -> dict:
+        return {"mode": "sample", "num_rationales": 4} if name in args.sampled else {}
+
     if args.make_sets:
         for split, folder in sets.items():
             stats = make_eval_set(folder, split, SET_SEEDS[split], args.sft_model, pairs_per_kind=600,
@@ -73,8 +79,10 @@ def main():
 
     report = {}
     for split, folder in sets.items():
+        torch.manual_seed(0)  # sampled rationales draw from the global RNG: the same figures on every run
         counts = json.loads(Path(folder, "stats.json").read_text())["pairs"]
-        hits = {name: pair_hits(score_eval_images(load_scorer(path), folder), folder) for name, path in models.items()}
+        hits = {name: pair_hits(score_eval_images(load_scorer(path, **options(name)), folder), folder)
+                for name, path in models.items()}
         print(f"\n## {split} ({folder}): pairs " + ", ".join(f"{k} {v}" for k, v in counts.items()))
         print("\n| model | " + " | ".join(KINDS) + " | all |\n|---|" + "---|" * (len(KINDS) + 1))
         report[split] = {"pairs": counts, "accuracy": {}, "differences": {}}
