@@ -112,6 +112,28 @@ def test_an_interrupted_compare_resumes_without_regenerating(tiny, tmp_path, mon
     assert calls == []  # a finished comparison reruns without sampling
 
 
+def test_samples_steered_by_other_sampler_weights_are_not_reused(tiny, tmp_path):
+    """A guidance arm's samples depend on the reward model that steers it, not only on the pipeline: samples
+    steered by other weights are refused (the demo replaces them), the same weights reuse them."""
+    calls = []
+
+    def sampler(pipe, prompts, seed, steps):
+        calls.append(seed)
+        return compare.generate(pipe, prompts, seed=seed, steps=steps)
+
+    def spec(weights):
+        return [ModelSpec("steered", tiny["sd"], sampler=sampler, sampler_label="steered", sampler_weights=weights)]
+
+    compare_models(spec(tiny["lora"]), tmp_path, prompts=tiny["p2"], num_images=2, **FAST)
+    assert len(calls) == 1
+    compare_models(spec(tiny["lora"]), tmp_path, prompts=tiny["p2"], num_images=2, **FAST)
+    assert len(calls) == 1  # the same steering weights: reused
+    with pytest.raises(ValueError, match="holds samples of another model or sampler"):
+        compare_models(spec(tiny["lora2"]), tmp_path, prompts=tiny["p2"], num_images=2, **FAST)
+    compare_models(spec(tiny["lora2"]), tmp_path, prompts=tiny["p2"], num_images=2, replace_stale=True, **FAST)
+    assert len(calls) == 2  # sampled again
+
+
 def test_samples_of_another_model_are_refused_or_replaced(tiny, tmp_path):
     compare_models([ModelSpec("m", tiny["sd"], tiny["lora"])], tmp_path, prompts=tiny["p2"], num_images=2, **FAST)
     other = [ModelSpec("m", tiny["sd"], tiny["lora2"])]

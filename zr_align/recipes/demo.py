@@ -81,9 +81,10 @@ def _train_arms(out: Path, config: str, sft_config: str, base_model: str, reward
     return {"SFT-control": sft_run, "reward-tuned": reward_run}
 
 
-def guidance_arm(base_model: str, reward_model, options: dict) -> ModelSpec:
-    """The base model sampled with per-step reward guidance (`zr_align.guidance.generate`, mode "guidance"): the
-    same initial noise as every other arm (image `i` from seed `seed + i`), no training."""
+def guidance_arm(base_model: str, reward_model, options: dict, reward_path: str) -> ModelSpec:
+    """The base model sampled with per-step reward guidance (`zr_align.guidance.generate`, mode "guidance") by
+    `reward_model`, loaded from `reward_path` (its files are part of the samples' fingerprint): the same initial
+    noise as every other arm (image `i` from seed `seed + i`), no training."""
     from ..guidance import GuidanceOptions
     from ..guidance import generate as guided_generate
 
@@ -95,7 +96,7 @@ def guidance_arm(base_model: str, reward_model, options: dict) -> ModelSpec:
         return (out.images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
     label = "reward guidance at sampling time (" + ", ".join(f"{k} {v}" for k, v in options.items()) + ")"
-    return ModelSpec("guidance", base_model, sampler=sampler, sampler_label=label)
+    return ModelSpec("guidance", base_model, sampler=sampler, sampler_label=label, sampler_weights=reward_path)
 
 
 def _describe(run: dict) -> str:
@@ -149,7 +150,7 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
     reward_model = ZRewardModel.from_pretrained(reward)  # as stored: guidance, the curves, the tables' mean
     specs = [ModelSpec("base", base_model), ModelSpec("SFT-control", base_model, str(out / "sft_run" / "lora")),
              ModelSpec("reward-tuned", base_model, str(out / "run" / "lora")),
-             *([guidance_arm(base_model, reward_model, guidance)] if guidance is not None else []), *extra_arms]
+             *([guidance_arm(base_model, reward_model, guidance, reward)] if guidance is not None else []), *extra_arms]
     log(f"[3/5] sampling and judging {num_eval} images per arm on the held-out {eval_split} prompts")
     result = compare_models(specs, out / "compare", prompts=f"tinyworld:{eval_split}", num_images=num_eval,
                             seed=EVAL_SEED, reward=reward_model, replace_stale=True, progress=progress)

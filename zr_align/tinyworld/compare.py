@@ -60,6 +60,9 @@ class ModelSpec:
             change sampling itself, such as reward guidance.
         sampler_label: names the sampler and its settings in `model.json`, so that samples of other settings
             are not reused.
+        sampler_weights: a folder of weights the sampler uses besides the model's, e.g. the reward model that
+            steers guidance: its files join the fingerprint, so that samples steered by other weights are not
+            reused.
     """
 
     name: str
@@ -68,6 +71,7 @@ class ModelSpec:
     prompts: str | None = None
     sampler: Callable | None = None
     sampler_label: str = "ddim"
+    sampler_weights: str | None = None
 
 
 @dataclass(frozen=True)
@@ -238,12 +242,19 @@ def _prompt_lists(specs: list[ModelSpec], prompts: str) -> dict[str, list[str]]:
     return lists
 
 
+def _weight_files(folder) -> list[Path]:
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json"))
+
+
 def _fingerprint(spec: ModelSpec, steps: int) -> dict:
-    """What made a sample folder: weights (sha256 of every weight and config file), sampler and steps."""
+    """What made a sample folder: weights (sha256 of every weight and config file of the model, its LoRA and the
+    sampler's own weights), sampler and steps."""
     digest = hashlib.sha256()
-    files = sorted(p for p in Path(spec.model).rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json"))
+    files = _weight_files(spec.model)
     if spec.lora is not None:
         files.append(Path(spec.lora) / "pytorch_lora_weights.safetensors")
+    if spec.sampler_weights is not None:
+        files += _weight_files(spec.sampler_weights)
     for path in files:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
