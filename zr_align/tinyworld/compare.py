@@ -10,8 +10,8 @@ A model is a TinyWorld pipeline folder plus an optional LoRA (`ModelSpec`). `com
    model. `OUT/samples/NAME/00000.png, ...` and `samples.jsonl` lines `{"file", "prompt", "seed", "model"}`,
    written batch by batch (PNG first, its line after), so an interrupted run keeps every finished batch and a
    rerun samples only what is missing. `model.json` holds a fingerprint of the weights (sha256 of the base's
-   and the LoRA's files, and of the sampler's own, such as a guiding reward model) and the sampler: samples of another model are refused, or replaced with
-   `replace_stale=True`;
+   and the LoRA's files, and of the sampler's own, such as a guiding reward model) and the sampler: samples of
+   another model are refused, or replaced with `replace_stale=True`;
 3. judges every image with the ground-truth judge (never with a reward model that may have been trained on);
 4. per pair of models: good / same / bad (`judge.net_preference`, tie band `margin` on the overall judge score)
    and the net preference with a 95% percentile bootstrap interval that resamples *prompts* (the images of one
