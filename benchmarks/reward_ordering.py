@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from zr_align.reward_training.evaluate import load_scorer
-from zr_align.tinyworld.compare import bootstrap_ratio
+from zr_align.tinyworld.compare import bootstrap_ratio, unit_sums
 from zr_align.tinyworld.reward_eval import (
     KINDS,
+    kind_accuracy,
     make_eval_set,
     pair_hits,
     score_eval_images,
@@ -38,18 +39,10 @@ SAMPLES_PER_PROMPT = {"test": 40, "validation": 80}  # 36 / 18 prompts: about 1,
 def difference(a: list[dict], b: list[dict], kind: str):
     """Mean hit of `a` minus `b` over the pairs of `kind` ("all": every pair), with its 95% interval from
     resampling prompts (`compare.bootstrap_ratio`). `a` and `b` are `pair_hits` rows of the same pairs."""
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for x, y in zip(a, b, strict=True):
-        if kind in ("all", x["kind"]):
-            sums[x["prompt"]] = sums.get(x["prompt"], 0.0) + x["hit"] - y["hit"]
-            counts[x["prompt"]] = counts.get(x["prompt"], 0) + 1
-    return bootstrap_ratio(list(sums.values()), [counts[p] for p in sums])
-
-
-def accuracy(rows: list[dict]) -> dict[str, float]:
-    kinds = {k: [r["hit"] for r in rows if r["kind"] == k] for k in KINDS}
-    return {**{k: float(np.mean(v)) for k, v in kinds.items() if v}, "all": float(np.mean([r["hit"] for r in rows]))}
+    rows = [(x["prompt"], x["hit"] - y["hit"]) for x, y in zip(a, b, strict=True) if kind in ("all", x["kind"])]
+    unit = {prompt: i for i, prompt in enumerate(dict.fromkeys(prompt for prompt, _ in rows))}  # first-seen order
+    units = np.array([unit[prompt] for prompt, _ in rows])
+    return bootstrap_ratio(*unit_sums([diff for _, diff in rows], units, len(unit)))
 
 
 def main():
@@ -68,6 +61,7 @@ def main():
     for pair in args.compare:
         if any(name not in models for name in pair.split(":")):
             parser.error(f"--compare {pair}: both names must be given with --model (known: {', '.join(models)})")
+
     def options(name: str) -> dict:
         return {"mode": "sample", "num_rationales": 4} if name in args.sampled else {}
 
@@ -87,7 +81,7 @@ def main():
         print("\n| model | " + " | ".join(KINDS) + " | all |\n|---|" + "---|" * (len(KINDS) + 1))
         report[split] = {"pairs": counts, "accuracy": {}, "differences": {}}
         for name, rows in hits.items():
-            acc = report[split]["accuracy"][name] = accuracy(rows)
+            acc = report[split]["accuracy"][name] = kind_accuracy(rows)
             print(f"| {name} | " + " | ".join(f"{acc.get(k, float('nan')):.3f}" for k in (*KINDS, "all")) + " |")
         if args.compare:
             print("\n| difference | " + " | ".join(KINDS) + " | all |\n|---|" + "---|" * (len(KINDS) + 1))

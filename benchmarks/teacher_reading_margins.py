@@ -23,7 +23,14 @@ from PIL import Image
 
 from zr_align.reward_training.teacher import ReasoningTeacher
 from zr_align.tinyworld.grammar import CANVAS
-from zr_align.tinyworld.judge import SHAPE_PROTOTYPES, SIZE_THRESHOLD, judge
+from zr_align.tinyworld.judge import (
+    BLUR_SHARPNESS,
+    SHAPE_PROTOTYPES,
+    SHIFT_BACKGROUND,
+    SHIFT_CORE,
+    SIZE_THRESHOLD,
+    judge,
+)
 from zr_align.tinyworld.reward_eval import readings
 
 # check -> (measurement -> distance to the deciding threshold, band within which it counts as borderline)
@@ -37,8 +44,9 @@ def _shape_gap(m: dict) -> float:
 
 
 def _shift_gap(m: dict) -> float:
-    # flagged when the background is > 12 from gray or the core colour > 25 from its palette line
-    return min(abs(m["background_shift"] - 12.0) / 12.0, abs(m.get("core_residual", 0.0) - 25.0) / 25.0)
+    # flagged when the background is far from gray or the core colour far from its palette line
+    return min(abs(m["background_shift"] - SHIFT_BACKGROUND) / SHIFT_BACKGROUND,
+               abs(m.get("core_residual", 0.0) - SHIFT_CORE) / SHIFT_CORE)
 
 
 MARGINS = {
@@ -46,7 +54,7 @@ MARGINS = {
     "position": (lambda m: min(abs(v - t) for v in (m["center_x"], m["center_y"]) for t in THIRDS), 1.0,
                  "px from a third"),
     "shape": (_shape_gap, 0.05, "feature distance, 2nd - 1st prototype"),
-    "blur": (lambda m: abs(m["sharpness"] - 0.45), 0.05, "sharpness"),
+    "blur": (lambda m: abs(m["sharpness"] - BLUR_SHARPNESS), 0.05, "sharpness"),
     "shift": (_shift_gap, 0.2, "relative distance to either threshold"),
 }
 

@@ -112,7 +112,7 @@ def bootstrap_ratio(numerators, counts, resamples: int = 2000, level: float = 0.
     return Interval(float(numerators.sum() / counts.sum()), float(low), float(high))
 
 
-def _by_unit(values, units: np.ndarray, num_units: int) -> tuple[np.ndarray, np.ndarray]:
+def unit_sums(values, units: np.ndarray, num_units: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-unit sums of per-image values, and per-unit image counts."""
     values = np.asarray(values, dtype=np.float64)
     return np.bincount(units, weights=values, minlength=num_units), np.bincount(units, minlength=num_units)
@@ -123,7 +123,7 @@ def compare_pair(candidate: list[Verdict], reference: list[Verdict], units: np.n
     """Good / same / bad of `candidate` against `reference` (paired images) and the net with a 95% interval."""
     deltas = np.array([overall(c) - overall(r) for c, r in zip(candidate, reference)])
     signs = (deltas > margin).astype(np.float64) - (deltas < -margin)
-    net = bootstrap_ratio(*_by_unit(signs, units, int(units.max()) + 1), seed=seed)
+    net = bootstrap_ratio(*unit_sums(signs, units, int(units.max()) + 1), seed=seed)
     return {**net_preference(candidate, reference, margin), "net_interval": net.to_dict()}
 
 
@@ -132,7 +132,7 @@ def accuracy_intervals(verdicts: list[Verdict], units: np.ndarray, seed: int = 0
     num_units = int(units.max()) + 1
     columns = {a: [v.correct[a] for v in verdicts] for a in ATTRIBUTES}
     columns["all_correct"] = [all(v.correct.values()) for v in verdicts]
-    return {name: bootstrap_ratio(*_by_unit(values, units, num_units), seed=seed) for name, values in columns.items()}
+    return {name: bootstrap_ratio(*unit_sums(values, units, num_units), seed=seed) for name, values in columns.items()}
 
 
 # ------------------------------------------------------------------ checking the input
@@ -427,7 +427,7 @@ def compare_models(models: list[ModelSpec], out, prompts: str = "tinyworld:test"
                  "summary": summarize(verdicts[spec.name]),
                  "accuracy": {k: v.to_dict() for k, v in accuracy_intervals(verdicts[spec.name], units).items()}}
         if spec.name in rewards:
-            entry["reward_mean"] = bootstrap_ratio(*_by_unit(rewards[spec.name], units, num_prompts)).to_dict()
+            entry["reward_mean"] = bootstrap_ratio(*unit_sums(rewards[spec.name], units, num_prompts)).to_dict()
         result["models"][spec.name] = entry
     for j, candidate in enumerate(names):
         for reference in names[:j]:

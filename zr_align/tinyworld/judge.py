@@ -74,6 +74,9 @@ OFF_PALETTE_DISTANCE = 60.0
 MIN_OBJECT_AREA = 20
 MIN_COMPONENT_AREA = 4
 SIZE_THRESHOLD = math.sqrt(16 * 32)
+BLUR_SHARPNESS = 0.45  # blur: boundary sharpness below this
+SHIFT_BACKGROUND = 12.0  # colour shift: background farther than this from gray ...
+SHIFT_CORE = 25.0  # ... or the core colour farther than this from its palette line
 SHAPE_PROTOTYPES: dict[str, tuple[float, float, float]] = {  # (fill, corner fill, taper)
     "square": (1.0, 1.0, 1.0),
     "circle": (math.pi / 4, 0.0, 1.0),
@@ -293,7 +296,7 @@ def judge(image, prompt: str) -> Verdict:
     m = {"background_shift": bg_shift, "noise_std": _noise_std(pixels, foreground)}
     flags = dict.fromkeys(ARTEFACTS, False)
     realism = 5.0
-    for name, value, flag, severe in (("noise", m["noise_std"], 3.0, 10.0), ("color_shift", bg_shift, 12.0, 35.0)):
+    for name, value, flag, severe in (("noise", m["noise_std"], 3.0, 10.0), ("color_shift", bg_shift, SHIFT_BACKGROUND, 35.0)):
         flags[name] = value > flag
         realism -= (1.5 + (value > severe)) if flags[name] else 0.0
 
@@ -329,9 +332,9 @@ def judge(image, prompt: str) -> Verdict:
     m["sharpness"] = _sharpness(own_alpha, mask)
     ks = [color_index] if color_index < _OTHER else range(_OTHER)
     m["core_residual"] = min(_line_residual(core, k) for k in ks)
-    flags["blur"] = m["sharpness"] < 0.45
+    flags["blur"] = m["sharpness"] < BLUR_SHARPNESS
     realism -= (1.5 + (m["sharpness"] < 0.25)) if flags["blur"] else 0.0
-    if not flags["color_shift"] and m["core_residual"] > 25.0:
+    if not flags["color_shift"] and m["core_residual"] > SHIFT_CORE:
         flags["color_shift"] = True
         realism -= 1.5 + (m["core_residual"] > 50.0)
 

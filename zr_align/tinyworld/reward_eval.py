@@ -154,13 +154,18 @@ def pair_hits(rewards: dict[str, float], eval_dir) -> list[dict]:
     return rows
 
 
-def evaluate_kinds(rewards: dict[str, float], eval_dir) -> dict[str, float]:
-    """Pairwise accuracy per kind and overall (a tied reward counts half) from `score_eval_images`' output."""
+def kind_accuracy(rows: list[dict]) -> dict[str, float]:
+    """Mean hit per kind and over all pairs ("all") of `pair_hits` rows."""
     hits: dict[str, list[float]] = {}
-    for row in pair_hits(rewards, eval_dir):
+    for row in rows:
         hits.setdefault(row["kind"], []).append(row["hit"])
         hits.setdefault("all", []).append(row["hit"])
-    return {k: round(float(np.mean(v)), 4) for k, v in hits.items()}
+    return {k: float(np.mean(v)) for k, v in hits.items()}
+
+
+def evaluate_kinds(rewards: dict[str, float], eval_dir) -> dict[str, float]:
+    """Pairwise accuracy per kind and overall (a tied reward counts half) from `score_eval_images`' output."""
+    return {k: round(v, 4) for k, v in kind_accuracy(pair_hits(rewards, eval_dir)).items()}
 
 
 def _checks(text: str, dimension: str) -> dict[str, str]:
@@ -215,5 +220,5 @@ def reading_accuracy(teacher, eval_dir, batch_size: int = 32, sources: tuple[str
     return {k: round(float(np.mean(v)), 4) for k, v in hits.items()}
 
 
-__all__ = ["KINDS", "evaluate_kinds", "make_eval_set", "pair_hits", "reading_accuracy", "readings",
+__all__ = ["KINDS", "evaluate_kinds", "kind_accuracy", "make_eval_set", "pair_hits", "reading_accuracy", "readings",
            "score_eval_images"]
