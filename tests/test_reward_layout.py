@@ -192,3 +192,35 @@ def test_trainer_eval_hook_lands_in_metrics(perception_data, tmp_path):
     train_tinyworld(config, log=lambda *_: None, on_eval=lambda step, model: seen.append(step) or {"n": step})
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert seen == [2, 4] and [r.get("eval") for r in records] == [None, {"n": 2}, None, {"n": 4}]
+
+
+def _image_token_angles(rope: str) -> torch.Tensor:
+    """Rotary angles (rad, one per frequency) that the language model of a TinyWorld teacher built with `rope`
+    gives the 4 x 4 image tokens of a 64 px image, shaped (row, column, frequency), through the model's own
+    `get_rope_index` and rotary embedding."""
+    rm = build_reward_model("teacher", teacher=True, rope=rope)
+    config, tok = rm.model.config, rm.tokenizer
+    ids = torch.tensor([[config.vision_start_token_id] + [config.image_token_id] * 16 + [config.vision_end_token_id]
+                        + tok.convert_tokens_to_ids(["yes"])])
+    positions, _ = rm.model.model.get_rope_index(ids, (ids == config.image_token_id).int(),
+                                                 image_grid_thw=torch.tensor([[1, 8, 8]]))
+    hidden = torch.zeros(1, ids.shape[1], config.text_config.hidden_size)
+    cos, sin = rm.model.model.language_model.rotary_emb(hidden, positions)
+    half = cos.shape[-1] // 2
+    angles = torch.atan2(sin[0, 1:17, :half], cos[0, 1:17, :half])
+    return angles.reshape(4, 4, half)
+
+
+def test_image_rows_and_columns_are_both_visible_to_the_language_model():
+    """With Qwen2-VL's own rotary proportions a column turns the column frequencies by < 0.01 rad, so the model
+    could not tell left from centre from right (the shipped teacher's position misses, 2026-11-29); the default
+    "spatial" layout turns them by > 0.2 rad per column and per row."""
+    def widest_turn(angles, axis):  # largest angle change from one row (column) to the next, over frequencies
+        step = angles.diff(dim=axis).abs()
+        return float(torch.minimum(step, 2 * torch.pi - step).amax())
+
+    spatial, original = _image_token_angles("spatial"), _image_token_angles("qwen2_vl")
+    assert widest_turn(spatial, 1) > 0.2 and widest_turn(spatial, 0) > 0.2
+    assert widest_turn(original, 1) < 0.01 < 0.05 < widest_turn(original, 0)
+    with pytest.raises(ValueError, match="rope layout 'sideways'"):
+        build_reward_model("student", teacher=False, rope="sideways")

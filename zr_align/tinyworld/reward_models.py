@@ -44,13 +44,34 @@ def reward_tokenizer():
     return word_level_tokenizer(QWEN_SPECIAL_TOKENS, extra_text=extra, pad_token="<|endoftext|>")
 
 
-def tiny_qwen2_vl(tokenizer, size: str, seed: int = 0):
+def mrope_layout(head_dim: int, layout: str = "spatial") -> tuple[float, list[int]]:
+    """`(rope_theta, mrope_section)` of a tiny Qwen2-VL language model with heads of `head_dim`.
+
+    Qwen2-VL turns a query's or key's `head_dim / 2` rotary frequencies (fastest first) in three contiguous
+    sections: the first by the token's time index, the next by its image row, the last, slowest, by its column.
+    With Qwen2-VL's own theta (10^4) and proportions ("qwen2_vl"), a 32-wide head turns its column frequencies by
+    at most 3e-3 rad per column (rows: 0.1 rad): across the 4 x 4 image tokens of a 64 px image the columns are
+    indistinguishable, and the model can tell left from centre from right only by counting tokens. The shipped
+    teacher read rows well and confused centre with left and right on renders (90 of its 103 position misses).
+    "spatial" gives time (constant over an image) one eighth of the frequencies and uses theta 10: one column turns
+    the fastest column frequency by ~0.27 rad, one row by ~0.75 rad, and text positions stay distinct over ~55
+    tokens (the joint sequence of a TinyWorld image is shorter than 100)."""
+    quarter = head_dim // 2
+    if layout == "qwen2_vl":
+        side = quarter * 3 // 8
+        return 10000.0, [quarter - 2 * side, side, side]
+    if layout == "spatial":
+        side = (quarter - max(1, quarter // 8)) // 2
+        return 10.0, [quarter - 2 * side, side, side]
+    raise ValueError(f"rope layout {layout!r}: use 'spatial' or 'qwen2_vl'")
+
+
+def tiny_qwen2_vl(tokenizer, size: str, seed: int = 0, rope: str = "spatial"):
     import transformers
 
     hidden, layers, heads, vision_width, vision_depth = SIZES[size]
     head_dim = hidden // heads
-    quarter = head_dim // 2  # mrope sections (time, height, width) sum to head_dim / 2
-    mrope = [quarter - 2 * (quarter * 3 // 8), quarter * 3 // 8, quarter * 3 // 8]
+    theta, mrope = mrope_layout(head_dim, rope)
     ids = tokenizer.convert_tokens_to_ids
     torch.manual_seed(seed)
     config = transformers.Qwen2VLConfig(
@@ -58,7 +79,7 @@ def tiny_qwen2_vl(tokenizer, size: str, seed: int = 0):
             "vocab_size": len(tokenizer), "hidden_size": hidden, "intermediate_size": 2 * hidden,
             "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": heads,
             "head_dim": head_dim, "max_position_embeddings": 512,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope},
+            "rope_parameters": {"rope_type": "default", "rope_theta": theta, "mrope_section": mrope},
             "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.eos_token_id,
             "eos_token_id": tokenizer.eos_token_id,
         },
@@ -75,11 +96,12 @@ def tiny_qwen2_vl(tokenizer, size: str, seed: int = 0):
     return transformers.Qwen2VLForConditionalGeneration(config).eval()
 
 
-def build_reward_model(size: str, teacher: bool, seed: int = 0, layout: str = "joint") -> ZRewardModel:
+def build_reward_model(size: str, teacher: bool, seed: int = 0, layout: str = "joint",
+                       rope: str = "spatial") -> ZRewardModel:
     """A random TinyWorld reward model: `size` "teacher" or "student"; `teacher=True` adds the rationale slot;
-    `layout` "joint" (one sequence per image, the default) or "per_dimension"."""
+    `layout` "joint" (one sequence per image, the default) or "per_dimension"; `rope` see `mrope_layout`."""
     tokenizer = reward_tokenizer()
-    model = tiny_qwen2_vl(tokenizer, size, seed)
+    model = tiny_qwen2_vl(tokenizer, size, seed, rope)
     config = ZRewardConfig(
         family="qwen2_vl",
         rubric=Rubric(template=CHATML_TEMPLATE, joint_template=JOINT_TEMPLATE).to_dict(),
