@@ -2,7 +2,7 @@
 the judge's own measurement sits to the threshold that decides that check (CPU, a few minutes).
 
     python benchmarks/teacher_reading_margins.py [--teacher models/tinyworld/teacher] \
-        [--eval-dir outputs/reward_ordering/test] [--sources sft_sample] [--json OUT.json]
+        [--eval-dir outputs/reward_ordering/test] [--sources sft_sample] [--confusion position] [--json OUT.json]
 
 A check whose measurement is within a hair of the judge's threshold (a bounding-box centre 1 px from a third
 of the canvas, a shape half-way between two prototypes) is a coin toss for any reader of a 64 px image that went
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,8 @@ def main():
     parser.add_argument("--eval-dir", default="outputs/reward_ordering/test")
     parser.add_argument("--sources", nargs="+", default=["sft_sample"], help="image sources (prefixes) to read")
     parser.add_argument("--json")
+    parser.add_argument("--confusion", nargs="*", default=["position"],
+                        help="checks whose misses are also counted as (judge's, teacher's) pairs")
     args = parser.parse_args()
     rows = readings(ReasoningTeacher.from_pretrained(args.teacher), args.eval_dir, sources=tuple(args.sources))
     table = {}
@@ -98,6 +101,9 @@ def main():
                   f"< {band} {MARGINS[check][2]} |")
         else:
             print(f"| {check} | {e['n']} | {e['hits'] / e['n']:.3f} | {len(e['misses'])} | - | - | - |")
+    for check in args.confusion:
+        pairs = Counter(f"{m['judge']} -> {m['teacher']}" for m in table.get(check, {}).get("misses", []))
+        print(f"\n{check} misses, judge's -> teacher's: " + ", ".join(f"{k} {v}" for k, v in pairs.most_common(8)))
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=1))
 

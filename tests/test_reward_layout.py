@@ -224,3 +224,19 @@ def test_image_rows_and_columns_are_both_visible_to_the_language_model():
     assert widest_turn(original, 1) < 0.01 and widest_turn(original, 0) > 0.05
     with pytest.raises(ValueError, match="rope layout 'sideways'"):
         build_reward_model("student", teacher=False, rope="sideways")
+
+
+def test_tinyworld_init_names_its_rotary_layout():
+    """`init: tinyworld:SIZE[:ROPE]`: the spatial layout by default, Qwen2-VL's own proportions on request (the
+    shipped TinyWorld configs pin them, as the shipped weights were built), anything else a clear error."""
+    def rope_of(init):
+        config = RewardTrainConfig(method="teacher_sft", init=init, data="rated.jsonl")
+        return initial_model(config).model.config.text_config.rope_parameters
+
+    assert rope_of("tinyworld:teacher")["rope_theta"] == 10.0
+    assert rope_of("tinyworld:teacher:spatial") == rope_of("tinyworld:teacher")
+    assert rope_of("tinyworld:teacher:qwen2_vl")["rope_theta"] == 10000.0
+    assert rope_of("tinyworld:teacher:qwen2_vl")["mrope_section"] == [4, 6, 6]
+    for bad in ("tinyworld:teacher:sideways", "tinyworld:giant", "tinyworld:teacher:spatial:again"):
+        with pytest.raises(ValueError, match="optionally followed by :spatial or :qwen2_vl"):
+            rope_of(bad)

@@ -113,12 +113,14 @@ def build_reward_model(size: str, teacher: bool, seed: int = 0, layout: str = "j
 
 
 def initial_model(config) -> ZRewardModel | None:
-    """The random model that a reward-training config with `init: tinyworld:teacher | tinyworld:student` starts
-    from (RewardDance's teacher without the rationale slot); None for any other `init` (a reward folder)."""
+    """The random model that a reward-training config with `init: tinyworld:SIZE[:ROPE]` starts from (SIZE teacher
+    or student; ROPE a layout of `mrope_layout`, "spatial" by default; RewardDance's teacher without the rationale
+    slot); None for any other `init` (a reward folder)."""
     if not config.init.startswith("tinyworld:"):
         return None
-    size = config.init.split(":", 1)[1]
-    if size not in SIZES:
-        raise ValueError(f"init {config.init!r}: use tinyworld:teacher or tinyworld:student")
+    _, size, *rope = config.init.split(":")
+    if size not in SIZES or rope not in ([], ["spatial"], ["qwen2_vl"]):
+        raise ValueError(f"init {config.init!r}: use tinyworld:teacher or tinyworld:student, optionally followed by "
+                         ":spatial or :qwen2_vl (the rotary layout)")
     return build_reward_model(size, teacher=config.role == "teacher" and config.method != "reward_dance",
-                              seed=config.seed)
+                              seed=config.seed, rope=rope[0] if rope else "spatial")
