@@ -122,7 +122,8 @@ def make_eval_set(out_dir, split: str = "test", seed: int = 1, sft_model: str | 
     return stats
 
 
-def _load(path: Path, names: list[str]) -> torch.Tensor:
+def load_images(path: Path, names: list[str]) -> torch.Tensor:
+    """The images `names` (paths relative to `path`) as a float `(B, 3, H, W)` batch in [0, 1]."""
     from PIL import Image
 
     arrays = [np.asarray(Image.open(path / n).convert("RGB"), dtype=np.float32) / 255.0 for n in names]
@@ -137,7 +138,7 @@ def score_eval_images(scorer, eval_dir, batch_size: int = 32) -> dict[str, float
     rewards = {}
     for start in range(0, len(rated), batch_size):
         chunk = rated[start:start + batch_size]
-        out = scorer(_load(eval_dir, [r["image"] for r in chunk]), [r["prompt"] for r in chunk])
+        out = scorer(load_images(eval_dir, [r["image"] for r in chunk]), [r["prompt"] for r in chunk])
         rewards.update(zip((r["image"] for r in chunk), out.reward.float().tolist()))
     return rewards
 
@@ -191,7 +192,7 @@ def readings(teacher, eval_dir, batch_size: int = 32, sources: tuple[str, ...] |
     rows = []
     for start in range(0, len(rated), batch_size):
         chunk = rated[start:start + batch_size]
-        rollouts = teacher.generate(_load(eval_dir, [r["image"] for r in chunk]), [r["prompt"] for r in chunk],
+        rollouts = teacher.generate(load_images(eval_dir, [r["image"] for r in chunk]), [r["prompt"] for r in chunk],
                                     greedy=True)
         texts = rollouts.texts(teacher.tokenizer)
         dims = teacher.dimensions
