@@ -222,7 +222,7 @@ def test_image_rows_and_columns_are_both_visible_to_the_language_model():
     spatial, original = _image_token_angles("spatial"), _image_token_angles("qwen2_vl")
     assert widest_turn(spatial, 1) > 0.2 and widest_turn(spatial, 0) > 0.2
     assert widest_turn(original, 1) < 0.01 and widest_turn(original, 0) > 0.05
-    with pytest.raises(ValueError, match="rope layout 'sideways'"):
+    with pytest.raises(ValueError, match="rope layout .sideways.: use one of"):
         build_reward_model("student", teacher=False, rope="sideways")
 
 
@@ -238,5 +238,5 @@ def test_tinyworld_init_names_its_rotary_layout():
     assert rope_of("tinyworld:teacher:qwen2_vl")["rope_theta"] == 10000.0
     assert rope_of("tinyworld:teacher:qwen2_vl")["mrope_section"] == [4, 6, 6]
     for bad in ("tinyworld:teacher:sideways", "tinyworld:giant", "tinyworld:teacher:spatial:again"):
-        with pytest.raises(ValueError, match="optionally followed by :spatial or :qwen2_vl"):
+        with pytest.raises(ValueError, match="optionally followed by the rotary layout, one of :spatial, :qwen2_vl"):
             rope_of(bad)

@@ -8,7 +8,9 @@ Both use the *joint* layout (`zr_align.rewards.layout`): one short sequence per 
 followed by every rubric dimension in turn. The teacher writes each dimension's rationale, then "Score:", and
 the score slot follows (Z-Reward's reasoning teacher); the student has no rationale and reads all four
 distributions in one forward pass (the RISD student). The student's vision tower has the teacher's size, so it
-can see as well (and may be initialised from it, `RewardTrainConfig.vision_init`).
+can see as well (and may be initialised from it, `RewardTrainConfig.vision_init`). Where an image token sits
+reaches the language model only through its rotary position; `mrope_layout` chooses how that rotary is split
+between time, rows and columns.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ SIZES = {
     "teacher": (128, 4, 4, 64, 3),
     "student": (64, 3, 4, 64, 3),
 }
+ROPE_LAYOUTS = ("spatial", "qwen2_vl")  # see mrope_layout
 SCORE_MARKER = "Score:"
 # The joint layout's prefix: the image and the prompt only (the rubric's long per-dimension sentences would cost
 # ~80 tokens per dimension for nothing the model can use).
@@ -55,7 +58,9 @@ def mrope_layout(head_dim: int, layout: str = "spatial") -> tuple[float, list[in
     teacher read rows well and confused centre with left and right on renders (90 of its 103 position misses).
     "spatial" gives time (constant over an image) one eighth of the frequencies and uses theta 10: one column turns
     the fastest column frequency by ~0.27 rad, one row by ~0.75 rad, and text positions stay distinct over ~55
-    tokens (the joint sequence of a TinyWorld image is shorter than 100)."""
+    tokens (the joint sequence of a TinyWorld image is shorter than 100). The shipped TinyWorld weights use
+    "qwen2_vl", and the configs that build them pin it: a full build with "spatial" read position far better but
+    ranked pairs no better (`docs/tinyworld_rewards.md`, "Image columns")."""
     quarter = head_dim // 2
     if layout == "qwen2_vl":
         side = quarter * 3 // 8
@@ -63,7 +68,7 @@ def mrope_layout(head_dim: int, layout: str = "spatial") -> tuple[float, list[in
     if layout == "spatial":
         side = (quarter - max(1, quarter // 8)) // 2
         return 10.0, [quarter - 2 * side, side, side]
-    raise ValueError(f"rope layout {layout!r}: use 'spatial' or 'qwen2_vl'")
+    raise ValueError(f"rope layout {layout!r}: use one of {ROPE_LAYOUTS}")
 
 
 def tiny_qwen2_vl(tokenizer, size: str, seed: int = 0, rope: str = "spatial"):
@@ -119,8 +124,8 @@ def initial_model(config) -> ZRewardModel | None:
     if not config.init.startswith("tinyworld:"):
         return None
     _, size, *rope = config.init.split(":")
-    if size not in SIZES or rope not in ([], ["spatial"], ["qwen2_vl"]):
+    if size not in SIZES or len(rope) > 1 or not set(rope) <= set(ROPE_LAYOUTS):
         raise ValueError(f"init {config.init!r}: use tinyworld:teacher or tinyworld:student, optionally followed by "
-                         ":spatial or :qwen2_vl (the rotary layout)")
+                         f"the rotary layout, one of {', '.join(':' + r for r in ROPE_LAYOUTS)}")
     return build_reward_model(size, teacher=config.role == "teacher" and config.method != "reward_dance",
                               seed=config.seed, rope=rope[0] if rope else "spatial")
