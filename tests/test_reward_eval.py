@@ -20,6 +20,7 @@ from zr_align.tinyworld.reward_eval import (
     reading_accuracy,
     readings,
     score_eval_images,
+    score_eval_records,
 )
 from zr_align.tinyworld.reward_models import build_reward_model
 
@@ -89,6 +90,11 @@ def test_pair_hits_and_readings_are_the_rows_behind_the_figures(eval_set):
     assert {r["hit"] for r in perfect} == {1.0} and {r["hit"] for r in blind} == {0.5}  # a tied reward: half
     reversed_judge = {name: -reward for name, reward in score_eval_images(judge_scorer, out).items()}
     assert {r["hit"] for r in pair_hits(reversed_judge, out)} == {0.0}  # preferring the worse image: no hit
+    judged = score_eval_images(judge_scorer, out)
+    assert all(judged[r["preferred"]] > judged[r["other"]] for r in perfect)  # the rows name the judge's choice
+    records = score_eval_records(judge_scorer, out)
+    assert records.keys() == judged.keys()
+    assert all(abs(records[name]["reward"] - judged[name]) < 1e-4 and records[name]["scores"] for name in judged)
 
     teacher = ReasoningTeacher(build_reward_model("teacher", teacher=True))
     rows = readings(teacher, out, sources=("render",), limit=5)

@@ -131,27 +131,40 @@ def load_images(path: Path, names: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score_eval_images(scorer, eval_dir, batch_size: int = 32) -> dict[str, float]:
-    """image name -> the scorer's reward, for every image of an evaluation set."""
+def _score_each(scorer, eval_dir, batch_size: int, per_image) -> dict:
+    """image name -> `per_image(out)`'s entry for it, over every image of an evaluation set, in batches."""
     eval_dir = Path(eval_dir)
     rated = [json.loads(line) for line in (eval_dir / "rated.jsonl").read_text().splitlines()]
-    rewards = {}
+    scores = {}
     for start in range(0, len(rated), batch_size):
         chunk = rated[start:start + batch_size]
         out = scorer(load_images(eval_dir, [r["image"] for r in chunk]), [r["prompt"] for r in chunk])
-        rewards.update(zip((r["image"] for r in chunk), out.reward.float().tolist()))
-    return rewards
+        scores.update(zip((r["image"] for r in chunk), per_image(out)))
+    return scores
+
+
+def score_eval_images(scorer, eval_dir, batch_size: int = 32) -> dict[str, float]:
+    """image name -> the scorer's reward, for every image of an evaluation set."""
+    return _score_each(scorer, eval_dir, batch_size, lambda out: out.reward.float().tolist())
+
+
+def score_eval_records(scorer, eval_dir, batch_size: int = 32) -> dict[str, dict]:
+    """image name -> the scorer's reward and per-dimension scores (`RewardOutput.to_records`), for every image of
+    an evaluation set."""
+    return _score_each(scorer, eval_dir, batch_size, lambda out: out.to_records())
 
 
 def pair_hits(rewards: dict[str, float], eval_dir) -> list[dict]:
-    """One row per pair of an evaluation set: its kind, its prompt and `hit`, 1 when the scorer prefers the image
-    the judge prefers, 0 when not, 0.5 for a tied reward (from `score_eval_images`' output)."""
+    """One row per pair of an evaluation set: its kind, its prompt, the judge's `preferred` image and the `other`,
+    and `hit`, 1 when the scorer prefers the image the judge prefers, 0 when not, 0.5 for a tied reward (from
+    `score_eval_images`' output)."""
     pairs = [json.loads(line) for line in (Path(eval_dir) / "pairs.jsonl").read_text().splitlines()]
     rows = []
     for p in pairs:
-        gap = rewards[p["image_a"]] - rewards[p["image_b"]]
-        hit = 0.5 if gap == 0 else float((gap > 0) == (p["preference"] == "a"))
-        rows.append({"kind": p["kind"], "prompt": p["prompt"], "hit": hit})
+        preferred, other = (p["image_a"], p["image_b"]) if p["preference"] == "a" else (p["image_b"], p["image_a"])
+        gap = rewards[preferred] - rewards[other]
+        hit = 0.5 if gap == 0 else float(gap > 0)
+        rows.append({"kind": p["kind"], "prompt": p["prompt"], "preferred": preferred, "other": other, "hit": hit})
     return rows
 
 
@@ -222,4 +235,4 @@ def reading_accuracy(teacher, eval_dir, batch_size: int = 32, sources: tuple[str
 
 
 __all__ = ["KINDS", "evaluate_kinds", "kind_accuracy", "make_eval_set", "pair_hits", "reading_accuracy", "readings",
-           "score_eval_images"]
+           "score_eval_images", "score_eval_records"]
