@@ -68,3 +68,16 @@ def test_peer_benchmark_zr_align_side(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["wall"] > 0 and result["cpu"] > 0 and result["rss"] > 100
+
+
+def test_oracle_selection_never_loses_to_the_plain_sample():
+    """benchmarks/oracle_pairs.py select: best-of-N ranked by the judge itself can only tie or beat candidate 0
+    (the plain sample) in the judge's GSB; ranked by the shipped student it may lose."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "oracle_pairs.py"), "select", "--images", "6",
+                          "--n", "3", "--batch-size", "6"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                         timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {r["ranker"]: r for r in _json_lines(out.stdout)}
+    assert rows["judge"]["images"] == rows["student"]["images"] == 6
+    assert rows["judge"]["gsb"]["bad"] == 0
+    assert rows["judge"]["gsb"]["good"] >= rows["student"]["gsb"]["good"] - rows["student"]["gsb"]["bad"]

@@ -177,13 +177,16 @@ def _add_build_rewards(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--docs", default="docs", help="where the table is written ('' for nowhere)")
     p.add_argument("--reuse", action="store_true", help="keep data and trained models already in --work-dir")
+    p.add_argument("--no-baselines", dest="baselines", action="store_false",
+                   help="train only the runs the shipped weights come from (teacher SFT, GDSO, RISD long); the "
+                        "table then goes to --work-dir only")
 
 
 def _run_build_rewards(args) -> int:
     from .recipes.build_rewards import build_reward_models
 
     build_reward_models(args.work_dir, args.out, args.sft_model, args.images_per_prompt, args.steps_scale,
-                        seed=args.seed, docs=args.docs or None, reuse=args.reuse)
+                        seed=args.seed, docs=args.docs or None, reuse=args.reuse, baselines=args.baselines)
     return 0
 
 

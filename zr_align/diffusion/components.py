@@ -47,10 +47,8 @@ def load_pipeline(config: TrainConfig, accelerator):
 
 def load_reward(config: TrainConfig, accelerator):
     """The reward named by `reward.kind`; a backprop method refuses a reward that is not differentiable."""
-    if config.reward.kind == "jpeg_compressibility":
-        from ..rewards.compressibility import JpegCompressibility
-
-        reward = JpegCompressibility()
+    if config.reward.kind in ("jpeg_compressibility", "tinyworld_soft_judge"):
+        reward = _built_in_reward(config.reward.kind, config.reward.options or {})
     else:
         from ..rewards import ZRewardModel
 
@@ -69,6 +67,22 @@ def load_reward(config: TrainConfig, accelerator):
         raise ValueError(f"reward {config.reward.kind} is not differentiable, so method {config.method} cannot "
                          "back-propagate through it; use a differentiable reward (reward.kind: zreward)")
     return reward
+
+
+def _built_in_reward(kind: str, options: dict):
+    """A reward of `zr_align` that is not a model folder, built with `reward.options` (checked by name)."""
+    import inspect
+
+    if kind == "jpeg_compressibility":
+        from ..rewards.compressibility import JpegCompressibility as built_in
+    else:
+        from ..tinyworld.soft_judge import SoftJudge as built_in
+    accepted = [name for name in inspect.signature(built_in).parameters]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"reward.options has {unknown[0]!r}, which reward.kind {kind} does not take; it takes: "
+                         f"{', '.join(accepted) or 'nothing'}")
+    return built_in(**options)
 
 
 def warn_long_prompts(pipe, prompts: list[str]) -> None:

@@ -19,6 +19,7 @@ METHODS = ("draft_k", "refl", "draft_lv", "full", "sft", "dpo")
 BACKPROP_METHODS = ("draft_k", "refl", "draft_lv", "full")
 DIFFUSION_FAMILIES = ("sd", "sdxl", "sd3", "pixart", "flux")
 DTYPES = ("float32", "bfloat16", "float16")
+REWARD_KINDS = ("zreward", "jpeg_compressibility", "tinyworld_soft_judge")
 
 
 @dataclass
@@ -66,16 +67,24 @@ class LoraConfig:
 class RewardConfig:
     """The differentiable reward. Unused by `method: sft`."""
 
-    kind: str = "zreward"  # zreward | jpeg_compressibility (not differentiable: refused by backprop methods)
+    # zreward | jpeg_compressibility (not differentiable: refused by backprop methods) | tinyworld_soft_judge (a
+    # differentiable copy of TinyWorld's ground-truth judge: the ceiling of fine-tuning there, never a result)
+    kind: str = "zreward"
     path: str | None = None  # ZRewardModel folder, or "tiny:<vlm family>" for a random tiny one (tests)
     weights: dict[str, float] | None = None  # one per rubric dimension (all of them); None keeps the folder's
     kappa: float | None = None  # risk penalty on the score std; None keeps the folder's value
     clamp: str = "straight_through"  # hard | straight_through | none; hard zeroes gradients of clipped pixels
     dtype: str = "float32"  # float32 | bfloat16 | float16: the frozen VLM's weights (bf16 halves their memory)
     gradient_checkpointing: bool = False  # recompute the VLM in backward: less memory, ~30% more reward time
+    # keyword arguments of a built-in reward of another kind (jpeg_compressibility: quality; tinyworld_soft_judge:
+    # temperature, which widens every sigmoid of its checks)
+    options: dict | None = None
 
     def __post_init__(self):
-        check_choice("reward.kind", self.kind, ("zreward", "jpeg_compressibility"))
+        check_choice("reward.kind", self.kind, REWARD_KINDS)
+        if self.options and self.kind == "zreward":
+            raise ValueError("reward.options are for reward.kind jpeg_compressibility or tinyworld_soft_judge; a "
+                             "zreward model takes reward.weights, reward.kappa and reward.clamp")
         check_choice("reward.dtype", self.dtype, DTYPES)
         check_choice("reward.clamp", self.clamp, ("hard", "straight_through", "none"))
 

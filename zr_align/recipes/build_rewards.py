@@ -2,6 +2,7 @@
 the comparison table on held-out pairs by kind (GDSO and RISD of the Z-Reward paper; README: "Training reward models").
 
     zr-align tinyworld build-rewards [--work-dir outputs/tinyworld_rewards] [--steps-scale 1.0] [--reuse]
+                                     [--no-baselines]
 
 1. Data: the train split's rated images from the perception recipe (0-4 wrong attributes uniformly, independent
    artefacts, 12% SFT-generator samples; `reward_data.make_reward_data(recipe="perception")`), and evaluation
@@ -13,6 +14,10 @@ the comparison table on held-out pairs by kind (GDSO and RISD of the Z-Reward pa
    risd_long, the shipped student.
 3. Every model evaluated on the test pairs; the table goes to `docs/tinyworld_rewards.md` and `.json`.
 4. The chosen teacher and risd_long are copied to `models/tinyworld/teacher` and `.../student`.
+
+`baselines=False` (`--no-baselines`, what `make tinyworld` runs) trains only the `SHIPPED` runs, the ones the
+shipped weights come from, and leaves the table in `docs/` as it is (its report goes to the work dir); a later
+run with `--reuse` adds the baselines and writes the whole table (`make tinyworld-baselines`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ RUNS = [
     ("risd_long", "tinyworld_risd_long.yaml"),  # the shipped student
 ]
 TEACHERS = ("teacher_sft", "gdso", "grpo")
+SHIPPED = ("teacher_sft", "gdso", "risd_long")  # the runs behind models/tinyworld/{teacher,student}
 
 
 def run_config(name: str, file: str, work: Path, steps_scale: float, seed: int, log, reuse: bool = False,
@@ -125,15 +131,25 @@ def build_reward_models(
     docs: str | Path | None = "docs",
     log=print,
     reuse: bool = False,
+    baselines: bool = True,
 ) -> dict:
-    """Data, every reward model of `RUNS`, the table per pair kind on the test-split evaluation set, and the
-    shipped teacher (the better of teacher_sft and gdso on the *validation* set) and RISD student."""
+    """Data, every reward model of `RUNS` (only the `SHIPPED` ones without `baselines`), the table per pair kind
+    on the test-split evaluation set, and the shipped teacher (the better of teacher_sft and gdso on the
+    *validation* set) and RISD student."""
     from ..tinyworld.reward_data import make_reward_data
     from ..tinyworld.reward_eval import make_eval_set
 
     work, out = Path(work_dir), Path(out_dir)
     sft = sft_model if sft_model and Path(sft_model, "model_index.json").is_file() else None
     log(f"reward data (SFT samples from {sft})")
+    clock = time.perf_counter()
+    minutes = {}  # wall minutes per stage of this call (a reused stage costs ~0), reported beside the table
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        minutes[stage] = minutes.get(stage, 0.0) + round((time.perf_counter() - clock) / 60, 2)
+        clock = time.perf_counter()
+
     data_stats = {}
     for name, make in (
         ("eval_validation", lambda d: make_eval_set(d, "validation", seed + 2, sft, pairs_per_kind=90,
@@ -145,25 +161,32 @@ def build_reward_models(
         stats_file = work / "data" / name / "stats.json"
         data_stats[name] = (json.loads(stats_file.read_text()) if reuse and stats_file.is_file()
                             else make(work / "data" / name))
+    lap("data")
+    runs = [(name, file) for name, file in RUNS if baselines or name in SHIPPED]
     times, hook = {}, reading_hook(work / "data" / "eval_validation")
     shipped_teacher = None
-    for name, file in RUNS:
+    for name, file in runs:
         if name in ("risd", "opd", "risd_long") and shipped_teacher is None:
             shipped_teacher = choose_teacher(work, num_rationales, log)
+            lap("choosing the teacher")
         log(f"== {name}")
         _, times[name] = run_config(name, file, work, steps_scale, seed, log, reuse, hook, shipped_teacher)
+        lap(f"training {name}")
 
     results = {}
-    for name, _ in RUNS:
+    for name, _ in runs:
         results[name] = evaluate_reward(work / name / "model", work / "data" / "eval_test", name in TEACHERS,
                                         num_rationales)
         results[name]["train_minutes"] = round(times[name] / 60, 1)
         log(f"{name}: {results[name]}")
-    report = {"data": data_stats, "shipped_teacher": shipped_teacher, "results": results}
-    if docs:
-        Path(docs).mkdir(parents=True, exist_ok=True)
-        Path(docs, "tinyworld_rewards.json").write_text(json.dumps(report, indent=1, default=float))
-        Path(docs, "tinyworld_rewards.md").write_text(format_report(report, images_per_prompt, steps_scale, seed))
+    lap("evaluation")
+    minutes["total"] = round(sum(minutes.values()), 2)
+    log(f"wall minutes: {minutes}")
+    report = {"data": data_stats, "shipped_teacher": shipped_teacher, "results": results, "minutes": minutes}
+    for folder in [work] + ([Path(docs)] if docs and baselines else []):  # docs/ holds the whole table only
+        folder.mkdir(parents=True, exist_ok=True)
+        Path(folder, "tinyworld_rewards.json").write_text(json.dumps(report, indent=1, default=float))
+        Path(folder, "tinyworld_rewards.md").write_text(format_report(report, images_per_prompt, steps_scale, seed))
     for source, target in ((shipped_teacher, "teacher"), ("risd_long", "student")):
         shutil.rmtree(out / target, ignore_errors=True)
         shutil.copytree(work / source / "model", out / target)
@@ -186,9 +209,9 @@ def format_report(report: dict, images_per_prompt: int, steps_scale: float, seed
     from ..tinyworld.reward_eval import KINDS
 
     lines = ["# TinyWorld reward models on held-out pairs", "",
-             f"Generated by `zr-align tinyworld build-rewards` (images per prompt {images_per_prompt}, steps scale "
+             (f"Generated by `zr-align tinyworld build-rewards` (images per prompt {images_per_prompt}, steps scale "
              f"{steps_scale}, seed {seed}); test-split prompts never seen in training; ground truth = the judge. "
-             f"Shipped teacher: {report['shipped_teacher']}.", "",
+             f"Shipped teacher: {report['shipped_teacher']}."), "",
              "| model | mode | " + " | ".join(KINDS) + " | all | img/s | train min |",
              "|---|---|" + "---|" * (len(KINDS) + 3)]
     for name, result in report["results"].items():
@@ -198,8 +221,11 @@ def format_report(report: dict, images_per_prompt: int, steps_scale: float, seed
             cells = [f"{row.get(k, float('nan')):.3f}" for k in (*KINDS, "all")]
             lines.append(f"| {name} | {mode} | " + " | ".join(cells) + f" | {row['images_per_second']} | "
                          f"{result['train_minutes']} |")
-    lines += ["", "Reading accuracy of the teachers' greedy rationales (share of images where a check says what "
-              "the judge's says; attributes: value and verdict):", ""]
+    if report.get("minutes"):
+        lines += ["", "Wall minutes of this build per stage (" + ", ".join(f"{k} {v}" for k, v in
+                                                                    report["minutes"].items()) + ")."]
+    lines += ["", ("Reading accuracy of the teachers' greedy rationales (share of images where a check says what "
+              "the judge's says; attributes: value and verdict):"), ""]
     for name, result in report["results"].items():
         for part in ("reading_renders", "reading_generator", "reading_artefacts"):
             if part in result:
