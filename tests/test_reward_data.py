@@ -12,6 +12,7 @@ from zr_align.cli import main
 from zr_align.reward_training.data import PreferencePairs, RatedImages, collate
 from zr_align.reward_training.evaluate import evaluate_scorer, format_table, load_scorer
 from zr_align.rewards import RewardOutput
+from zr_align.rewards.loading import load_image
 from zr_align.scores import DEFAULT_BINS, ScoreDistribution
 from zr_align.tinyworld.grammar import split_prompts
 from zr_align.tinyworld.judge import judge
@@ -89,6 +90,20 @@ def test_pairs_round_trip_and_collate(image_dir):
     torch.testing.assert_close(batch["labels"], torch.tensor([1.0, 0.5]))
     torch.testing.assert_close(batch["mean_a"]["alignment"], torch.tensor([5.0, 4.0]))
     assert collate([pairs[0], pairs[2]])["mean_a"] is None  # not every pair has human means
+
+
+def test_rated_images_are_decoded_once_and_equal_the_files(generated):
+    out, _ = generated
+    files = [load_image(p) for p in [item["path"] for item in RatedImages(out / "rated.jsonl").items][:6]]
+    cached = RatedImages(out / "rated.jsonl")
+    for _ in range(2):  # the second pass reads the cache
+        for i, image in enumerate(files):
+            assert torch.equal(cached[i]["image"], image)
+    assert cached._held == 6 * 3 * 64 * 64  # 8-bit, one copy per image
+    capped = RatedImages(out / "rated.jsonl", cache_bytes=2 * 3 * 64 * 64)
+    assert all(torch.equal(capped[i]["image"], files[i]) for i in range(6)) and capped._held == 2 * 3 * 64 * 64
+    off = RatedImages(out / "rated.jsonl", cache_bytes=0)
+    assert torch.equal(off[0]["image"], files[0]) and off._held == 0
 
 
 def test_generated_files_round_trip(generated):

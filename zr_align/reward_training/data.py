@@ -125,6 +125,9 @@ class RatedImages(Dataset):
             Default: the dimensions labelled on the first line, in its order.
         smoothing (`float`, *optional*, defaults to 0.0): label smoothing of rating histograms (mass spread
             uniformly over the bins); mean/std and single-score labels are not smoothed.
+        cache_bytes (`int`, *optional*, defaults to 1 GiB): decoded images are kept in memory (8-bit, as the file
+            holds them) until this many bytes are held, so that a training run decodes each file once, not once per
+            epoch; 0 decodes on every access. The pixels are the same either way.
 
     An item is a dict:
         - `image` (`torch.Tensor` of shape `(3, H, W)`): float in [0, 1];
@@ -144,8 +147,12 @@ class RatedImages(Dataset):
         bins: Sequence[float] = DEFAULT_BINS,
         dimensions: Sequence[str] | None = None,
         smoothing: float = 0.0,
+        cache_bytes: int = 1 << 30,
     ):
         self.path = Path(path)
+        self.cache_bytes = cache_bytes
+        self._decoded: dict[int, torch.Tensor] = {}  # index -> (3, H, W) uint8
+        self._held = 0
         self.bins = tuple(float(b) for b in bins)
         records = read_jsonl(self.path)
         root = self.path.parent
@@ -213,10 +220,22 @@ class RatedImages(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def _image(self, index: int) -> torch.Tensor:
+        """The item's image, `(3, H, W)` float in [0, 1], decoded from its file once while the cache has room."""
+        pixels = self._decoded.get(index)
+        if pixels is None:
+            image = load_image(self.items[index]["path"])
+            pixels = (image * 255).round().to(torch.uint8)
+            if self._held + pixels.numel() > self.cache_bytes:
+                return image
+            self._decoded[index] = pixels
+            self._held += pixels.numel()
+        return pixels.float() / 255.0
+
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
         return {
-            "image": load_image(item["path"]),
+            "image": self._image(index),
             "prompt": item["prompt"],
             "labels": dict(item["labels"]),
             "mean": dict(item["mean"]),
