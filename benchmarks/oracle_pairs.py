@@ -30,7 +30,7 @@ from zr_align.guidance import generate_folder, load_pipeline, load_reward
 from zr_align.guidance.best_of_n import BestOfNOptions
 from zr_align.guidance.generate import generate
 from zr_align.rewards.output import RewardOutput
-from zr_align.tinyworld.judge import judge, net_preference, overall
+from zr_align.tinyworld.judge import judge, net_preference, overall, summarize
 
 
 class JudgeReward:
@@ -72,13 +72,13 @@ def select(args) -> None:
             rows[name] += [judge(image, p) for image, p in zip(chosen, chunk)]
         base += [judge(image, p) for image, p in zip(generate(pipe, chunk, "plain", seeds=seeds).images, chunk)]
     for name, verdicts in rows.items():
-        gsb = net_preference(verdicts, base)
-        all_four = sum(v.num_wrong == 0 for v in verdicts) / len(verdicts)
-        shift = sum(v.artefacts["color_shift"] for v in verdicts) / len(verdicts)
+        summary = summarize(verdicts)
         print(json.dumps({"ranker": name, "split": args.split, "n": args.n, "images": len(verdicts),
-                          "gsb": gsb, "all four": round(all_four, 3), "color shift": round(shift, 3)}))
-    print(json.dumps({"ranker": "none (candidate 0)", "all four": round(sum(v.num_wrong == 0 for v in base)
-                      / len(base), 3), "color shift": round(sum(v.artefacts["color_shift"] for v in base) / len(base), 3)}))
+                          "gsb": net_preference(verdicts, base), "all four": round(summary["all_correct"], 3),
+                          "color shift": round(summary["artefacts"]["color_shift"], 3)}))
+    summary = summarize(base)
+    print(json.dumps({"ranker": "none (candidate 0)", "all four": round(summary["all_correct"], 3),
+                      "color shift": round(summary["artefacts"]["color_shift"], 3)}))
 
 
 def main():

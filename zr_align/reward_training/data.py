@@ -51,7 +51,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from ..rewards.loading import load_image
+from ..rewards.loading import load_image, load_pixels
 from ..scores import DEFAULT_BINS, ScoreDistribution
 
 PREFERENCES: tuple[str, ...] = ("a", "b", "tie")
@@ -224,12 +224,10 @@ class RatedImages(Dataset):
         """The item's image, `(3, H, W)` float in [0, 1], decoded from its file once while the cache has room."""
         pixels = self._decoded.get(index)
         if pixels is None:
-            image = load_image(self.items[index]["path"])
-            pixels = (image * 255).round().to(torch.uint8)
-            if self._held + pixels.numel() > self.cache_bytes:
-                return image
-            self._decoded[index] = pixels
-            self._held += pixels.numel()
+            pixels = load_pixels(self.items[index]["path"])
+            if self._held + pixels.numel() <= self.cache_bytes:
+                self._decoded[index] = pixels
+                self._held += pixels.numel()
         return pixels.float() / 255.0
 
     def __getitem__(self, index: int) -> dict:

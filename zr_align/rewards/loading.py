@@ -10,14 +10,23 @@ import numpy as np
 import torch
 
 
+def pil_to_pixels(image) -> torch.Tensor:
+    """A PIL image (any mode) -> `(3, H, W)` uint8 RGB (decodes every pixel)."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
 def pil_to_tensor(image) -> torch.Tensor:
     """A PIL image (any mode) -> `(3, H, W)` float in [0, 1]."""
-    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
+    return pil_to_pixels(image).float() / 255.0
 
 
 def load_image(path) -> torch.Tensor:
     """An image file -> `(3, H, W)` float in [0, 1]; a missing, truncated or non-image file is a one-line error."""
+    return load_pixels(path).float() / 255.0
+
+
+def load_pixels(path) -> torch.Tensor:
+    """An image file -> `(3, H, W)` uint8, as stored (the checks of `load_image`)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -27,7 +36,7 @@ def load_image(path) -> torch.Tensor:
         raise ValueError(f"image file {path} does not exist")
     try:
         with Image.open(path) as image:
-            return pil_to_tensor(image)  # decodes every pixel: a truncated file fails here
+            return pil_to_pixels(image)  # decodes every pixel: a truncated file fails here
     except UnidentifiedImageError:
         raise ValueError(f"image file {path} is not an image Pillow can read (wrong format or corrupt)") from None
     except (OSError, SyntaxError, ValueError) as error:

@@ -37,17 +37,19 @@ fragments and crops are left out): the same units as `judge.overall`.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..rewards.output import RewardOutput
 from .grammar import BACKGROUND, CANVAS, COLORS, POSITION_CELLS, parse_prompt
-
-_PALETTE_NAMES = tuple(COLORS)
-# (fill, corner fill, taper) of each shape, as in `judge.SHAPE_PROTOTYPES`
-_SHAPES = {"square": (1.0, 1.0, 1.0), "circle": (math.pi / 4, 0.0, 1.0), "triangle": (0.5, 0.35, 0.15)}
-SIZE_SIDE = math.sqrt(16 * 32)
+from .judge import (
+    FOREGROUND_ALPHA,
+    OFF_PALETTE_DISTANCE,
+    PALETTE_NAMES,
+    SHAPE_PROTOTYPES,
+    SHIFT_BACKGROUND,
+    SHIFT_CORE,
+    SIZE_THRESHOLD,
+)
 
 
 def _soft_box(mask: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +95,7 @@ class SoftJudge:
 
     def __init__(self, temperature: float = 1.0):
         self.temperature = temperature
-        self.palette = torch.tensor([COLORS[c] for c in _PALETTE_NAMES], dtype=torch.float32)
+        self.palette = torch.tensor([COLORS[c] for c in PALETTE_NAMES], dtype=torch.float32)
         self.gray = torch.tensor(BACKGROUND, dtype=torch.float32)
 
     def attributes(self, images: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -113,10 +115,10 @@ class SoftJudge:
         distance = d.norm(dim=-1)
         on_palette = torch.sigmoid((torch.clamp(0.35 * distance, min=40.0)[..., None] - residual) / 4.0)
         label = torch.softmax(-residual / 4.0, dim=-1)  # the judge's nearest palette line, softly
-        member = ((alpha - 0.3) / 0.3 + 0.5).clamp(0, 1) * on_palette * label  # 0 below alpha 0.15, 1 above 0.45
-        off_palette = (1 - (on_palette * label).sum(-1)) * torch.sigmoid((distance - 60.0) / 5.0)
+        member = ((alpha - FOREGROUND_ALPHA) / 0.3 + 0.5).clamp(0, 1) * on_palette * label  # a ramp 0.3 wide
+        off_palette = (1 - (on_palette * label).sum(-1)) * torch.sigmoid((distance - OFF_PALETTE_DISTANCE) / 5.0)
         mask = (member.sum(-1) + off_palette).clamp(0, 1)  # the object, whatever its colour  (B, H, W)
-        target = torch.tensor([_PALETTE_NAMES.index(w.color) for w in wanted], device=images.device)
+        target = torch.tensor([PALETTE_NAMES.index(w.color) for w in wanted], device=images.device)
         own = member.gather(-1, target[:, None, None, None].expand(*member.shape[:3], 1))[..., 0]
         interior = mask**4  # weights the object's core over its anti-aliased rim
         colour = torch.sigmoid(((own * interior).sum((1, 2)) / interior.sum((1, 2)).clamp_min(1e-3) - 0.5) / (0.1 * t))
@@ -131,12 +133,12 @@ class SoftJudge:
 
         position = inside(cy, cells[:, 0]) * inside(cx, cells[:, 1])
         side = torch.maximum(width, height)
-        large = torch.sigmoid((side - SIZE_SIDE) / (1.5 * t))
+        large = torch.sigmoid((side - SIZE_THRESHOLD) / (1.5 * t))
         size = torch.where(torch.tensor([w.size == "large" for w in wanted], device=images.device), large, 1 - large)
         features = _shape_features(mask, width, height, cx, cy)  # (B, 3)
-        prototypes = torch.tensor(list(_SHAPES.values()), dtype=images.dtype, device=images.device)
+        prototypes = torch.tensor(list(SHAPE_PROTOTYPES.values()), dtype=images.dtype, device=images.device)
         shape_probs = torch.softmax(-((features[:, None] - prototypes) ** 2).sum(-1) / (0.01 * t), dim=-1)
-        shape_index = torch.tensor([list(_SHAPES).index(w.shape) for w in wanted], device=images.device)
+        shape_index = torch.tensor([list(SHAPE_PROTOTYPES).index(w.shape) for w in wanted], device=images.device)
         shape = shape_probs.gather(1, shape_index[:, None])[:, 0]
 
         core = (pixels * interior[..., None]).sum((1, 2)) / interior.sum((1, 2))[:, None].clamp_min(1e-3)
@@ -147,8 +149,8 @@ class SoftJudge:
         line_residual = (offset[:, None] - along[..., None] * lines).norm(dim=-1)  # (B, K)
         core_residual = (torch.softmax(-line_residual / 4.0, dim=-1) * line_residual).sum(-1)
         background_shift = (background - gray).norm(dim=-1)
-        shift = 1 - (1 - torch.sigmoid((core_residual - 25.0) / (3.0 * t))) * (
-            1 - torch.sigmoid((background_shift - 12.0) / (2.0 * t)))
+        shift = 1 - (1 - torch.sigmoid((core_residual - SHIFT_CORE) / (3.0 * t))) * (
+            1 - torch.sigmoid((background_shift - SHIFT_BACKGROUND) / (2.0 * t)))
         return {"color": colour, "position": position, "size": size, "shape": shape, "color_shift": shift}
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> RewardOutput:
