@@ -73,6 +73,18 @@ def test_soft_labels_from_ratings_mean_std_and_score(image_dir):
     assert item["rationale"] == {"alignment": "color red yes"} and item["source"] == "render"
 
 
+def test_repeated_rating_lists_give_equal_separate_labels_and_stay_checked(image_dir):
+    line = {"image": "a.png", "prompt": "p", "ratings": {"alignment": [3.0, 3.0, 4.0]}}
+    data = RatedImages(write_jsonl(image_dir / "rated.jsonl", [line, line, {**line, "ratings": {"alignment": [4, 3]}}]))
+    first, second = data.items[0]["labels"]["alignment"], data.items[1]["labels"]["alignment"]
+    assert torch.equal(first, second) and first.data_ptr() != second.data_ptr()  # one histogram, copied per item
+    assert data.items[2]["labels"]["alignment"][DEFAULT_BINS.index(4.0)] == 0.5
+    # a list seen before with another type is checked again: `true` is not the rating 1.0
+    bad = [{**line, "ratings": {"alignment": [1.0, 5.0]}}, {**line, "ratings": {"alignment": [True, 5.0]}}]
+    with pytest.raises(ValueError, match="line 2: rating of alignment must be a finite number, got True"):
+        RatedImages(write_jsonl(image_dir / "bad.jsonl", bad))
+
+
 def test_pairs_round_trip_and_collate(image_dir):
     path = write_jsonl(image_dir / "pairs.jsonl", [
         {"prompt": "p", "image_a": "a.png", "image_b": "b.png", "preference": "a", "margin": 0.75,

@@ -164,6 +164,7 @@ class RatedImages(Dataset):
                 raise ValueError(f"{where} has no labels; give 'ratings', 'mean' + 'std' or 'score' per dimension")
         self.dimensions = tuple(dimensions)
         self.smoothing = smoothing
+        self._rating_labels: dict[tuple, tuple[torch.Tensor, float]] = {}  # see `_from_ratings`
         self.items = [self._parse(number, record, root) for number, record in records]
 
     def _parse(self, number: int, record: dict, root: Path) -> dict:
@@ -200,6 +201,15 @@ class RatedImages(Dataset):
     def _from_ratings(self, values: Any, dim: str, where: str) -> tuple[torch.Tensor, float]:
         if not isinstance(values, list) or not values:
             raise ValueError(f"{where}: ratings of {dim} must be a non-empty list of bin values, got {values!r}")
+        # A panel of a few raters gives few distinct rating lists (TinyWorld: ~40k lists, a few hundred distinct):
+        # each is checked and histogrammed once (the type is in the key, so that `true` never passes as 1.0).
+        key = tuple((type(v), v) for v in values)
+        if key not in self._rating_labels:
+            self._rating_labels[key] = self._histogram(values, dim, where)
+        probs, mean = self._rating_labels[key]
+        return probs.clone(), mean
+
+    def _histogram(self, values: list, dim: str, where: str) -> tuple[torch.Tensor, float]:
         for value in values:
             value = _number(value, f"rating of {dim}", where)
             if min(abs(value - b) for b in self.bins) > _RATING_ATOL:
