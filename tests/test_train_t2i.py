@@ -305,6 +305,7 @@ def test_non_finite_reward_skips_the_step_and_keeps_the_weights(tmp_path, tiny_c
         (["model.train_text_encoder=true"], "model.train_text_encoder needs model.trainable: full"),
         (["method=dpo"], "method dpo and optim.dpo_weight > 0 need data.pairs (a folder written by `zr-align"),
         (["method=dpo", "data.pairs=/tmp", "model.trainable=full"], "the DPO loss needs model.trainable: lora"),
+        (["model.trainable=full", "optim.kl_weight=0.3"], "optim.kl_weight needs model.trainable: lora"),
         (["method=sft", "data.sft_data=tinyworld:train", "data.pairs=/tmp", "optim.dpo_weight=1"],
          "optim.dpo_weight mixes DPO into a reward method; method sft has no reward"),
         (["method=dpo", "data.pairs=/nonexistent"], "data.pairs /nonexistent has no latents.safetensors"),

@@ -100,7 +100,7 @@ class OptimConfig:
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     loss_scale: float = 1.0  # multiplies the reward loss: keeps LoRA updates in a sane range
     reward_normalization: str = "none"  # none | batch (z-score in the batch) | running (running mean/std)
-    kl_weight: float = 0.0  # weight of ||eps_lora - eps_base||^2 at grad steps; > 0 costs a base forward per step
+    kl_weight: float = 0.0  # weight of ||eps_lora - eps_base||^2 at grad steps (LoRA only); > 0 costs a base forward per step
     sft_weight: float = 0.0  # mix in the SFT denoising loss on data.sft_data (0 = pure reward)
     # method dpo: the Diffusion-DPO temperature on the per-sample mean squared error. TinyWorld validation, LoRA r8,
     # lr 1e-3, 150 steps, GSB net: 20 collapses colour (-18.0%), 100 +7.5%, 300 +20.5%, 500 +16.0%, 1000 +4.0%,
@@ -188,6 +188,9 @@ class TrainConfig:
         if uses_dpo and not self.data.pairs:
             raise ValueError("method dpo and optim.dpo_weight > 0 need data.pairs (a folder written by `zr-align "
                              "generate --mode best_of_n --save-pairs`)")
+        if self.optim.kl_weight > 0 and self.method in BACKPROP_METHODS and self.model.trainable != "lora":
+            raise ValueError("optim.kl_weight needs model.trainable: lora (the KL's reference is the LoRA switched "
+                             "off; with every weight trained there is none): set optim.kl_weight=0")
         if uses_dpo and self.model.trainable != "lora":
             raise ValueError("the DPO loss needs model.trainable: lora (its reference model is the LoRA switched off)")
         if self.optim.dpo_weight > 0 and self.method not in BACKPROP_METHODS:
