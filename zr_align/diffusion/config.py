@@ -100,7 +100,7 @@ class OptimConfig:
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     loss_scale: float = 1.0  # multiplies the reward loss: keeps LoRA updates in a sane range
     reward_normalization: str = "none"  # none | batch (z-score in the batch) | running (running mean/std)
-    kl_weight: float = 0.0  # weight of ||eps_lora - eps_base||^2 at grad steps (LoRA only); > 0 costs a base forward per step
+    kl_weight: float = 0.0  # weight of ||eps_lora - eps_base||^2 at grad steps (LoRA only); costs a base forward
     sft_weight: float = 0.0  # mix in the SFT denoising loss on data.sft_data (0 = pure reward)
     # method dpo: the Diffusion-DPO temperature on the per-sample mean squared error. TinyWorld validation, LoRA r8,
     # lr 1e-3, 150 steps, GSB net: 20 collapses colour (-18.0%), 100 +7.5%, 300 +20.5%, 500 +16.0%, 1000 +4.0%,
