@@ -15,9 +15,9 @@ the comparison table on held-out pairs by kind (GDSO and RISD of the Z-Reward pa
 3. Every model evaluated on the test pairs; the table goes to `docs/tinyworld_rewards.md` and `.json`.
 4. The chosen teacher and risd_long are copied to `models/tinyworld/teacher` and `.../student`.
 
-`baselines=False` (`--no-baselines`) trains only the `SHIPPED` runs, the ones the shipped weights come from, and
-leaves the table in `docs/` as it is (its report goes to the work dir); a later run with `--reuse` and without the
-flag adds the baselines and writes the whole table (what `make tinyworld` runs from scratch).
+`baselines=False` (`--no-baselines`, what `make tinyworld` runs) trains only the `SHIPPED` runs, the ones the
+shipped weights come from, and leaves the table in `docs/` as it is (its report goes to the work dir); a later
+run with `--reuse` and without the flag adds the baselines and writes the whole table (`make tinyworld-table`).
 """
 
 from __future__ import annotations

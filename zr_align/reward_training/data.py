@@ -205,11 +205,11 @@ class RatedImages(Dataset):
         # each is checked and histogrammed once (the type is in the key, so that `true` never passes as 1.0).
         key = tuple((type(v), v) for v in values)
         if key not in self._rating_labels:
-            self._rating_labels[key] = self._histogram(values, dim, where)
+            self._rating_labels[key] = self._checked_label(values, dim, where)
         probs, mean = self._rating_labels[key]
         return probs.clone(), mean
 
-    def _histogram(self, values: list, dim: str, where: str) -> tuple[torch.Tensor, float]:
+    def _checked_label(self, values: list, dim: str, where: str) -> tuple[torch.Tensor, float]:
         for value in values:
             value = _number(value, f"rating of {dim}", where)
             if min(abs(value - b) for b in self.bins) > _RATING_ATOL:
