@@ -82,3 +82,58 @@ def test_demo_reports_the_judges_artefact_rates_per_arm(demo):
         assert arm["artefacts"] == {a: sum(v.artefacts[a] for v in verdicts) / len(verdicts) for a in ARTEFACTS}
     md = (out / "report.md").read_text()
     assert "| arm | blur | noise | color shift | fragments | crop | low contrast | clutter |" in md
+
+
+@pytest.fixture(scope="module")
+def full_demo(tmp_path_factory):
+    """The demo with every denoiser weight trained (`model.trainable: full`), no guidance arm."""
+    out = tmp_path_factory.mktemp("full_demo")
+    report = run_demo(out, num_eval=4, eval_split="validation", log=lambda *_: None, curve_images=4, guidance=None,
+                      overrides=("max_steps=2", "checkpoint_every=2", "batch_size=2", "model.trainable=full",
+                                 "optim.kl_weight=0", "optim.lr=1e-4"), progress=False)
+    return out, report
+
+
+def test_demo_with_every_weight_trained_compares_the_trained_pipelines(full_demo):
+    """With `model.trainable: full` both trained arms are their runs' whole pipelines, the SFT control trains every
+    weight at the reward run's lr, and neither pipeline is the base."""
+    from safetensors.torch import load_file
+
+    out, report = full_demo
+    assert [arm["name"] for arm in report["arms"]] == ["base", "SFT-control", "reward-tuned"]
+    base = load_file("models/tinyworld/sft/unet/diffusion_pytorch_model.safetensors")
+    for name, run in (("SFT-control", "sft_run"), ("reward-tuned", "run")):
+        arm = next(a for a in report["arms"] if a["name"] == name)
+        assert arm["lora"] is None and arm["weights"] == str(out / run / "pipeline")
+        card = json.loads((out / "compare" / "samples" / name / "model.json").read_text())
+        assert card["model"] == str(out / run / "pipeline") and card["lora"] is None
+        assert f"`{out / run / 'pipeline'}`" in (out / "report.md").read_text()
+        trained = load_file(out / run / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+        assert trained.keys() == base.keys()
+        assert any(not torch.equal(trained[k], base[k]) for k in base)
+    sft_config = (out / "sft_run" / "config.yaml").read_text()
+    assert "trainable: full" in sft_config and "lr: 0.0001" in sft_config
+    assert "every denoiser weight, lr 0.0001" in report["arms"][2]["how"]
+    assert [p["step"] for p in report["curves"]["reward-tuned"]] == [0, 2]
+
+
+def test_curve_weights_load_a_full_checkpoint_as_the_run_saved_it(full_demo):
+    """`trained_weights` names every denoiser weight as the trainer checkpoints them: the last checkpoint, loaded
+    into a fresh base, is exactly the run's saved pipeline (a wrong name or a missing weight would fail to load or
+    leave the base's value)."""
+    import yaml
+    from safetensors.torch import load_file
+
+    from zr_align.recipes.curves import TRAINED_STATE_FILE, trained_weights
+    from zr_align.runs import list_checkpoints
+    from zr_align.tinyworld.sample import load_pipeline
+
+    out, _ = full_demo
+    pipe = load_pipeline("models/tinyworld/sft")
+    weights = trained_weights(pipe, yaml.safe_load((out / "run" / "config.yaml").read_text()))
+    assert len(weights.params) == len(list(pipe.unet.parameters()))
+    last = list_checkpoints(out / "run" / "checkpoints")[-1]
+    weights.load_state_dict(torch.load(last / TRAINED_STATE_FILE, weights_only=True))
+    saved = load_file(out / "run" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    state = pipe.unet.state_dict()
+    assert all(torch.equal(state[k], saved[k]) for k in saved)

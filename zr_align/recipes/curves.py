@@ -1,5 +1,6 @@
-"""Training curves of a fine-tuning run measured after the fact: every checkpoint's LoRA sampled on the validation
-prompts (the same noise each time), scored by the ground-truth judge and by the reward model.
+"""Training curves of a fine-tuning run measured after the fact: every checkpoint's weights (a LoRA, or every
+denoiser weight with `model.trainable: full`) sampled on the validation prompts (the same noise each time), scored
+by the ground-truth judge and by the reward model.
 
 The trainer logs the reward of its own training batches (`metrics.jsonl`) but not what the judge would say; its
 checkpoints (`OUT/checkpoints/step_N`) hold the trained weights, so the curve is measured here without touching
@@ -32,14 +33,30 @@ def evaluate_images(images: np.ndarray, prompts: list[str], reward_model) -> dic
     return point
 
 
+def trained_weights(pipe, config: dict) -> TrainableState:
+    """The weights a run trains, on `pipe` (its base, loaded afresh) and named as the trainer checkpoints them: the
+    run's LoRA added to the denoiser, or with `model.trainable: full` the whole denoiser (and the text encoder where
+    the run trained it), so that each of the run's checkpoints loads with `load_state_dict`."""
+    model = config["model"]
+    if model.get("trainable", "lora") == "lora":
+        lora = config["lora"]
+        add_lora(pipe.unet, model["family"], rank=lora["rank"], alpha=lora["alpha"], dropout=lora["dropout"],
+                 target_modules=lora["targets"])
+        return TrainableState({"denoiser": pipe.unet})
+    modules = {"denoiser": pipe.unet, **({"text_encoder": pipe.text_encoder} if model.get("train_text_encoder") else {})}
+    for module in modules.values():
+        module.requires_grad_(True)
+    return TrainableState(modules)
+
+
 def checkpoint_curve(run_dir, base_model, prompts: list[str], reward_model, seed: int = 20_000, steps: int = 20,
                      start: dict | None = None, progress: bool = True, label: str = "") -> list[dict]:
     """`[{"step": 0, ...}, {"step": N, ...}, ...]`: `evaluate_images` of the base model (or `start`, its result
-    computed once for several runs) and of every complete checkpoint of the LoRA run in `run_dir`.
+    computed once for several runs) and of every complete checkpoint of the run in `run_dir`.
 
     Args:
-        run_dir: a `train_t2i.py` output folder with `config.yaml` and `checkpoints/step_N` (LoRA runs).
-        base_model: the pipeline folder the run trained its LoRA on.
+        run_dir: a `train_t2i.py` output folder with `config.yaml` and `checkpoints/step_N`.
+        base_model: the pipeline folder the run started from.
         prompts: one image per entry; image `i` uses the noise of seed `seed + i` at every checkpoint.
     """
     import yaml
@@ -54,10 +71,7 @@ def checkpoint_curve(run_dir, base_model, prompts: list[str], reward_model, seed
             start = evaluate_images(generate(pipe, prompts, seed=seed, steps=steps), prompts, reward_model)
             bar.update(1)
         points.append({"step": 0, **start})
-        lora = config["lora"]
-        add_lora(pipe.unet, config["model"]["family"], rank=lora["rank"], alpha=lora["alpha"],
-                 dropout=lora["dropout"], target_modules=lora["targets"])
-        weights = TrainableState({"denoiser": pipe.unet})
+        weights = trained_weights(pipe, config)
         for checkpoint in checkpoints:
             weights.load_state_dict(torch.load(checkpoint / TRAINED_STATE_FILE, weights_only=True))
             images = generate(pipe, prompts, seed=seed, steps=steps)

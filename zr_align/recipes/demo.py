@@ -4,13 +4,17 @@ judged by the truth on held-out prompts.
 Arms, all on the shipped SFT baseline (`models/tinyworld/sft`):
 
 - **base**: the baseline itself;
-- **SFT control**: a LoRA of the same rank trained with `method: sft` on TinyWorld renders of the same training
-  prompts, for the same number of steps and prompts per step (`configs/tinyworld_sft_lora.yaml`): what the same
-  extra training buys without the reward (the baseline before tuning is not that control);
+- **SFT control**: the same weights trained with `method: sft` on TinyWorld renders of the same training prompts,
+  for the same number of steps and prompts per step, at the same learning rate (`configs/tinyworld_sft_lora.yaml`,
+  with the reward run's `MATCHED` settings): what the same extra training buys without the reward (the baseline
+  before tuning is not that control);
 - **reward-tuned**: `configs/tinyworld_draft.yaml` through `zr_align.diffusion.fine_tune` (what `train_t2i.py`
   runs): DRaFT-K with the shipped RISD student (`models/tinyworld/student`) as the differentiable reward;
 - **guidance**: the base sampled with per-step reward guidance (`zr_align.guidance`) by the same student as stored,
   no training (settings `GUIDANCE`); `extra_arms` adds more samplers the same way.
+
+A trained arm is its run's LoRA on the base (`RUN/lora`), or with `model.trainable: full` its whole pipeline
+(`RUN/pipeline`).
 
 Phases, one progress bar each: 1 reward fine-tuning, 2 SFT control, 3 sampling and judging on the held-out
 prompts (`zr_align.tinyworld.compare`: the test split, or `eval_split="validation"` to choose settings without
@@ -44,9 +48,9 @@ EVAL_SEED, CURVE_SEED, GRID_COLUMNS = 10_000, 20_000, 8
 # ~1.9 s extra per image: too slow for the demo's time budget. Scale 0.1 or more gave +17% to -11% (scale 1.0 on
 # the first half ruins the images: -87% on the test prompts).
 GUIDANCE = {"scale": 0.05, "window": (0.5, 1.0)}
-# settings the SFT control takes from the reward run, so that both arms train the same LoRA as long
-MATCHED = ("seed", "max_steps", "batch_size", "checkpoint_every", "lora.rank", "lora.alpha", "lora.dropout",
-           "lora.targets")
+# settings the SFT control takes from the reward run, so that both arms train the same weights as long, as fast
+MATCHED = ("seed", "max_steps", "batch_size", "checkpoint_every", "optim.lr", "model.trainable", "lora.rank",
+           "lora.alpha", "lora.dropout", "lora.targets")
 
 
 def _resolved(config: dict, key: str):
@@ -70,12 +74,12 @@ def _train(config: str, overrides: list[str], log) -> dict:
 
 def _train_arms(out: Path, config: str, sft_config: str, base_model: str, reward: str, overrides: tuple[str, ...],
                 log) -> dict[str, dict]:
-    """Phases 1 and 2: the reward-tuned LoRA exactly as `config` says (checkpoints every 25 steps for the curves;
+    """Phases 1 and 2: the reward-tuned arm exactly as `config` says (checkpoints every 25 steps for the curves;
     where checkpoints are written does not change training), then the SFT control matched to it."""
     log("[1/5] reward fine-tuning (the reward-tuned arm)")
     reward_run = _train(config, [f"output_dir={out / 'run'}", f"model.path={base_model}", f"reward.path={reward}",
                                  "checkpoint_every=25", *overrides], log)
-    log("[2/5] SFT control: same base, LoRA, steps and prompts per step; the denoising loss on renders")
+    log("[2/5] SFT control: same base, trained weights, lr, steps and prompts per step; the denoising loss on renders")
     matched = [f"{key}={json.dumps(_resolved(reward_run['resolved'], key))}" for key in MATCHED]
     sft_run = _train(sft_config, [f"output_dir={out / 'sft_run'}", f"model.path={base_model}", *matched], log)
     return {"SFT-control": sft_run, "reward-tuned": reward_run}
@@ -99,17 +103,28 @@ def guidance_arm(base_model: str, reward_model, options: dict, reward_path: str)
     return ModelSpec("guidance", base_model, sampler=sampler, sampler_label=label, sampler_weights=reward_path)
 
 
+def trained_arm(name: str, run: dict, base_model: str) -> ModelSpec:
+    """The arm of a training run (`_train`): its whole pipeline (`RUN/pipeline`) when it trained every weight
+    (`model.trainable: full`), else the base with its LoRA (`RUN/lora`)."""
+    if run["resolved"]["model"]["trainable"] == "full":
+        return ModelSpec(name, str(Path(run["dir"]) / "pipeline"))
+    return ModelSpec(name, base_model, str(Path(run["dir"]) / "lora"))
+
+
 def _describe(run: dict) -> str:
     c = run["resolved"]
-    tail = f"LoRA rank {c['lora']['rank']}, lr {c['optim']['lr']}, batch {c['batch_size']}"
+    weights = ("every denoiser weight" if c["model"]["trainable"] == "full" else f"LoRA rank {c['lora']['rank']}")
+    tail = f"{weights}, lr {c['optim']['lr']}, batch {c['batch_size']}"
+    data = c["data"]["sft_data"]
+    source = "TinyWorld renders of the train prompts" if data == "tinyworld:train" else f"`{data}`"
     if c["method"] == "sft":
-        data = c["data"]["sft_data"]
-        source = "TinyWorld renders of the train prompts" if data == "tinyworld:train" else f"`{data}`"
         return f"sft on {source}, {tail}"
     if c["method"] == "dpo":
         return f"dpo on the preference pairs `{c['data']['pairs']}`, beta {c['optim']['dpo_beta']}, {tail}"
+    anchor = (f", plus the SFT loss on {source} (weight {c['optim']['sft_weight']})"
+              if data and c["optim"]["sft_weight"] > 0 else "")
     return (f"{c['method']} (K={c['sampling']['k']}, T={c['sampling']['num_steps']}) with the RISD student, {tail}, "
-            f"KL weight {c['optim']['kl_weight']}")
+            f"KL weight {c['optim']['kl_weight']}{anchor}")
 
 
 def _grid(out: Path, result: dict, specs: list[ModelSpec], held_out: list[str], seed: int = 0) -> tuple[Path, list]:
@@ -148,8 +163,7 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
     out, start = Path(out), time.perf_counter()
     runs = _train_arms(out, config, sft_config, base_model, reward, overrides, log)
     reward_model = ZRewardModel.from_pretrained(reward)  # as stored: guidance, the curves, the tables' mean
-    specs = [ModelSpec("base", base_model), ModelSpec("SFT-control", base_model, str(out / "sft_run" / "lora")),
-             ModelSpec("reward-tuned", base_model, str(out / "run" / "lora")),
+    specs = [ModelSpec("base", base_model), *(trained_arm(name, run, base_model) for name, run in runs.items()),
              *([guidance_arm(base_model, reward_model, guidance, reward)] if guidance is not None else []), *extra_arms]
     log(f"[3/5] sampling and judging {num_eval} images per arm on the held-out {eval_split} prompts")
     result = compare_models(specs, out / "compare", prompts=f"tinyworld:{eval_split}", num_images=num_eval,
@@ -181,7 +195,8 @@ def _arm_rows(result: dict, runs: dict, specs: list[ModelSpec]) -> list[dict]:
         how = _describe(run) if run else spec.sampler_label if spec.sampler else "the shipped SFT baseline as it is"
         rows.append({"name": spec.name, "how": how,
                      "steps": len(run["metrics"]) if run else 0, "train_minutes": run["minutes"] if run else 0.0,
-                     "lora": spec.lora, "accuracy": model["accuracy"], "reward_mean": model["reward_mean"],
+                     "lora": spec.lora, "weights": spec.lora or (spec.model if run else None),
+                     "accuracy": model["accuracy"], "reward_mean": model["reward_mean"],
                      "mean_scores": model["summary"]["mean_scores"],
                      "artefacts": model["summary"]["artefacts"], "vs_base": vs_base.get(spec.name)})
     return rows
@@ -202,7 +217,7 @@ def _markdown(report: dict, arms: list[dict], pairs: list[dict]) -> str:
         lines.append(f"| {arm['name']} | {training} | {gsb_cells} | " + " | ".join(
             _fmt(a[k]) for k in ("all_correct", "color", "position", "shape", "size")) +
             f" | {_fmt(arm['reward_mean'])} |")
-    how = "\n".join(f"- **{arm['name']}**: {arm['how']}" + (f" (`{arm['lora']}`)" if arm["lora"] else "")
+    how = "\n".join(f"- **{arm['name']}**: {arm['how']}" + (f" (`{arm['weights']}`)" if arm["weights"] else "")
                     for arm in arms)
     pair_rows = "\n".join(f"| {p['candidate']} vs {p['reference']} | {p['good']} | {p['same']} | {p['bad']} | "
                           f"{_fmt(p['net_interval'], '+.1%')} |" for p in pairs)
