@@ -15,7 +15,7 @@ from diffusers import DiffusionPipeline
 torch.set_num_threads(1)
 pipe = DiffusionPipeline.from_pretrained("models/tinyworld/sft", custom_pipeline="pipelines/zreward_pipeline.py",
                                          trust_remote_code=True, dtype=torch.float32)  # diffusers 0.42 asks for both
-# pipe.load_lora("outputs/demo/run/lora")  # a LoRA written by train_t2i.py, checked against the model first
+# pipe.load_lora("RUN/lora")  # a LoRA written by train_t2i.py, checked against the model first
 prompts = ["a large blue circle on the right", "a small yellow triangle in the center", "a large green square at the top"]
 plain = pipe(prompts, reward="models/tinyworld/student", mode="plain", seeds=[0, 1, 2])
 best = pipe(prompts, reward="models/tinyworld/student", mode="best_of_n", n=4, seeds=[0, 1, 2])

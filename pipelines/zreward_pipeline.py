@@ -6,7 +6,7 @@
 
     pipe = DiffusionPipeline.from_pretrained("models/tinyworld/sft", custom_pipeline="pipelines/zreward_pipeline.py",
                                              trust_remote_code=True, dtype=torch.float32)
-    pipe.load_lora("outputs/demo/run/lora")  # optional: a LoRA written by train_t2i.py
+    pipe.load_lora("RUN/lora")  # optional: a train_t2i.py LoRA (a run of every weight: load "RUN/pipeline" instead)
     out = pipe(["a large red circle on the left"], reward="models/tinyworld/student", mode="guidance", scale=0.02)
     out.images[0].save("circle.png")
     out.rewards  # the reward of each returned image

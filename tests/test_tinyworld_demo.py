@@ -1,6 +1,6 @@
-"""The main job (`make demo`) at a tiny budget: it trains a reward-tuned LoRA on the shipped baseline with the
-shipped student and an SFT control LoRA matched to it, judges every arm on held-out prompts and writes the report
-(Markdown, self-contained HTML, JSON, figures)."""
+"""The main job (`make demo`) at a tiny budget: it trains a reward-tuned model on the shipped baseline with the
+shipped student (as shipped: every denoiser weight; also with a LoRA) and an SFT control matched to it, judges every
+arm on held-out prompts and writes the report (Markdown, self-contained HTML, JSON, figures)."""
 
 import json
 
@@ -19,9 +19,7 @@ def demo(tmp_path_factory):
     return out, report
 
 
-def test_demo_writes_the_report_and_a_trained_lora(demo):
-    from safetensors.torch import load_file
-
+def test_demo_writes_the_report(demo):
     out, report = demo
     assert json.loads((out / "report.json").read_text()) == report
     assert (out / "comparison.png").is_file() and "GSB net preference" in (out / "report.md").read_text()
@@ -29,10 +27,6 @@ def test_demo_writes_the_report_and_a_trained_lora(demo):
     assert gsb["good"] + gsb["same"] + gsb["bad"] == 4
     assert report["training"]["steps"] == 2
     assert "validation split" in report["eval"]["prompts"]
-    for run in ("run", "sft_run"):
-        lora = load_file(out / run / "lora" / "pytorch_lora_weights.safetensors")
-        # peft initialises every lora_B to zero: after two steps some must have moved
-        assert any(torch.count_nonzero(w) for k, w in lora.items() if "lora_B" in k or "lora.up" in k)
 
 
 def test_demo_compares_four_arms_with_intervals_and_a_matched_sft_control(demo):
@@ -43,7 +37,7 @@ def test_demo_compares_four_arms_with_intervals_and_a_matched_sft_control(demo):
     sft, tuned = (json.loads((out / run / "metrics.jsonl").read_text().splitlines()[-1]) for run in ("sft_run", "run"))
     assert sft["step"] == tuned["step"] == 2  # the SFT control trains as many steps as the reward arm
     sft_config = (out / "sft_run" / "config.yaml").read_text()
-    assert "method: sft" in sft_config and "rank: 8" in sft_config and "batch_size: 2" in sft_config
+    assert "method: sft" in sft_config and "batch_size: 2" in sft_config
     for arm in report["arms"]:
         a = arm["accuracy"]["all_correct"]
         assert a["low"] <= a["value"] <= a["high"]
@@ -85,22 +79,42 @@ def test_demo_reports_the_judges_artefact_rates_per_arm(demo):
 
 
 @pytest.fixture(scope="module")
-def full_demo(tmp_path_factory):
-    """The demo with every denoiser weight trained (`model.trainable: full`), no guidance arm."""
-    out = tmp_path_factory.mktemp("full_demo")
+def lora_demo(tmp_path_factory):
+    """The demo with a LoRA trained instead (the earlier default's settings), no guidance arm."""
+    out = tmp_path_factory.mktemp("lora_demo")
     report = run_demo(out, num_eval=4, eval_split="validation", log=lambda *_: None, curve_images=4, guidance=None,
-                      overrides=("max_steps=2", "checkpoint_every=2", "batch_size=2", "model.trainable=full",
-                                 "optim.kl_weight=0", "optim.lr=1e-4"), progress=False)
+                      overrides=("max_steps=2", "checkpoint_every=2", "batch_size=2", "model.trainable=lora",
+                                 "optim.kl_weight=0.3", "optim.lr=1e-3"), progress=False)
     return out, report
 
 
-def test_demo_with_every_weight_trained_compares_the_trained_pipelines(full_demo):
-    """With `model.trainable: full` both trained arms are their runs' whole pipelines, the SFT control trains every
-    weight at the reward run's lr, and neither pipeline is the base."""
+def test_demo_with_a_lora_compares_the_base_with_each_runs_lora(lora_demo):
+    """With `model.trainable: lora` both trained arms are the base with their run's LoRA, the SFT control trains a
+    LoRA of the same rank at the reward run's lr, and both LoRAs have moved from peft's zero initialisation."""
     from safetensors.torch import load_file
 
-    out, report = full_demo
+    out, report = lora_demo
     assert [arm["name"] for arm in report["arms"]] == ["base", "SFT-control", "reward-tuned"]
+    for name, run in (("SFT-control", "sft_run"), ("reward-tuned", "run")):
+        arm = next(a for a in report["arms"] if a["name"] == name)
+        assert arm["lora"] == arm["weights"] == str(out / run / "lora")
+        card = json.loads((out / "compare" / "samples" / name / "model.json").read_text())
+        assert card["model"] == "models/tinyworld/sft" and card["lora"] == str(out / run / "lora")
+        lora = load_file(out / run / "lora" / "pytorch_lora_weights.safetensors")
+        # peft initialises every lora_B to zero: after two steps some must have moved
+        assert any(torch.count_nonzero(w) for k, w in lora.items() if "lora_B" in k or "lora.up" in k)
+    sft_config = (out / "sft_run" / "config.yaml").read_text()
+    assert "trainable: lora" in sft_config and "rank: 8" in sft_config and "lr: 0.001" in sft_config
+    assert "LoRA rank 8, lr 0.001" in report["arms"][2]["how"]
+    assert [p["step"] for p in report["curves"]["reward-tuned"]] == [0, 2]
+
+
+def test_demo_as_shipped_trains_every_weight_and_compares_the_trained_pipelines(demo):
+    """As shipped (`model.trainable: full`) both trained arms are their runs' whole pipelines, the SFT control trains
+    every weight at the reward run's lr, and neither pipeline is the base."""
+    from safetensors.torch import load_file
+
+    out, report = demo
     base = load_file("models/tinyworld/sft/unet/diffusion_pytorch_model.safetensors")
     for name, run in (("SFT-control", "sft_run"), ("reward-tuned", "run")):
         arm = next(a for a in report["arms"] if a["name"] == name)
@@ -114,10 +128,10 @@ def test_demo_with_every_weight_trained_compares_the_trained_pipelines(full_demo
     sft_config = (out / "sft_run" / "config.yaml").read_text()
     assert "trainable: full" in sft_config and "lr: 0.0001" in sft_config
     assert "every denoiser weight, lr 0.0001" in report["arms"][2]["how"]
-    assert [p["step"] for p in report["curves"]["reward-tuned"]] == [0, 2]
+    assert "plus the SFT loss on TinyWorld renders of the train prompts (weight 2.0)" in report["arms"][2]["how"]
 
 
-def test_curve_weights_load_a_full_checkpoint_as_the_run_saved_it(full_demo):
+def test_curve_weights_load_a_full_checkpoint_as_the_run_saved_it(demo):
     """`trained_weights` names every denoiser weight as the trainer checkpoints them: the last checkpoint, loaded
     into a fresh base, is exactly the run's saved pipeline (a wrong name or a missing weight would fail to load or
     leave the base's value)."""
@@ -128,7 +142,7 @@ def test_curve_weights_load_a_full_checkpoint_as_the_run_saved_it(full_demo):
     from zr_align.runs import list_checkpoints
     from zr_align.tinyworld.sample import load_pipeline
 
-    out, _ = full_demo
+    out, _ = demo
     pipe = load_pipeline("models/tinyworld/sft")
     weights = trained_weights(pipe, yaml.safe_load((out / "run" / "config.yaml").read_text()))
     assert len(weights.params) == len(list(pipe.unet.parameters()))

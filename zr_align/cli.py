@@ -313,7 +313,7 @@ def _add_compare(sub) -> None:
     p.add_argument("--model", action="append", default=[], metavar="NAME=FOLDER",
                    help="a model: TinyWorld pipeline folder, e.g. base=models/tinyworld/sft (repeat per model)")
     p.add_argument("--lora", action="append", default=[], metavar="NAME=FOLDER",
-                   help="a LoRA on model NAME, e.g. tuned=outputs/demo/run/lora")
+                   help="a LoRA on model NAME, e.g. tuned=RUN/lora (a train_t2i.py output folder)")
     p.add_argument("--config", help="YAML: models: {NAME: {model, lora, prompts}} and any option below")
     p.add_argument("--prompts", action="append", default=[], metavar="[NAME=]SOURCE",
                    help="tinyworld:SPLIT, .txt or .jsonl for every model (default tinyworld:test); NAME=SOURCE "
