@@ -59,7 +59,8 @@ def ours_child(steps: int, cfg: float, warmup: int, timed: int, overrides: list[
             f"output_dir={out}", f"max_steps={warmup + timed}", "checkpoint_every=0", f"batch_size={BATCH}",
             f"model.path={MODEL}", f"reward.path={REWARD}", f"lora.rank={RANK}", f"lora.alpha={RANK}",
             f"sampling.num_steps={steps}", "sampling.k=1", f"sampling.guidance_scale={cfg}", f"optim.lr={LR}",
-            f"optim.weight_decay={WEIGHT_DECAY}", "optim.kl_weight=0", *overrides])
+            f"optim.weight_decay={WEIGHT_DECAY}", "optim.kl_weight=0", "model.trainable=lora", "optim.sft_weight=0",
+            "data.sft_data=null", *overrides])  # the demo trains every weight with an SFT anchor: here a LoRA only
         config.data.validation_prompts = []
         fine_tune(config, overwrite=True)
         lines = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
