@@ -43,7 +43,9 @@ def trained_weights(pipe, config: dict) -> TrainableState:
         add_lora(pipe.unet, model["family"], rank=lora["rank"], alpha=lora["alpha"], dropout=lora["dropout"],
                  target_modules=lora["targets"])
         return TrainableState({"denoiser": pipe.unet})
-    modules = {"denoiser": pipe.unet, **({"text_encoder": pipe.text_encoder} if model.get("train_text_encoder") else {})}
+    modules = {"denoiser": pipe.unet}
+    if model.get("train_text_encoder"):
+        modules["text_encoder"] = pipe.text_encoder
     for module in modules.values():
         module.requires_grad_(True)
     return TrainableState(modules)
