@@ -135,16 +135,16 @@ def test_curve_weights_load_a_full_checkpoint_as_the_run_saved_it(demo):
     """`trained_weights` names every denoiser weight as the trainer checkpoints them: the last checkpoint, loaded
     into a fresh base, is exactly the run's saved pipeline (a wrong name or a missing weight would fail to load or
     leave the base's value)."""
-    import yaml
     from safetensors.torch import load_file
 
+    from zr_align.diffusion.config import load_train_config
     from zr_align.recipes.curves import TRAINED_STATE_FILE, trained_weights
     from zr_align.runs import list_checkpoints
     from zr_align.tinyworld.sample import load_pipeline
 
     out, _ = demo
     pipe = load_pipeline("models/tinyworld/sft")
-    weights = trained_weights(pipe, yaml.safe_load((out / "run" / "config.yaml").read_text()))
+    weights = trained_weights(pipe, load_train_config(out / "run" / "config.yaml"))
     assert len(weights.params) == len(list(pipe.unet.parameters()))
     last = list_checkpoints(out / "run" / "checkpoints")[-1]
     weights.load_state_dict(torch.load(last / TRAINED_STATE_FILE, weights_only=True))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..lora import add_lora
 from ..tiny import tiny_pipeline_path, tiny_reward_path
 from .config import BACKPROP_METHODS, TrainConfig
 from .families import get_denoiser_family
@@ -43,6 +44,24 @@ def load_pipeline(config: TrainConfig, accelerator):
         if isinstance(component, torch.nn.Module):
             component.requires_grad_(False).to(accelerator.device)
     return pipe, pipeline_class
+
+
+def make_trainable(pipe, denoiser, config: TrainConfig) -> tuple[dict, object]:
+    """The modules a run trains, under the names its checkpoints give them, and the peft `LoraConfig` (None with
+    `model.trainable: full`): a LoRA added to the denoiser, or the whole denoiser (and with
+    `model.train_text_encoder` the text encoder) in float32 with every weight trainable. The trainer and anything
+    that loads a run's checkpoints afterwards (`recipes.curves`) build the same modules here."""
+    trained, lora_config = {"denoiser": denoiser}, None
+    if config.model.trainable == "lora":
+        lora = config.lora
+        lora_config = add_lora(denoiser, config.model.family, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
+                               target_modules=lora.targets)
+    else:
+        if config.model.train_text_encoder:
+            trained["text_encoder"] = pipe.text_encoder
+        for module in trained.values():
+            module.to(torch.float32).requires_grad_(True)
+    return trained, lora_config
 
 
 def load_reward(config: TrainConfig, accelerator):

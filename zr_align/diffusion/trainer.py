@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ..lora import add_lora, save_lora
+from ..lora import save_lora
 from ..runs import (
     MetricsLog,
     RunLock,
@@ -58,7 +58,7 @@ from ..runs.processes import (
     shape_generator,
     shards_weights,
 )
-from .components import load_pipeline, load_reward, warn_long_prompts
+from .components import load_pipeline, load_reward, make_trainable, warn_long_prompts
 from .config import TrainConfig
 from .datasets import LatentPairDataset, load_prompts, load_sft_data
 from .losses import (
@@ -160,15 +160,10 @@ def setup(config: TrainConfig, accelerator) -> Run:
     # A LoRA on the denoiser (fp32), or whole modules with model.trainable: full. Same seed on every rank: the
     # weights start identical everywhere (gradients are averaged, not weights).
     set_seed(config.seed)
-    trained, lora_config = {"denoiser": denoiser}, None
-    if config.model.trainable == "lora":
-        lora_config = add_lora(denoiser, config.model.family, rank=config.lora.rank, alpha=config.lora.alpha,
-                               dropout=config.lora.dropout, target_modules=config.lora.targets)
-    else:
-        if config.model.train_text_encoder:
-            trained["text_encoder"] = pipe.text_encoder
+    trained, lora_config = make_trainable(pipe, denoiser, config)
+    if lora_config is None:
         for module in trained.values():
-            module.to(torch.float32).requires_grad_(True).train()
+            module.train()
     params = [p for module in trained.values() for p in module.parameters() if p.requires_grad]
     # The reward (frozen, differentiable for the backprop methods) and the data.
     with frozen_models_whole(accelerator):

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..lora import add_lora
+from ..diffusion.components import make_trainable
+from ..diffusion.config import TrainConfig, load_train_config
 from ..runs import TrainableState, checkpoint_step, list_checkpoints
 from ..tinyworld.grammar import ATTRIBUTES
 from ..tinyworld.judge import judge_images
@@ -33,22 +34,14 @@ def evaluate_images(images: np.ndarray, prompts: list[str], reward_model) -> dic
     return point
 
 
-def trained_weights(pipe, config: dict) -> TrainableState:
-    """The weights a run trains, on `pipe` (its base, loaded afresh) and named as the trainer checkpoints them: the
-    run's LoRA added to the denoiser, or with `model.trainable: full` the whole denoiser (and the text encoder where
-    the run trained it), so that each of the run's checkpoints loads with `load_state_dict`."""
-    model = config["model"]
-    if model.get("trainable", "lora") == "lora":
-        lora = config["lora"]
-        add_lora(pipe.unet, model["family"], rank=lora["rank"], alpha=lora["alpha"], dropout=lora["dropout"],
-                 target_modules=lora["targets"])
-        return TrainableState({"denoiser": pipe.unet})
-    modules = {"denoiser": pipe.unet}
-    if model.get("train_text_encoder"):
-        modules["text_encoder"] = pipe.text_encoder
-    for module in modules.values():
-        module.requires_grad_(True)
-    return TrainableState(modules)
+def trained_weights(pipe, config: TrainConfig) -> TrainableState:
+    """The weights a run trains, on `pipe` (its base, loaded afresh) and named as the trainer checkpoints them
+    (`make_trainable`, the trainer's own choice), in eval mode, so that each of the run's checkpoints loads with
+    `load_state_dict`."""
+    trained, _ = make_trainable(pipe, pipe.unet, config)
+    for module in trained.values():
+        module.eval()
+    return TrainableState(trained)
 
 
 def checkpoint_curve(run_dir, base_model, prompts: list[str], reward_model, seed: int = 20_000, steps: int = 20,
@@ -61,10 +54,9 @@ def checkpoint_curve(run_dir, base_model, prompts: list[str], reward_model, seed
         base_model: the pipeline folder the run started from.
         prompts: one image per entry; image `i` uses the noise of seed `seed + i` at every checkpoint.
     """
-    import yaml
     from tqdm.auto import tqdm
 
-    config = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+    config = load_train_config(Path(run_dir) / "config.yaml")
     pipe = load_pipeline(base_model)
     checkpoints = list_checkpoints(Path(run_dir) / "checkpoints")
     points = []
