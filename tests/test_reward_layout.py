@@ -138,8 +138,21 @@ def test_perception_recipe_balances_yes_and_no(perception_data):
     verdicts = [w for r in rated for w in r["rationale"]["alignment"].split() if w in ("yes", "no")]
     assert 0.35 < verdicts.count("yes") / len(verdicts) < 0.65  # "copy the prompt, say yes" scores badly
     assert sum(k in stats["images_by_source"] for k in ("blur", "noise", "color_shift")) == 3
+    assert "object_cast" not in stats["images_by_source"]  # not in the shipped mix (`ARTEFACT_RATES`)
     with pytest.raises(ValueError, match="unknown recipe 'clean'"):
         make_reward_data(root / "x", "train", 4, 0, recipe="clean")
+
+
+def test_perception_recipe_takes_its_artefact_mix(tmp_path):
+    stats = make_reward_data(tmp_path / "casts", "train", images_per_prompt=10, seed=0, num_prompts=2,
+                             recipe="perception", artefact_rates={"object_cast": 1.0})
+    assert stats["images_by_source"]["object_cast"] == 20 and "blur" not in stats["images_by_source"]
+    rated = [json.loads(line) for line in (tmp_path / "casts" / "rated.jsonl").read_text().splitlines()]
+    assert sum("shift yes" in r["rationale"]["realism"] for r in rated) >= 8  # casts drawn over both sides of the flag
+    assert sum("shift no" in r["rationale"]["realism"] for r in rated) >= 2
+    with pytest.raises(ValueError, match="wrong_color is not an artefact corruption"):
+        make_reward_data(tmp_path / "x", "train", 4, 0, num_prompts=1, recipe="perception",
+                         artefact_rates={"wrong_color": 0.5})
 
 
 def test_soft_score_label_is_cross_entropy_to_the_histogram(perception_data):

@@ -154,6 +154,17 @@ def test_corruptions_are_seeded_and_wrong_attributes_change_the_scene():
         corrupt(rendered, "smudge")
 
 
+def test_object_cast_moves_the_object_off_its_palette_line_and_leaves_the_background():
+    rendered = render("a large blue square in the center", seed=2)
+    cast = corrupt(rendered, "object_cast", seed=3)
+    np.testing.assert_array_equal(cast.image[:6, :6], rendered.image[:6, :6])  # a corner of the background
+    assert cast.scene == rendered.scene and cast.dimension == "realism"
+    clean, shifted = judge(rendered.image, rendered.scene.prompt), judge(cast.image, rendered.scene.prompt)
+    assert not clean.artefacts["color_shift"] and shifted.artefacts["color_shift"]
+    assert shifted.measurements["background_shift"] < 1.0  # flagged by the object's colour, not a cast of all
+    assert shifted.measurements["core_residual"] > 25.0 > clean.measurements["core_residual"]
+
+
 def test_judge_rejects_a_wrong_image():
     image = render("a large red circle in the center", seed=0).image
     verdict = judge(image, "a large blue square in the center")

@@ -98,6 +98,7 @@ def evaluate_reward(path: Path, eval_dir: Path, teacher: bool, num_rationales: i
     from ..reward_training.evaluate import load_scorer
     from ..reward_training.teacher import ReasoningTeacher
     from ..tinyworld.reward_eval import (
+        ARTEFACT_KINDS,
         evaluate_kinds,
         reading_accuracy,
         score_eval_images,
@@ -115,8 +116,7 @@ def evaluate_reward(path: Path, eval_dir: Path, teacher: bool, num_rationales: i
         model = ReasoningTeacher.from_pretrained(path)
         results["reading_renders"] = reading_accuracy(model, eval_dir, sources=("render", "wrong_"))
         results["reading_generator"] = reading_accuracy(model, eval_dir, sources=("sft_sample",))
-        results["reading_artefacts"] = reading_accuracy(model, eval_dir, sources=tuple(
-            k for k in ("blur", "noise", "color_shift", "fragments", "crop", "low_contrast", "clutter")))
+        results["reading_artefacts"] = reading_accuracy(model, eval_dir, sources=ARTEFACT_KINDS)
     return results
 
 
@@ -132,10 +132,12 @@ def build_reward_models(
     log=print,
     reuse: bool = False,
     baselines: bool = True,
+    artefact_rates: dict[str, float] | None = None,
 ) -> dict:
     """Data, every reward model of `RUNS` (only the `SHIPPED` ones without `baselines`), the table per pair kind
     on the test-split evaluation set, and the shipped teacher (the better of teacher_sft and gdso on the
-    *validation* set) and RISD student."""
+    *validation* set) and RISD student. `artefact_rates`: the training data's artefact mix (default
+    `reward_data.ARTEFACT_RATES`, the shipped one)."""
     from ..tinyworld.reward_data import make_reward_data
     from ..tinyworld.reward_eval import make_eval_set
 
@@ -156,7 +158,7 @@ def build_reward_models(
                                                     generator_pairs=200, samples_per_prompt=12)),
         ("eval_test", lambda d: make_eval_set(d, "test", seed + 1, sft)),
         ("train", lambda d: make_reward_data(d, "train", images_per_prompt, seed, sft_model=sft,
-                                             sft_fraction=0.12, recipe="perception")),
+                                             sft_fraction=0.12, recipe="perception", artefact_rates=artefact_rates)),
     ):
         stats_file = work / "data" / name / "stats.json"
         data_stats[name] = (json.loads(stats_file.read_text()) if reuse and stats_file.is_file()

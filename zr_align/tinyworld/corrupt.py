@@ -12,6 +12,7 @@ so that it does):
 | `blur`           | realism      | Gaussian blur, sigma 1.2-2.0 px                                              |
 | `noise`          | realism      | additive Gaussian pixel noise, sigma 8-16 (of 255)                           |
 | `color_shift`    | realism      | the whole image offset by an RGB vector of length 30-45 (a colour cast)       |
+| `object_cast`    | realism      | the object re-drawn in its colour moved 30-45 off the gray -> colour line     |
 | `fragments`      | plausibility | 1-3 small discs (3.5-5 px) of the object colour, detached from the object    |
 | `crop`           | plausibility | the object moved so that 30-50% of it lies outside the canvas                |
 | `low_contrast`   | aesthetics   | the object faded towards the background (45-60% of its contrast kept)        |
@@ -33,6 +34,7 @@ from .grammar import BACKGROUND, CANVAS, COLORS, SHAPES, SIZE_PIXELS, VALUES, Sc
 from .render import (
     Rendered,
     as_generator,
+    blank,
     center_range,
     composite,
     coverage,
@@ -67,15 +69,17 @@ CorruptionFn = Callable[[np.ndarray, Scene, np.random.Generator, tuple], "tuple[
 
 # kind -> (low, high) range of its strength, as in the table above: blur sigma (px), noise sigma (of 255), cast
 # length, number of fragments, share of the object kept inside the canvas, contrast kept, number of distractors.
-# Every draw from these ranges is flagged by the judge (the controlled negatives of evaluation).
+# Every draw from these ranges is flagged by the judge (the controlled negatives of evaluation; `object_cast`: 99%,
+# as the RGB cube clips some casts of bright colours).
 SEVERITIES: dict[str, tuple[float, float]] = {
-    "blur": (1.2, 2.0), "noise": (8.0, 16.0), "color_shift": (30.0, 45.0), "fragments": (1, 3),
+    "blur": (1.2, 2.0), "noise": (8.0, 16.0), "color_shift": (30.0, 45.0), "object_cast": (30.0, 45.0),
+    "fragments": (1, 3),
     "crop": (0.5, 0.7), "low_contrast": (0.45, 0.6), "clutter": (3, 5),
 }
 # Wider ranges for training data that teaches where the judge's thresholds lie: from barely visible (below the
 # judge's flag, so labelled clean) to severe.
 WIDE_SEVERITIES: dict[str, tuple[float, float]] = {
-    "blur": (0.4, 2.6), "noise": (1.5, 24.0), "color_shift": (6.0, 60.0), "fragments": (1, 3),
+    "blur": (0.4, 2.6), "noise": (1.5, 24.0), "color_shift": (6.0, 60.0), "object_cast": (8.0, 60.0), "fragments": (1, 3),
     "crop": (0.5, 0.85), "low_contrast": (0.3, 0.9), "clutter": (1, 5),
 }
 
@@ -134,6 +138,23 @@ def _color_shift(image, scene, rng, severity):
     offset = direction / np.linalg.norm(direction) * rng.uniform(*severity)
     shifted = to_uint8(image.astype(np.float64) + offset)
     return shifted, scene, "color shift " + " ".join(f"{v:+.0f}" for v in offset)
+
+
+def _object_cast(image, scene, rng, severity):
+    # The cast a generator makes: the object's own colour off its palette line (the judge's core-residual check),
+    # the background untouched. The offset is across the gray -> colour line, so its length is the residual.
+    color = np.asarray(COLORS[scene.color], dtype=np.float64)
+    line = color - np.asarray(BACKGROUND, dtype=np.float64)
+    length = rng.uniform(*severity)
+    for _ in range(20):  # a direction the RGB cube does not clip much (bright colours sit at its faces)
+        direction = rng.normal(size=3)
+        direction -= (direction @ line) / (line @ line) * line
+        offset = np.clip(color + direction / np.linalg.norm(direction) * length, 0.0, 255.0) - color
+        if np.linalg.norm(offset) >= 0.9 * length:
+            break
+    alpha = coverage(scene.shape, scene.center, scene.extent)
+    cast = to_uint8(composite(blank(), alpha, color + offset))
+    return cast, scene, "object cast " + " ".join(f"{v:+.0f}" for v in offset)
 
 
 def _free_spot(taken: list[tuple[float, float, float]], extent: float, gap: float,
@@ -214,6 +235,7 @@ CORRUPTIONS: dict[str, Corruption] = {
     "blur": Corruption("realism", _blur),
     "noise": Corruption("realism", _noise),
     "color_shift": Corruption("realism", _color_shift),
+    "object_cast": Corruption("realism", _object_cast),  # re-draws the scene (see `reward_data._REDRAW_ORDER`)
     "fragments": Corruption("plausibility", _fragments),
     "crop": Corruption("plausibility", _crop),
     "low_contrast": Corruption("aesthetics", _low_contrast),

@@ -60,6 +60,9 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 RECIPES: tuple[str, ...] = ("mixed", "perception")
 # The "perception" recipe: each artefact is drawn independently with this probability (from `WIDE_SEVERITIES`):
 # blur, noise and colour casts often, the scene-level artefacts sometimes.
+# The shipped reward models were trained on this mix. `object_cast` (the object's own colour off its palette line,
+# the form of colour shift a generator makes) is not in it: adding it at 0.2 made the student read generator colour
+# shift better (AUC 0.80 -> 0.90) but did not make fine-tuning better (docs/tinyworld_demo_validation.md, session 10).
 ARTEFACT_RATES: dict[str, float] = {"blur": 0.25, "noise": 0.25, "color_shift": 0.2, "crop": 0.1, "fragments": 0.1,
                                     "low_contrast": 0.12, "clutter": 0.12}
 
@@ -80,7 +83,8 @@ RATIONALE_WORDS: tuple[str, ...] = tuple(dict.fromkeys([
 ]))
 
 # Corruptions that re-draw the scene (and so would erase an earlier pixel corruption) go first when two combine.
-_REDRAW_ORDER: tuple[str, ...] = (*WRONG_ATTRIBUTE, "crop")
+_REDRAW_ORDER: tuple[str, ...] = (*WRONG_ATTRIBUTE, "crop", "object_cast")
+_REDRAW_RANK: dict[str, int] = {kind: i for i, kind in enumerate(_REDRAW_ORDER)}
 
 
 def _word(attribute: str, value: str | None) -> str:
@@ -120,8 +124,7 @@ def _corrupt_kinds(first: str, rng: np.random.Generator, double_fraction: float)
     if rng.random() < double_fraction:
         others = [k for k, c in CORRUPTIONS.items() if c.dimension != CORRUPTIONS[first].dimension]
         kinds.append(others[rng.integers(len(others))])
-    rank = {k: i for i, k in enumerate(_REDRAW_ORDER)}
-    return sorted(kinds, key=lambda k: rank.get(k, len(rank)))  # stable: pixel corruptions keep their order
+    return sorted(kinds, key=lambda k: _REDRAW_RANK.get(k, len(_REDRAW_RANK)))  # stable: pixel ones keep their order
 
 
 def _wrong_attributes(prompt: str, num_wrong: int, rng: np.random.Generator) -> Attributes:
@@ -133,9 +136,11 @@ def _wrong_attributes(prompt: str, num_wrong: int, rng: np.random.Generator) -> 
     return Attributes(**shown)
 
 
-def perception_image(prompt: str, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+def perception_image(prompt: str, rng: np.random.Generator,
+                     artefact_rates: dict[str, float] | None = None) -> tuple[np.ndarray, str]:
     """One image of the "perception" recipe and its source tag: 0-4 wrong attributes drawn uniformly, then each
-    artefact of `ARTEFACT_RATES` independently at a strength from `WIDE_SEVERITIES` (re-drawing crops first).
+    artefact of `artefact_rates` (corruption kind -> probability; default `ARTEFACT_RATES`) independently at a
+    strength from `WIDE_SEVERITIES` (re-drawing kinds first).
 
     Why: a reward model must *read* the image. With mostly clean renders of the prompt, "copy the prompt and say
     yes" is nearly optimal; with the number of wrong attributes uniform, "yes" and "no" are equally common and
@@ -143,8 +148,13 @@ def perception_image(prompt: str, rng: np.random.Generator) -> tuple[np.ndarray,
     """
     num_wrong = int(rng.integers(0, len(ATTRIBUTES) + 1))
     picture = render(_wrong_attributes(prompt, num_wrong, rng), seed=rng)
-    kinds = [kind for kind, rate in ARTEFACT_RATES.items() if rng.random() < rate]
-    kinds.sort(key=lambda k: k != "crop")  # crop re-draws the scene: before the pixel corruptions
+    rates = ARTEFACT_RATES if artefact_rates is None else artefact_rates
+    unknown = sorted(set(rates) - set(CORRUPTIONS) | set(rates) & set(WRONG_ATTRIBUTE))
+    if unknown:
+        raise ValueError(f"artefact_rates: {', '.join(unknown)} is not an artefact corruption; allowed: "
+                         f"{', '.join(k for k in CORRUPTIONS if k not in WRONG_ATTRIBUTE)}")
+    kinds = [kind for kind, rate in rates.items() if rng.random() < rate]
+    kinds.sort(key=lambda k: _REDRAW_RANK.get(k, len(_REDRAW_RANK)))  # re-drawing kinds before the pixel ones
     for kind in kinds:
         done = corrupt(picture, kind, rng, severity=WIDE_SEVERITIES[kind])
         picture = Rendered(done.image, done.scene)
@@ -166,6 +176,7 @@ def make_reward_data(
     split_seed: int = 0,
     sample_steps: int = 20,
     panel: AnnotatorPanel | None = None,
+    artefact_rates: dict[str, float] | None = None,
 ) -> dict:
     """Generate rated images and preference pairs for the prompts of one split (files: see the module docstring).
 
@@ -191,6 +202,8 @@ def make_reward_data(
             TinyWorld SFT model was trained on).
         sample_steps (`int`, *optional*, defaults to 20): denoising steps of the SFT samples.
         panel ([`AnnotatorPanel`], *optional*): the raters; default `AnnotatorPanel(seed=seed)`.
+        artefact_rates (`dict[str, float]`, *optional*): the "perception" recipe's artefact probabilities;
+            default `ARTEFACT_RATES`.
 
     Returns:
         `dict`: the contents of `stats.json`.
@@ -217,7 +230,7 @@ def make_reward_data(
         rng = np.random.default_rng([seed, split_id, p])
         images: list[tuple[np.ndarray, str]] = [(render(prompt, seed=rng).image, "render") for _ in range(n_clean)]
         if recipe == "perception":
-            images += [perception_image(prompt, rng) for _ in range(n_corrupt)]
+            images += [perception_image(prompt, rng, artefact_rates) for _ in range(n_corrupt)]
         for _ in range(n_corrupt if recipe == "mixed" else 0):
             images.append(_mixed_image(prompt, kinds.next(), rng, double_fraction))
         images += [(sft_images[p * n_sft + k], "sft_sample") for k in range(n_sft)]
