@@ -111,9 +111,12 @@ def rationale_text(verdict: Verdict, dimension: str) -> str:
                     for word, artefact in ARTEFACT_CHECKS[dimension])
 
 
-def _image_plan(images_per_prompt: int, sft_fraction: float, with_sft: bool) -> tuple[int, int, int]:
-    """(clean, corrupted, sft) images per prompt: about a third of the non-SFT images clean, at least one."""
+def _image_plan(images_per_prompt: int, sft_fraction: float, with_sft: bool, recipe: str) -> tuple[int, int, int]:
+    """(clean, corrupted, sft) images per prompt: "mixed", about a third of the non-SFT images clean, at least one;
+    "perception", none clean (its images draw their own defects, none at times)."""
     n_sft = min(round(sft_fraction * images_per_prompt), images_per_prompt - 1) if with_sft else 0
+    if recipe == "perception":
+        return 0, images_per_prompt - n_sft, n_sft
     n_clean = max(1, round((images_per_prompt - n_sft) / 3))
     return n_clean, images_per_prompt - n_sft - n_clean, n_sft
 
@@ -216,9 +219,7 @@ def make_reward_data(
     prompts = _choose_prompts(split, split_seed, num_prompts, seed)
     pairs_per_prompt = _pairs_per_prompt(images_per_prompt, pairs_per_prompt)
     panel = panel or AnnotatorPanel(seed=seed)
-    n_clean, n_corrupt, n_sft = _image_plan(images_per_prompt, sft_fraction, sft_model is not None)
-    if recipe == "perception":
-        n_clean, n_corrupt = 0, images_per_prompt - n_sft
+    n_clean, n_corrupt, n_sft = _image_plan(images_per_prompt, sft_fraction, sft_model is not None, recipe)
     sft_images = _sft_samples(sft_model, prompts, n_sft, seed, sample_steps)
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -237,12 +238,17 @@ def make_reward_data(
         names, ratings, overall = _rate_images(images, prompt, p, split, panel, rng, out_dir, tally)
         _draw_pairs(prompt, names, ratings, overall, pairs_per_prompt, panel, rng, tally)
 
-    for file, lines in (("rated.jsonl", tally.rated), ("pairs.jsonl", tally.pairs)):
-        (out_dir / file).write_text("".join(json.dumps(line) + "\n" for line in lines))
     stats = _stats(tally, panel, split=split, recipe=recipe, seed=seed, split_seed=split_seed, sft_model=sft_model,
                    prompts=len(prompts), images_per_prompt=images_per_prompt, pairs_per_prompt=pairs_per_prompt)
-    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    _write_files(out_dir, tally, stats)
     return stats
+
+
+def _write_files(out_dir: Path, tally: _Tally, stats: dict) -> None:
+    """`rated.jsonl`, `pairs.jsonl` and `stats.json` (see the module docstring)."""
+    for file, lines in (("rated.jsonl", tally.rated), ("pairs.jsonl", tally.pairs)):
+        (out_dir / file).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
 
 
 def _pairs_per_prompt(images_per_prompt: int, pairs_per_prompt: int | None) -> int:
