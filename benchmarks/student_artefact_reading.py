@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from zr_align.reward_training.evaluate import load_scorer
+from zr_align.reward_training.metrics import pairwise_accuracy
 from zr_align.tinyworld.judge import SHIFT_CORE, judge
 from zr_align.tinyworld.reward_eval import make_eval_set, score_eval_records
 
@@ -28,11 +29,12 @@ BINS = ((0.0, 15.0), (15.0, SHIFT_CORE), (SHIFT_CORE, 35.0), (35.0, float("inf")
 
 
 def auc(higher: np.ndarray, lower: np.ndarray) -> float:
-    """P(a draw of `higher` > a draw of `lower`), ties counting half."""
+    """P(a draw of `higher` > a draw of `lower`), ties counting half: the pairwise accuracy over every pair of one
+    image of each group, with the first group preferred."""
     if not len(higher) or not len(lower):
         return float("nan")
-    diff = higher[:, None] - lower[None, :]
-    return float((diff > 0).mean() + 0.5 * (diff == 0).mean())
+    a, b = np.repeat(higher, len(lower)), np.tile(lower, len(higher))
+    return pairwise_accuracy(a, b, np.ones_like(a))
 
 
 def main():

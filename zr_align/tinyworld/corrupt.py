@@ -235,7 +235,7 @@ CORRUPTIONS: dict[str, Corruption] = {
     "blur": Corruption("realism", _blur),
     "noise": Corruption("realism", _noise),
     "color_shift": Corruption("realism", _color_shift),
-    "object_cast": Corruption("realism", _object_cast),  # re-draws the scene (see `reward_data._REDRAW_ORDER`)
+    "object_cast": Corruption("realism", _object_cast),
     "fragments": Corruption("plausibility", _fragments),
     "crop": Corruption("plausibility", _crop),
     "low_contrast": Corruption("aesthetics", _low_contrast),
@@ -243,6 +243,14 @@ CORRUPTIONS: dict[str, Corruption] = {
 }
 # The attribute each wrong-attribute corruption changes.
 WRONG_ATTRIBUTE: dict[str, str] = {f"wrong_{a}": a for a in ("color", "shape", "size", "position")}
+# The corruptions that re-draw the scene (and so erase any pixel corruption before them), in the order they combine:
+# the scene's attributes, then where it sits, then the object's cast (drawn on the moved scene).
+REDRAW_ORDER: tuple[str, ...] = (*WRONG_ATTRIBUTE, "crop", "object_cast")
+
+
+def combine_order(kinds: list[str]) -> list[str]:
+    """`kinds` in the order to apply them: re-drawing ones first (`REDRAW_ORDER`), pixel ones after in their order."""
+    return sorted(kinds, key=lambda k: REDRAW_ORDER.index(k) if k in REDRAW_ORDER else len(REDRAW_ORDER))
 
 
 def corrupt(rendered: Rendered, kind: str, seed: int | np.random.Generator | None = None,

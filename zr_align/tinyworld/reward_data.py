@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from .annotators import AnnotatorPanel, Ratings
-from .corrupt import CORRUPTIONS, WIDE_SEVERITIES, WRONG_ATTRIBUTE, corrupt
+from .corrupt import CORRUPTIONS, WIDE_SEVERITIES, WRONG_ATTRIBUTE, combine_order, corrupt
 from .grammar import (
     ATTRIBUTES,
     COLORS,
@@ -81,10 +81,6 @@ RATIONALE_WORDS: tuple[str, ...] = tuple(dict.fromkeys([
     *ATTRIBUTES, *SIZES, *COLORS, "other", *SHAPES, *POSITION_WORDS.values(), "corner", "yes", "no", "object",
     *(word for checks in ARTEFACT_CHECKS.values() for word, _ in checks),
 ]))
-
-# Corruptions that re-draw the scene (and so would erase an earlier pixel corruption) go first when two combine.
-_REDRAW_ORDER: tuple[str, ...] = (*WRONG_ATTRIBUTE, "crop", "object_cast")
-_REDRAW_RANK: dict[str, int] = {kind: i for i, kind in enumerate(_REDRAW_ORDER)}
 
 
 def _word(attribute: str, value: str | None) -> str:
@@ -127,7 +123,7 @@ def _corrupt_kinds(first: str, rng: np.random.Generator, double_fraction: float)
     if rng.random() < double_fraction:
         others = [k for k, c in CORRUPTIONS.items() if c.dimension != CORRUPTIONS[first].dimension]
         kinds.append(others[rng.integers(len(others))])
-    return sorted(kinds, key=lambda k: _REDRAW_RANK.get(k, len(_REDRAW_RANK)))  # stable: pixel ones keep their order
+    return combine_order(kinds)
 
 
 def _wrong_attributes(prompt: str, num_wrong: int, rng: np.random.Generator) -> Attributes:
@@ -152,12 +148,7 @@ def perception_image(prompt: str, rng: np.random.Generator,
     num_wrong = int(rng.integers(0, len(ATTRIBUTES) + 1))
     picture = render(_wrong_attributes(prompt, num_wrong, rng), seed=rng)
     rates = ARTEFACT_RATES if artefact_rates is None else artefact_rates
-    unknown = sorted(set(rates) - set(CORRUPTIONS) | set(rates) & set(WRONG_ATTRIBUTE))
-    if unknown:
-        raise ValueError(f"artefact_rates: {', '.join(unknown)} is not an artefact corruption; allowed: "
-                         f"{', '.join(k for k in CORRUPTIONS if k not in WRONG_ATTRIBUTE)}")
-    kinds = [kind for kind, rate in rates.items() if rng.random() < rate]
-    kinds.sort(key=lambda k: _REDRAW_RANK.get(k, len(_REDRAW_RANK)))  # re-drawing kinds before the pixel ones
+    kinds = combine_order([kind for kind, rate in rates.items() if rng.random() < rate])
     for kind in kinds:
         done = corrupt(picture, kind, rng, severity=WIDE_SEVERITIES[kind])
         picture = Rendered(done.image, done.scene)
@@ -214,7 +205,7 @@ def make_reward_data(
     Raises:
         `ValueError`: for an unknown split or out-of-range counts and fractions.
     """
-    _check_arguments(split, recipe, images_per_prompt, sft_fraction, double_fraction)
+    _check_arguments(split, recipe, images_per_prompt, sft_fraction, double_fraction, artefact_rates)
     split_id = SPLITS.index(split)
     prompts = _choose_prompts(split, split_seed, num_prompts, seed)
     pairs_per_prompt = _pairs_per_prompt(images_per_prompt, pairs_per_prompt)
@@ -270,7 +261,7 @@ def _sft_samples(sft_model: str | None, prompts: list[str], n_sft: int, seed: in
 
 
 def _check_arguments(split: str, recipe: str, images_per_prompt: int, sft_fraction: float,
-                     double_fraction: float) -> None:
+                     double_fraction: float, artefact_rates: dict[str, float] | None) -> None:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     if recipe not in RECIPES:
@@ -281,6 +272,10 @@ def _check_arguments(split: str, recipe: str, images_per_prompt: int, sft_fracti
         raise ValueError(f"sft_fraction must be in [0, 1), got {sft_fraction}")
     if not 0.0 <= double_fraction <= 1.0:
         raise ValueError(f"double_fraction must be in [0, 1], got {double_fraction}")
+    artefacts = [k for k in CORRUPTIONS if k not in WRONG_ATTRIBUTE]
+    for kind in artefact_rates or {}:
+        if kind not in artefacts:
+            raise ValueError(f"artefact_rates: {kind} is not an artefact corruption; allowed: {', '.join(artefacts)}")
 
 
 def _choose_prompts(split: str, split_seed: int, num_prompts: int | None, seed: int) -> list[str]:
