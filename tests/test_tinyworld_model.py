@@ -12,8 +12,8 @@ from zr_align.recipes.build_sft import build_sft_model
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("tw")
-    report = build_sft_model(root / "model", root / "work", vae_steps=2, sft_steps=2, batch_size=4,
-                             log=lambda *_: None)
+    report = build_sft_model(root / "model", root / "work", vae_steps=2, sft_steps=2, decoder_steps=2,
+                             batch_size=4, log=lambda *_: None)
     return root, report
 
 
@@ -29,7 +29,7 @@ def test_build_writes_a_stock_pipeline_folder(built):
     assert pipe.scheduler.config.rescale_betas_zero_snr
     assert float(pipe.scheduler.alphas_cumprod[-1]) < 1e-6
     assert pipe.unet.dtype == torch.float32
-    assert {"vae_psnr_db", "sft_loss_last_100", "minutes"} <= set(report)
+    assert {"vae_psnr_db", "decoder_psnr_db", "sft_loss_last_100", "minutes"} <= set(report)
     # shipped in float16: half the bytes
     weights = root / "model" / "unet" / "diffusion_pytorch_model.safetensors"
     params = sum(p.numel() for p in pipe.unet.parameters())
@@ -43,12 +43,38 @@ def test_rebuild_is_deterministic(built, tmp_path):
     from safetensors.torch import load_file
 
     root, _ = built
-    build_sft_model(tmp_path / "model", tmp_path / "work", vae_steps=2, sft_steps=2, batch_size=4,
+    build_sft_model(tmp_path / "model", tmp_path / "work", vae_steps=2, sft_steps=2, decoder_steps=2, batch_size=4,
                     log=lambda *_: None)
     for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
                  "text_encoder/model.safetensors"):
         a, b = load_file(root / "model" / part), load_file(tmp_path / "model" / part)
         assert all(torch.equal(a[k], b[k]) for k in a), part
+
+
+def test_decoder_refinement_trains_the_decoder_only(built, tmp_path):
+    """The refinement sharpens what latents decode to and leaves the latent space (encoder, quant conv, scaling
+    factor) exactly as the denoiser was trained in it."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from zr_align.recipes.build_sft import refine_decoder
+
+    root, _ = built
+    shutil.copytree(root / "model", tmp_path / "model")
+    report = refine_decoder(tmp_path / "model", 30, batch_size=4, log=lambda *_: None)
+    assert report["decoder_psnr_db"] > report["decoder_psnr_db_before"] + 0.5
+    before = load_file(root / "model" / "vae" / "diffusion_pytorch_model.safetensors")
+    after = load_file(tmp_path / "model" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert after.keys() == before.keys()
+    frozen = [k for k in before if k.startswith(("encoder.", "quant_conv."))]
+    trained = [k for k in before if k.startswith(("decoder.", "post_quant_conv."))]
+    assert frozen and trained and len(frozen) + len(trained) == len(before)
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert all(after[k].dtype == torch.float16 for k in after)
+    assert sum(not torch.equal(before[k], after[k]) for k in trained) > 0.9 * len(trained)
+    factors = [json.loads((r / "model" / "vae" / "config.json").read_text())["scaling_factor"] for r in (root, tmp_path)]
+    assert factors[0] == factors[1]
 
 
 def test_sample_and_judge_cli(built, tmp_path, capsys):

@@ -151,6 +151,8 @@ def _add_build(sub) -> None:
     p.add_argument("--work-dir", default="outputs/tinyworld_build")
     p.add_argument("--vae-steps", type=int, default=700)
     p.add_argument("--sft-steps", type=int, default=2500)
+    p.add_argument("--decoder-steps", type=int, default=1500,
+                   help="steps of the decoder refinement after SFT (encoder and denoiser frozen; 0 skips it)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-zero-snr", dest="zero_snr", action="store_false",
@@ -161,7 +163,7 @@ def _run_build(args) -> int:
     from .recipes.build_sft import build_sft_model
 
     report = build_sft_model(args.out, args.work_dir, vae_steps=args.vae_steps, sft_steps=args.sft_steps,
-                             batch_size=args.batch_size, seed=args.seed, zero_snr=args.zero_snr)
+                             decoder_steps=args.decoder_steps, batch_size=args.batch_size, seed=args.seed, zero_snr=args.zero_snr)
     print(json.dumps(report))
     return 0
 

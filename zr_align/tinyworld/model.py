@@ -17,6 +17,7 @@ Choices, and why (the probe findings of shared/PITFALLS.md):
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Callable
@@ -102,36 +103,53 @@ def train_vae(
     lr: float = 2e-3,
     kl_weight: float = 1e-6,
     seed: int = 0,
+    decoder_only: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Train `vae` on uint8 `(B, 64, 64, 3)` batches from `batch_fn(rng, B)`; set its `scaling_factor`.
+    """Train `vae` on uint8 `(B, 64, 64, 3)` batches from `batch_fn(rng, B)` with the edge-weighted L1 loss.
 
-    Returns the final figures: reconstruction PSNR (dB) on a held-out batch and the latent std.
+    The whole VAE (posterior samples, a tiny KL) sets its `scaling_factor` from the latent std at the end. With
+    `decoder_only` the encoder stays frozen and the decoder learns to decode its posterior mean (what a denoiser
+    trained on those latents produces): the latent space and `scaling_factor` do not move, so a denoiser trained
+    in it keeps working, and only the decoded images change (`refine_decoder` in `recipes.build_sft`).
+
+    Returns the final figures: reconstruction PSNR (dB) of the posterior mean on a held-out batch and the latent
+    std.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    vae.requires_grad_(not decoder_only)
+    trained = [vae.decoder, vae.post_quant_conv] if decoder_only else [vae]
+    params = [p for module in trained for p in module.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.05)
     vae.train()
     start = time.perf_counter()
     for step in range(steps):
         x = torch.from_numpy(batch_fn(rng, batch_size)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample()).sample
-        loss = (edge_weights(x) * (recon - x).abs()).mean() + kl_weight * posterior.kl().mean()
+        with torch.no_grad() if decoder_only else contextlib.nullcontext():
+            posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.mean if decoder_only else posterior.sample()).sample
+        loss = (edge_weights(x) * (recon - x).abs()).mean()
+        if not decoder_only:
+            loss = loss + kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         if step % 200 == 0 or step == steps - 1:
-            log(f"vae step {step + 1}/{steps} loss {loss.item():.4f} ({time.perf_counter() - start:.0f}s)")
-    vae.eval()
+            log(f"{'decoder' if decoder_only else 'vae'} step {step + 1}/{steps} loss {loss.item():.4f} "
+                f"({time.perf_counter() - start:.0f}s)")
+    vae.eval().requires_grad_(False)
     with torch.no_grad():
         x = torch.from_numpy(batch_fn(np.random.default_rng(seed + 1), 64)).permute(0, 3, 1, 2).float() / 127.5 - 1
         z = vae.encode(x).latent_dist.mean
         recon = vae.decode(z).sample.clamp(-1, 1)
         mse = float(((recon - x) / 2).pow(2).mean())
         std = float(z.std())
-    vae.register_to_config(scaling_factor=1.0 / std)
+    if not decoder_only:
+        vae.register_to_config(scaling_factor=1.0 / std)
     return {"psnr_db": -10 * math.log10(max(mse, 1e-12)), "latent_std": std}
