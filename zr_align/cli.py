@@ -163,7 +163,8 @@ def _run_build(args) -> int:
     from .recipes.build_sft import build_sft_model
 
     report = build_sft_model(args.out, args.work_dir, vae_steps=args.vae_steps, sft_steps=args.sft_steps,
-                             decoder_steps=args.decoder_steps, batch_size=args.batch_size, seed=args.seed, zero_snr=args.zero_snr)
+                             decoder_steps=args.decoder_steps, batch_size=args.batch_size, seed=args.seed,
+                             zero_snr=args.zero_snr)
     print(json.dumps(report))
     return 0
 

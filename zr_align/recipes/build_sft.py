@@ -28,6 +28,7 @@ import torch
 from ..diffusion import fine_tune, load_train_config
 from ..tinyworld.grammar import split_prompts
 from ..tinyworld.model import (
+    reconstruction_figures,
     tinyworld_scheduler,
     tinyworld_text_encoder,
     tinyworld_tokenizer,
@@ -82,7 +83,7 @@ def refine_decoder(model_dir: str | Path, steps: int, batch_size: int = 32, lr: 
     folder = Path(model_dir) / "vae"
     vae = AutoencoderKL.from_pretrained(folder, dtype=torch.float32)
     batch_fn = _render_batch(split_prompts(seed).train)
-    before = train_vae(vae, batch_fn, 0, seed=seed, decoder_only=True, log=log)["psnr_db"]
+    before = reconstruction_figures(vae, batch_fn, seed)["psnr_db"]
     after = train_vae(vae, batch_fn, steps, batch_size=batch_size, lr=lr, seed=seed, decoder_only=True,
                       log=log)["psnr_db"]
     tmp = folder.with_name("vae.tmp")

@@ -143,6 +143,14 @@ def train_vae(
         if step % 200 == 0 or step == steps - 1:
             log(f"{'decoder' if decoder_only else 'vae'} step {step + 1}/{steps} loss {loss.item():.4f} "
                 f"({time.perf_counter() - start:.0f}s)")
+    figures = reconstruction_figures(vae, batch_fn, seed)
+    if not decoder_only:
+        vae.register_to_config(scaling_factor=1.0 / figures["latent_std"])
+    return figures
+
+
+def reconstruction_figures(vae, batch_fn: Callable[[np.random.Generator, int], np.ndarray], seed: int = 0) -> dict:
+    """PSNR (dB) of the decoded posterior mean and the latent std on a held-out batch of 64 (`seed + 1`)."""
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         x = torch.from_numpy(batch_fn(np.random.default_rng(seed + 1), 64)).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -150,6 +158,4 @@ def train_vae(
         recon = vae.decode(z).sample.clamp(-1, 1)
         mse = float(((recon - x) / 2).pow(2).mean())
         std = float(z.std())
-    if not decoder_only:
-        vae.register_to_config(scaling_factor=1.0 / std)
     return {"psnr_db": -10 * math.log10(max(mse, 1e-12)), "latent_std": std}
