@@ -77,6 +77,21 @@ def test_decoder_refinement_trains_the_decoder_only(built, tmp_path):
     assert factors[0] == factors[1]
 
 
+def test_bad_decoder_steps_are_refused_before_any_work(built, tmp_path, capsys):
+    from zr_align.recipes.build_sft import refine_decoder
+
+    root, _ = built
+    assert cli_main(["tinyworld", "build", "--decoder-steps", "-1", "--out", str(tmp_path / "model"),
+                     "--work-dir", str(tmp_path / "work")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "decoder_steps must be 0" in err and "\n" not in err
+    assert not (tmp_path / "model").exists() and not (tmp_path / "work").exists()
+    before = (root / "model" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="at least 1 step"):
+        refine_decoder(root / "model", 0)
+    assert (root / "model" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == before
+
+
 def test_sample_and_judge_cli(built, tmp_path, capsys):
     root, _ = built
     prompts = tmp_path / "prompts.txt"

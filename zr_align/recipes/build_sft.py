@@ -80,6 +80,9 @@ def refine_decoder(model_dir: str | Path, steps: int, batch_size: int = 32, lr: 
     before and after."""
     from diffusers import AutoencoderKL
 
+    if steps < 1:
+        raise ValueError(f"the decoder refinement needs at least 1 step, got {steps} (a build skips it with "
+                         "--decoder-steps 0)")
     folder = Path(model_dir) / "vae"
     vae = AutoencoderKL.from_pretrained(folder, dtype=torch.float32)
     batch_fn = _render_batch(split_prompts(seed).train)
@@ -109,7 +112,9 @@ def build_sft_model(
     zero_snr: bool = True,
     log=print,
 ) -> dict:
-    """Run the whole recipe; returns figures (VAE PSNR, SFT loss, wall time)."""
+    """Run the whole recipe; returns figures (VAE PSNR, SFT loss, wall time). `decoder_steps=0` skips step 5."""
+    if decoder_steps < 0:
+        raise ValueError(f"decoder_steps must be 0 (no decoder refinement) or more, got {decoder_steps}")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -129,7 +134,8 @@ def build_sft_model(
     ]
     fine_tune(load_train_config(None, overrides), overwrite=True)
     save_half(work_dir / "sft" / "pipeline", Path(out))
-    decoder_report = refine_decoder(out, decoder_steps, batch_size=batch_size, seed=seed, log=log)
+    decoder_report = (refine_decoder(out, decoder_steps, batch_size=batch_size, seed=seed, log=log) if decoder_steps
+                      else {"decoder_steps": 0})
     losses = [json.loads(line)["loss"] for line in (work_dir / "sft" / "metrics.jsonl").read_text().splitlines()]
     report = {
         "vae_psnr_db": round(vae_report["psnr_db"], 2),
