@@ -92,6 +92,21 @@ def test_bad_decoder_steps_are_refused_before_any_work(built, tmp_path, capsys):
     assert (root / "model" / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == before
 
 
+def test_refine_decoder_cli(built, tmp_path, capsys):
+    import shutil
+
+    root, _ = built
+    shutil.copytree(root / "model", tmp_path / "model")
+    assert cli_main(["tinyworld", "refine-decoder", "--model", str(tmp_path / "model"), "--steps", "3",
+                     "--batch-size", "4"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["decoder_steps"] == 3 and report["decoder_psnr_db"] != report["decoder_psnr_db_before"]
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == sorted(p.name for p in (root / "model").iterdir())
+    assert cli_main(["tinyworld", "refine-decoder", "--model", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "has no vae/config.json" in err and "\n" not in err
+
+
 def test_sample_and_judge_cli(built, tmp_path, capsys):
     root, _ = built
     prompts = tmp_path / "prompts.txt"

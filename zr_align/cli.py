@@ -169,6 +169,23 @@ def _run_build(args) -> int:
     return 0
 
 
+def _add_refine_decoder(sub) -> None:
+    p = sub.add_parser("refine-decoder", help="train the decoder of a TinyWorld pipeline folder on renders, encoder "
+                                              "and denoiser frozen (build step 5 on its own)")
+    p.add_argument("--model", default="models/tinyworld/sft", help="pipeline folder; its vae/ is replaced")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _run_refine_decoder(args) -> int:
+    from .recipes.build_sft import refine_decoder
+
+    report = refine_decoder(args.model, args.steps, batch_size=args.batch_size, seed=args.seed)
+    print(json.dumps(report))
+    return 0
+
+
 def _add_build_rewards(sub) -> None:
     p = sub.add_parser("build-rewards", help="rebuild the reward models (data, teacher SFT -> GDSO, RISD student, "
                                              "baselines) and the comparison table")
@@ -221,6 +238,7 @@ TINYWORLD_COMMANDS = {
     "judge": (_add_judge, _run_judge),
     "sample": (_add_sample, _run_sample),
     "build": (_add_build, _run_build),
+    "refine-decoder": (_add_refine_decoder, _run_refine_decoder),
     "build-rewards": (_add_build_rewards, _run_build_rewards),
     "demo": (_add_demo, _run_demo),
 }

@@ -84,6 +84,9 @@ def refine_decoder(model_dir: str | Path, steps: int, batch_size: int = 32, lr: 
         raise ValueError(f"the decoder refinement needs at least 1 step, got {steps} (a build skips it with "
                          "--decoder-steps 0)")
     folder = Path(model_dir) / "vae"
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{model_dir} has no vae/config.json: pass a diffusers pipeline folder (e.g. "
+                         "models/tinyworld/sft)")
     vae = AutoencoderKL.from_pretrained(folder, dtype=torch.float32)
     batch_fn = _render_batch(split_prompts(seed).train)
     before = reconstruction_figures(vae, batch_fn, seed)["psnr_db"]
