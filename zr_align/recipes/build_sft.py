@@ -59,15 +59,16 @@ def assemble_pipeline(vae, seed: int = 0, unet_width: int = 48, zero_snr: bool =
     )
 
 
-def save_half(source: Path, out: Path) -> None:
-    """Copy the pipeline folder `source` to `out` with float16 weights: the shipped files are half the size, and
-    `from_pretrained(dtype=torch.float32)` restores float32 modules. Written to a temporary folder, then renamed."""
+def save_half(source: Path, out: Path, loader=None) -> None:
+    """Copy the folder `source` (a pipeline; with `loader`, e.g. `AutoencoderKL`, one model) to `out` with float16
+    weights: the shipped files are half the size, and `from_pretrained(dtype=torch.float32)` restores float32
+    modules. Written to a temporary folder, then renamed."""
     from diffusers import StableDiffusionPipeline
 
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    StableDiffusionPipeline.from_pretrained(source, dtype=torch.float16).save_pretrained(tmp)
+    (loader or StableDiffusionPipeline).from_pretrained(source, dtype=torch.float16).save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
 
@@ -75,7 +76,7 @@ def save_half(source: Path, out: Path) -> None:
 def refine_decoder(model_dir: str | Path, steps: int, batch_size: int = 32, lr: float = 5e-4, seed: int = 0,
                    log=print) -> dict:
     """Train the decoder of the pipeline folder `model_dir` on renders of the train split, its encoder frozen
-    (`train_vae(decoder_only=True)`), and save the VAE back (float16, as `save_half`). The latent space and the
+    (`train_vae(decoder_only=True)`), and save the VAE back in float16 (`save_half`). The latent space and the
     denoiser trained in it are untouched; only what the latents decode to gets sharper. Returns the held-out PSNR
     before and after."""
     from diffusers import AutoencoderKL
@@ -92,13 +93,10 @@ def refine_decoder(model_dir: str | Path, steps: int, batch_size: int = 32, lr: 
     before = reconstruction_figures(vae, batch_fn, seed)["psnr_db"]
     after = train_vae(vae, batch_fn, steps, batch_size=batch_size, lr=lr, seed=seed, decoder_only=True,
                       log=log)["psnr_db"]
-    tmp = folder.with_name("vae.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    vae.save_pretrained(tmp / "float32")
-    AutoencoderKL.from_pretrained(tmp / "float32", dtype=torch.float16).save_pretrained(tmp / "float16")
-    shutil.rmtree(folder)
-    (tmp / "float16").rename(folder)
-    shutil.rmtree(tmp)
+    trained = folder.with_name("vae.float32")
+    vae.save_pretrained(trained)
+    save_half(trained, folder, AutoencoderKL)
+    shutil.rmtree(trained)
     return {"decoder_psnr_db_before": round(before, 2), "decoder_psnr_db": round(after, 2), "decoder_steps": steps}
 
 
