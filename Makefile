@@ -49,7 +49,9 @@ test-slow: $(STAMP) $(DS_STAMP)
 tinyworld: $(STAMP)
 	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m zr_align.cli tinyworld build --decoder-steps 0 --out models/tinyworld/sft --work-dir outputs/tinyworld_build
 	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m zr_align.cli tinyworld build-rewards --no-baselines --sft-model models/tinyworld/sft --out models/tinyworld
+	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m zr_align.cli tinyworld build-rewards --no-baselines --sft-model models/tinyworld/sft --artefact-rate object_cast=0.2 --student-only --work-dir outputs/tinyworld_rewards_cast --out models/tinyworld/ensemble/cast --docs ''
 	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m zr_align.cli tinyworld refine-decoder --model models/tinyworld/sft --steps 1500
+	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m zr_align.cli tinyworld build-rewards --no-baselines --sft-model models/tinyworld/sft --student-only --work-dir outputs/tinyworld_rewards_sharp --out models/tinyworld/ensemble/sharp --docs ''
 	$(PY) benchmarks/tinyworld_sft.py --model models/tinyworld/sft --grid docs/tinyworld_sft_samples.png > docs/tinyworld_sft.json
 
 # After `make tinyworld`: the baselines too (GRPO, RewardDance, direct student SFT, 2000-step RISD and OPD; about

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -324,3 +325,42 @@ def test_cli_reward_eval_prints_table(generated, tiny_reward_dirs, capsys, tmp_p
     assert json.loads((tmp_path / "r.json").read_text())[folder]["pairs"] == 36
     assert main(["reward", "eval", "--reward", folder, "--data", str(tmp_path / "none.jsonl")]) == 2
     assert "none.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_build_rewards_takes_an_artefact_mix_and_refuses_a_bad_one_before_any_work(tmp_path, capsys):
+    from zr_align.recipes.build_rewards import artefact_mix
+    from zr_align.tinyworld.reward_data import ARTEFACT_RATES
+
+    assert artefact_mix([]) is None  # the shipped mix
+    mix = artefact_mix(["object_cast=0.2", "blur=0.5"])
+    assert mix == {**ARTEFACT_RATES, "object_cast": 0.2, "blur": 0.5}
+    # the shipped kinds keep their draw order; a new one follows its predecessor in CORRUPTIONS (as the ensemble's
+    # object-cast member was built)
+    assert list(mix) == ["blur", "noise", "color_shift", "object_cast", "crop", "fragments", "low_contrast", "clutter"]
+    for bad, message in (("sparkle=0.1", "unknown artefact 'sparkle'"), ("wrong_color=0.1", "unknown artefact"),
+                         ("blur=1.5", "rate in [0, 1]"), ("blur", "rate in [0, 1]"), ("blur=x", "rate in [0, 1]")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            artefact_mix([bad])
+        args = ["tinyworld", "build-rewards", "--artefact-rate", bad, "--work-dir", str(tmp_path / "work"),
+                "--out", str(tmp_path / "out"), "--docs", ""]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert message.split("'")[0] in err and "\n" not in err
+        assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
+def test_ship_models_copies_the_student_only_for_an_ensemble_member(tmp_path):
+    from zr_align.recipes.build_rewards import ship_models
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    for run in ("gdso", "risd_long"):
+        (work / run / "model").mkdir(parents=True)
+        (work / run / "model" / "model.safetensors").write_text(run)
+    ship_models(work, out / "member", "gdso", ship=("student",))
+    assert sorted(p.name for p in (out / "member").iterdir()) == ["student"]
+    assert (out / "member" / "student" / "model.safetensors").read_text() == "risd_long"
+    ship_models(work, out / "main", "gdso")
+    assert (out / "main" / "teacher" / "model.safetensors").read_text() == "gdso"
+    assert (out / "main" / "student" / "model.safetensors").read_text() == "risd_long"
+    with pytest.raises(ValueError, match="'critic'"):
+        ship_models(work, out / "main", "gdso", ship=("critic",))

@@ -129,6 +129,11 @@ def test_demo_as_shipped_trains_every_weight_and_compares_the_trained_pipelines(
     assert "trainable: full" in sft_config and "lr: 0.0001" in sft_config
     assert "every denoiser weight, lr 0.0001" in report["arms"][2]["how"]
     assert "plus the SFT loss on TinyWorld renders of the train prompts (weight 2.0)" in report["arms"][2]["how"]
+    # as shipped, the reward is the mean of three RISD students, with gradients through the last K ~ U{1..5} steps
+    assert "K ~ U{1..5}" in report["arms"][2]["how"]
+    assert "the mean of 3 RISD students (`models/tinyworld/student`" in report["arms"][2]["how"]
+    assert report["reward_ensemble"] == ["models/tinyworld/ensemble/cast/student",
+                                         "models/tinyworld/ensemble/sharp/student"]
 
 
 def test_curve_weights_load_a_full_checkpoint_as_the_run_saved_it(demo):

@@ -94,7 +94,8 @@ def test_shipped_reward_models_read_the_image(student, tmp_path):
 
     make_eval_set(tmp_path, "validation", seed=11, pairs_per_kind=21)
     assert student.config.layout == "joint"  # one forward per image for all four dimensions
-    for name in ("student", "teacher"):
+    # the teacher, the RISD student and the two other members of the demo's reward ensemble
+    for name in ("student", "teacher", "ensemble/cast/student", "ensemble/sharp/student"):
         accuracy = evaluate_kinds(score_eval_images(load_scorer(MODELS / name), tmp_path), tmp_path)
         for kind in ("clean_vs_one", "one_vs_two", "quality"):
             assert accuracy[kind] >= 0.8, (name, accuracy)

@@ -200,13 +200,19 @@ def _add_build_rewards(sub) -> None:
     p.add_argument("--no-baselines", dest="baselines", action="store_false",
                    help="train only the runs the shipped weights come from (teacher SFT, GDSO, RISD long); the "
                         "table then goes to --work-dir only")
+    p.add_argument("--artefact-rate", action="append", default=[], metavar="KIND=RATE",
+                   help="change one artefact's rate in the training data's mix (repeatable), e.g. object_cast=0.2")
+    p.add_argument("--student-only", action="store_true",
+                   help="copy only the RISD student to OUT/student (a member of the reward ensemble)")
 
 
 def _run_build_rewards(args) -> int:
-    from .recipes.build_rewards import build_reward_models
+    from .recipes.build_rewards import artefact_mix, build_reward_models
 
+    rates = artefact_mix(args.artefact_rate)  # checked before any work
     build_reward_models(args.work_dir, args.out, args.sft_model, args.images_per_prompt, args.steps_scale,
-                        seed=args.seed, docs=args.docs or None, reuse=args.reuse, baselines=args.baselines)
+                        seed=args.seed, docs=args.docs or None, reuse=args.reuse, baselines=args.baselines,
+                        artefact_rates=rates, ship=("student",) if args.student_only else ("teacher", "student"))
     return 0
 
 

@@ -69,22 +69,35 @@ def load_reward(config: TrainConfig, accelerator):
     if config.reward.kind in ("jpeg_compressibility", "tinyworld_soft_judge"):
         reward = _built_in_reward(config.reward.kind, config.reward.options or {})
     else:
-        from ..rewards import ZRewardModel
+        paths = [config.reward.path, *(config.reward.ensemble or [])]
+        members = [_load_zreward(config, path, accelerator) for path in paths]
+        if len(members) == 1:
+            reward = members[0]
+        else:
+            from ..rewards import RewardEnsemble
 
-        with accelerator.main_process_first():
-            path = tiny_reward_path(config.reward.path, Path(config.output_dir) / ".tiny")
-        overrides = {"clamp": config.reward.clamp}
-        if config.reward.kappa is not None:
-            overrides["kappa"] = config.reward.kappa
-        if config.reward.weights is not None:
-            overrides["weights"] = config.reward.weights
-        reward = ZRewardModel.from_pretrained(path, torch_dtype=DTYPES[config.reward.dtype], **overrides)
-        reward = reward.to(accelerator.device)
-        if config.reward.gradient_checkpointing:
-            reward.enable_gradient_checkpointing()
+            reward = RewardEnsemble(members, reduce=config.reward.ensemble_reduce)
     if config.method in BACKPROP_METHODS and not getattr(reward, "differentiable", False):
         raise ValueError(f"reward {config.reward.kind} is not differentiable, so method {config.method} cannot "
                          "back-propagate through it; use a differentiable reward (reward.kind: zreward)")
+    return reward
+
+
+def _load_zreward(config: TrainConfig, path: str, accelerator):
+    """One ZRewardModel folder with the `reward.*` overrides, on the accelerator's device."""
+    from ..rewards import ZRewardModel
+
+    with accelerator.main_process_first():
+        path = tiny_reward_path(path, Path(config.output_dir) / ".tiny")
+    overrides = {"clamp": config.reward.clamp}
+    if config.reward.kappa is not None:
+        overrides["kappa"] = config.reward.kappa
+    if config.reward.weights is not None:
+        overrides["weights"] = config.reward.weights
+    reward = ZRewardModel.from_pretrained(path, torch_dtype=DTYPES[config.reward.dtype], **overrides)
+    reward = reward.to(accelerator.device)
+    if config.reward.gradient_checkpointing:
+        reward.enable_gradient_checkpointing()
     return reward
 
 

@@ -71,6 +71,10 @@ class RewardConfig:
     # differentiable copy of TinyWorld's ground-truth judge: the ceiling of fine-tuning there, never a result)
     kind: str = "zreward"
     path: str | None = None  # ZRewardModel folder, or "tiny:<vlm family>" for a random tiny one (tests)
+    # more ZRewardModel folders scored with `path` as one reward (zr_align.rewards.ensemble): harder to exploit
+    # than any one of them, at the cost of one reward forward and backward per member
+    ensemble: list[str] | None = None
+    ensemble_reduce: str = "mean"  # mean | min (the worst member per image)
     weights: dict[str, float] | None = None  # one per rubric dimension (all of them); None keeps the folder's
     kappa: float | None = None  # risk penalty on the score std; None keeps the folder's value
     clamp: str = "straight_through"  # hard | straight_through | none; hard zeroes gradients of clipped pixels
@@ -86,6 +90,12 @@ class RewardConfig:
             raise ValueError("reward.options are for reward.kind jpeg_compressibility or tinyworld_soft_judge; a "
                              "zreward model takes reward.weights, reward.kappa and reward.clamp")
         check_choice("reward.dtype", self.dtype, DTYPES)
+        check_choice("reward.ensemble_reduce", self.ensemble_reduce, ("mean", "min"))
+        if self.ensemble is not None and (self.kind != "zreward" or not self.path):
+            raise ValueError("reward.ensemble adds ZRewardModel folders to reward.path; set reward.kind: zreward and "
+                             "reward.path")
+        if self.ensemble is not None and not self.ensemble:
+            raise ValueError(f"reward.ensemble must be a non-empty list of folders; got {self.ensemble!r}")
         check_choice("reward.clamp", self.clamp, ("hard", "straight_through", "none"))
 
 

@@ -133,11 +133,13 @@ def build_reward_models(
     reuse: bool = False,
     baselines: bool = True,
     artefact_rates: dict[str, float] | None = None,
+    ship: tuple[str, ...] = ("teacher", "student"),
 ) -> dict:
     """Data, every reward model of `RUNS` (only the `SHIPPED` ones without `baselines`), the table per pair kind
     on the test-split evaluation set, and the shipped teacher (the better of teacher_sft and gdso on the
     *validation* set) and RISD student. `artefact_rates`: the training data's artefact mix (default
-    `reward_data.ARTEFACT_RATES`, the shipped one)."""
+    `reward_data.ARTEFACT_RATES`, the shipped one). `ship`: which of the two are copied to `out_dir` (the members of
+    the reward ensemble ship their student only)."""
     from ..tinyworld.reward_data import make_reward_data
     from ..tinyworld.reward_eval import make_eval_set
 
@@ -189,10 +191,56 @@ def build_reward_models(
         folder.mkdir(parents=True, exist_ok=True)
         Path(folder, "tinyworld_rewards.json").write_text(json.dumps(report, indent=1, default=float))
         Path(folder, "tinyworld_rewards.md").write_text(format_report(report, images_per_prompt, steps_scale, seed))
-    for source, target in ((shipped_teacher, "teacher"), ("risd_long", "student")):
+    ship_models(work, out, shipped_teacher, ship)
+    return report
+
+
+def ship_models(work: Path, out: Path, teacher_run: str, ship: tuple[str, ...] = ("teacher", "student")) -> None:
+    """Copy the chosen teacher (`teacher_run`'s model) to `out/teacher` and the RISD student (risd_long's) to
+    `out/student`, each only if named in `ship`; a folder already there is replaced, any other is left alone."""
+    unknown = sorted(set(ship) - {"teacher", "student"})
+    if unknown:
+        raise ValueError(f"ship takes 'teacher' and 'student'; got {unknown[0]!r}")
+    for source, target in ((teacher_run, "teacher"), ("risd_long", "student")):
+        if target not in ship:
+            continue
         shutil.rmtree(out / target, ignore_errors=True)
         shutil.copytree(work / source / "model", out / target)
-    return report
+
+
+def artefact_mix(changes: list[str]) -> dict[str, float] | None:
+    """The training data's artefact mix with `KIND=RATE` changes over `reward_data.ARTEFACT_RATES` (None: none).
+
+    Raises:
+        `ValueError`: one line naming a malformed change, an unknown corruption or a rate outside [0, 1].
+    """
+    from ..tinyworld.corrupt import CORRUPTIONS, WRONG_ATTRIBUTE
+    from ..tinyworld.reward_data import ARTEFACT_RATES
+
+    if not changes:
+        return None
+    rates = dict(ARTEFACT_RATES)
+    for change in changes:
+        kind, sep, value = change.partition("=")
+        try:
+            rate = float(value) if sep else float("nan")
+        except ValueError:
+            rate = float("nan")
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"--artefact-rate {change!r}: give KIND=RATE with a rate in [0, 1], e.g. object_cast=0.2")
+        if kind not in CORRUPTIONS or kind in WRONG_ATTRIBUTE:
+            artefacts = ", ".join(k for k in CORRUPTIONS if k not in WRONG_ATTRIBUTE)
+            raise ValueError(f"--artefact-rate {change!r}: unknown artefact {kind!r}; choose one of {artefacts}")
+        if kind in rates:
+            rates[kind] = rate
+            continue
+        # a kind the shipped mix lacks goes right after its predecessor in `CORRUPTIONS` (the draw order matters)
+        kinds = list(CORRUPTIONS)
+        before = [k for k in kinds[: kinds.index(kind)] if k in rates]
+        at = list(rates).index(before[-1]) + 1 if before else 0
+        items = list(rates.items())
+        rates = dict([*items[:at], (kind, rate), *items[at:]])
+    return rates
 
 
 def choose_teacher(work: Path, num_rationales: int, log) -> str:

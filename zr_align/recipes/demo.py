@@ -9,7 +9,8 @@ Arms, all on the shipped SFT baseline (`models/tinyworld/sft`):
   with the reward run's `MATCHED` settings): what the same extra training buys without the reward (the baseline
   before tuning is not that control);
 - **reward-tuned**: `configs/tinyworld_draft.yaml` through `zr_align.diffusion.fine_tune` (what `train_t2i.py`
-  runs): DRaFT-K with the shipped RISD student (`models/tinyworld/student`) as the differentiable reward;
+  runs): DRaFT-K with the shipped RISD student (`models/tinyworld/student`) as the differentiable reward, or the
+  ensemble of it and the students the config's `reward.ensemble` names (`zr_align.rewards.ensemble`);
 - **guidance**: the base sampled with per-step reward guidance (`zr_align.guidance`) by the same student as stored,
   no training (settings `GUIDANCE`); `extra_arms` adds more samplers the same way.
 
@@ -123,7 +124,12 @@ def _describe(run: dict) -> str:
         return f"dpo on the preference pairs `{c['data']['pairs']}`, beta {c['optim']['dpo_beta']}, {tail}"
     anchor = (f", plus the SFT loss on {source} (weight {c['optim']['sft_weight']})"
               if data and c["optim"]["sft_weight"] > 0 else "")
-    return (f"{c['method']} (K={c['sampling']['k']}, T={c['sampling']['num_steps']}) with the RISD student, {tail}, "
+    k = c["sampling"]["k"]
+    k = f"K ~ U{{1..{k}}}" if c["sampling"]["k_distribution"] == "uniform" and k > 1 else f"K={k}"
+    members = c["reward"].get("ensemble") or []
+    reward = (f"the {c['reward']['ensemble_reduce']} of {1 + len(members)} RISD students (`{c['reward']['path']}`, "
+              + ", ".join(f"`{m}`" for m in members) + ")") if members else "the RISD student"
+    return (f"{c['method']} ({k}, T={c['sampling']['num_steps']}) with {reward}, {tail}, "
             f"KL weight {c['optim']['kl_weight']}{anchor}")
 
 
@@ -239,7 +245,7 @@ def _markdown(report: dict, arms: list[dict], pairs: list[dict]) -> str:
 ({ev['num_prompts']} prompts; image i shows prompt i mod {ev['num_prompts']} with noise seed {ev['noise_seed']} + i, the
 same for every arm), scored by the ground-truth judge, not by the reward model. Intervals: 95% bootstrap over
 prompts. Reward-model mean: the RISD student `{report['reward']}` as stored (for reference only: the reward arm
-optimised it with its own dimension weights, the guidance arm followed its gradient). Wall time
+optimised it with its own dimension weights{', averaged with the other members of its ensemble' if report.get('reward_ensemble') else ''}, the guidance arm followed its gradient). Wall time
 {report['minutes_total']:.1f} min.
 
 **GSB net preference of the reward-tuned model over the SFT baseline: {gsb['net']:+.1%}**
@@ -286,6 +292,7 @@ def _report(out: Path, result: dict, runs: dict, curves: dict, specs: list[Model
     report = {
         "arms": arms, "pairs": result["pairs"], "curves": curves, "base_model": specs[0].model,
         "reward": reward_run["resolved"]["reward"]["path"],
+        "reward_ensemble": reward_run["resolved"]["reward"].get("ensemble") or [],
         "judge": {"baseline": base["summary"], "tuned": tuned["summary"], "gsb": arms[2]["vs_base"]},
         "reward_model_mean": {"baseline": base["reward_mean"]["value"], "tuned": tuned["reward_mean"]["value"]},
         "training": {"steps": len(reward_run["metrics"]), "minutes": reward_run["minutes"],
