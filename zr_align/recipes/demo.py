@@ -239,13 +239,14 @@ def _markdown(report: dict, arms: list[dict], pairs: list[dict]) -> str:
     flags = list(arms[0]["artefacts"])
     artefacts = "\n".join(f"| {arm['name']} | " + " | ".join(f"{arm['artefacts'][f]:.2f}" for f in flags)
                           + " |" for arm in arms)
+    ensemble = ", averaged with the other members of its ensemble" if report.get("reward_ensemble") else ""
     return f"""# TinyWorld demo: reward fine-tuning against an SFT control, judged by the ground truth
 
 {len(arms)} arms on the SFT baseline `{report['base_model']}`, compared on {ev['images']} images of the {ev['prompts']}
 ({ev['num_prompts']} prompts; image i shows prompt i mod {ev['num_prompts']} with noise seed {ev['noise_seed']} + i, the
 same for every arm), scored by the ground-truth judge, not by the reward model. Intervals: 95% bootstrap over
 prompts. Reward-model mean: the RISD student `{report['reward']}` as stored (for reference only: the reward arm
-optimised it with its own dimension weights{', averaged with the other members of its ensemble' if report.get('reward_ensemble') else ''}, the guidance arm followed its gradient). Wall time
+optimised it with its own dimension weights{ensemble}, the guidance arm followed its gradient). Wall time
 {report['minutes_total']:.1f} min.
 
 **GSB net preference of the reward-tuned model over the SFT baseline: {gsb['net']:+.1%}**

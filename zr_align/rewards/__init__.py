@@ -5,4 +5,5 @@ from .families import FAMILIES, VLMFamily, get_family
 from .output import Reward, RewardOutput
 from .zreward import ZRewardConfig, ZRewardModel
 
-__all__ = ["FAMILIES", "Reward", "RewardEnsemble", "RewardOutput", "VLMFamily", "ZRewardConfig", "ZRewardModel", "get_family"]
+__all__ = ["FAMILIES", "Reward", "RewardEnsemble", "RewardOutput", "VLMFamily", "ZRewardConfig", "ZRewardModel",
+           "get_family"]
