@@ -46,6 +46,9 @@ test-slow: $(STAMP) $(DS_STAMP)
 # (about 13 min). The reward data's generator samples come from the SFT model before its decoder is refined: the
 # shipped reward models were built that way, and reward models built from the refined model's samples fine-tuned
 # worse on the validation prompts (docs/tinyworld_rewards.md, "Rebuilt from the refined baseline").
+# The two other students of the demo's reward ensemble (models/tinyworld/ensemble/; docs/tinyworld_demo_validation.md,
+# "A reward ensemble") are built the same way, each with its own teacher, about 45 min each at one thread: one
+# with object casts in the artefact mix (before the refinement), one from the refined model's samples (after it).
 tinyworld: $(STAMP)
 	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m zr_align.cli tinyworld build --decoder-steps 0 --out models/tinyworld/sft --work-dir outputs/tinyworld_build
 	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m zr_align.cli tinyworld build-rewards --no-baselines --sft-model models/tinyworld/sft --out models/tinyworld
