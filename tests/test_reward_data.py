@@ -364,3 +364,8 @@ def test_ship_models_copies_the_student_only_for_an_ensemble_member(tmp_path):
     assert (out / "main" / "student" / "model.safetensors").read_text() == "risd_long"
     with pytest.raises(ValueError, match="'critic'"):
         ship_models(work, out / "main", "gdso", ship=("critic",))
+    from zr_align.recipes.build_rewards import build_reward_models
+
+    with pytest.raises(ValueError, match="'critic'"):  # refused before any data or training
+        build_reward_models(tmp_path / "build", out / "never", sft_model=None, docs=None, ship=("critic",))
+    assert not (tmp_path / "build").exists() and not (out / "never").exists()

@@ -143,6 +143,7 @@ def build_reward_models(
     from ..tinyworld.reward_data import make_reward_data
     from ..tinyworld.reward_eval import make_eval_set
 
+    _check_ship(ship)  # before an hour of work, not at its end
     work, out = Path(work_dir), Path(out_dir)
     sft = sft_model if sft_model and Path(sft_model, "model_index.json").is_file() else None
     log(f"reward data (SFT samples from {sft})")
@@ -198,14 +199,18 @@ def build_reward_models(
 def ship_models(work: Path, out: Path, teacher_run: str, ship: tuple[str, ...] = ("teacher", "student")) -> None:
     """Copy the chosen teacher (`teacher_run`'s model) to `out/teacher` and the RISD student (risd_long's) to
     `out/student`, each only if named in `ship`; a folder already there is replaced, any other is left alone."""
-    unknown = sorted(set(ship) - {"teacher", "student"})
-    if unknown:
-        raise ValueError(f"ship takes 'teacher' and 'student'; got {unknown[0]!r}")
+    _check_ship(ship)
     for source, target in ((teacher_run, "teacher"), ("risd_long", "student")):
         if target not in ship:
             continue
         shutil.rmtree(out / target, ignore_errors=True)
         shutil.copytree(work / source / "model", out / target)
+
+
+def _check_ship(ship: tuple[str, ...]) -> None:
+    unknown = sorted(set(ship) - {"teacher", "student"})
+    if unknown:
+        raise ValueError(f"ship takes 'teacher' and 'student'; got {unknown[0]!r}")
 
 
 def artefact_mix(changes: list[str]) -> dict[str, float] | None:
@@ -219,7 +224,7 @@ def artefact_mix(changes: list[str]) -> dict[str, float] | None:
 
     if not changes:
         return None
-    rates = dict(ARTEFACT_RATES)
+    rates, kinds = dict(ARTEFACT_RATES), list(CORRUPTIONS)
     for change in changes:
         kind, sep, value = change.partition("=")
         try:
@@ -235,7 +240,6 @@ def artefact_mix(changes: list[str]) -> dict[str, float] | None:
             rates[kind] = rate
             continue
         # a kind the shipped mix lacks goes right after its predecessor in `CORRUPTIONS` (the draw order matters)
-        kinds = list(CORRUPTIONS)
         before = [k for k in kinds[: kinds.index(kind)] if k in rates]
         at = list(rates).index(before[-1]) + 1 if before else 0
         items = list(rates.items())
