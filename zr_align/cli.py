@@ -440,11 +440,28 @@ def _run_generate(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ zr-align export
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write one checkpoint of a train_t2i.py run as the run's end writes its model: "
+                                      "a LoRA folder, or a pipeline folder for model.trainable: full")
+    p.add_argument("checkpoint", help="RUN/checkpoints/step_N of a train_t2i.py run")
+    p.add_argument("--out", required=True, help="the folder to write (new or empty)")
+
+
+def _run_export(args) -> int:
+    from .diffusion.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out)
+    print(json.dumps({"checkpoint": str(args.checkpoint), "out": str(out)}))
+    return 0
+
+
 # name -> (add arguments, run)
 COMMANDS = {
     "score": (_add_score, _run_score),
     "plan": (_add_plan, _run_plan),
     "compare": (_add_compare, _run_compare),
+    "export": (_add_export, _run_export),
     "generate": (_add_generate, _run_generate),
     "tinyworld": command_group("tinyworld", "TinyWorld, the built-in miniature world with a ground-truth judge",
                                TINYWORLD_COMMANDS),

@@ -16,12 +16,12 @@ import torch
 
 from ..diffusion.components import make_trainable
 from ..diffusion.config import TrainConfig, load_train_config
+from ..diffusion.export import TRAINED_STATE_FILE
 from ..runs import TrainableState, checkpoint_step, list_checkpoints
 from ..tinyworld.grammar import ATTRIBUTES
 from ..tinyworld.judge import judge_images
 from ..tinyworld.sample import generate, load_pipeline
 
-TRAINED_STATE_FILE = "custom_checkpoint_0.pkl"  # accelerate's file for the first registered object: the weights
 
 
 def evaluate_images(images: np.ndarray, prompts: list[str], reward_model) -> dict:
