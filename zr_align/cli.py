@@ -456,12 +456,29 @@ def _run_export(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ zr-align soup
+def _add_soup(sub) -> None:
+    p = sub.add_parser("soup", help="average the weights of whole-pipeline runs fine-tuned from one base (a model "
+                                    "soup, e.g. the same run at several seeds); writes a pipeline folder")
+    p.add_argument("pipelines", nargs="+", help="two or more pipeline folders, e.g. RUN0/pipeline RUN1/pipeline")
+    p.add_argument("--out", required=True, help="the folder to write (new or empty)")
+
+
+def _run_soup(args) -> int:
+    from .diffusion.soup import average_pipelines
+
+    out = average_pipelines(args.pipelines, args.out)
+    print(json.dumps({"pipelines": args.pipelines, "out": str(out)}))
+    return 0
+
+
 # name -> (add arguments, run)
 COMMANDS = {
     "score": (_add_score, _run_score),
     "plan": (_add_plan, _run_plan),
     "compare": (_add_compare, _run_compare),
     "export": (_add_export, _run_export),
+    "soup": (_add_soup, _run_soup),
     "generate": (_add_generate, _run_generate),
     "tinyworld": command_group("tinyworld", "TinyWorld, the built-in miniature world with a ground-truth judge",
                                TINYWORLD_COMMANDS),
