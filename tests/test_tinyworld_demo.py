@@ -156,3 +156,45 @@ def test_curve_weights_load_a_full_checkpoint_as_the_run_saved_it(demo):
     saved = load_file(out / "run" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
     state = pipe.unet.state_dict()
     assert all(torch.equal(state[k], saved[k]) for k in saved)
+
+
+def test_demo_soup_of_seeds_averages_each_trained_arm(tmp_path):
+    """With `soup_seeds`, each trained arm is trained at every seed and judged as the average of its runs' weights:
+    the soup's UNet is the mean of the two runs' (which differ), the arms load the soups, and the report says so."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "demo"
+    report = run_demo(out, num_eval=4, eval_split="validation", log=lambda *_: None, curve_images=4, guidance=None,
+                      overrides=("max_steps=2", "checkpoint_every=2", "batch_size=2"), progress=False,
+                      soup_seeds=(0, 1))
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    for arm, soup, runs in (("reward-tuned", "reward_soup", ("run", "run_seed1")),
+                            ("SFT-control", "sft_soup", ("sft_run", "sft_run_seed1"))):
+        seeds = [yaml_seed(out / run / "config.yaml") for run in runs]
+        assert seeds == [0, 1]
+        a, b = (load_file(out / run / "pipeline" / unet) for run in runs)
+        mixed = load_file(out / soup / unet)
+        assert any(not torch.equal(a[k], b[k]) for k in a)
+        assert all(torch.equal(mixed[k], ((a[k].double() + b[k].double()) / 2).float()) for k in a)
+        row = next(r for r in report["arms"] if r["name"] == arm)
+        assert row["weights"] == str(out / soup) and "the weights of 2 runs (seeds 0, 1) averaged" in row["how"]
+        card = json.loads((out / "compare" / "samples" / arm / "model.json").read_text())
+        assert card["model"] == str(out / soup)
+    assert report["soup_seeds"] == [0, 1] and "`reward_soup/`" in (out / "report.md").read_text()
+
+
+def yaml_seed(path):
+    import yaml
+
+    return yaml.safe_load(path.read_text())["seed"]
+
+
+@pytest.mark.parametrize("seeds, overrides, message", [
+    ((0,), (), "two or more distinct seeds"),
+    ((1, 1), (), "two or more distinct seeds"),
+    ((0, 1), ("model.trainable=lora",), "needs model.trainable: full"),
+])
+def test_demo_refuses_a_bad_soup_before_any_training(tmp_path, seeds, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        run_demo(tmp_path / "demo", soup_seeds=seeds, overrides=overrides, log=lambda *_: None)
+    assert not (tmp_path / "demo").exists()

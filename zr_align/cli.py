@@ -225,7 +225,17 @@ def _add_demo(sub) -> None:
     p.add_argument("--eval-split", choices=("test", "validation"), default="test",
                    help="held-out prompts to judge on (choose settings on validation, report on test)")
     p.add_argument("--no-guidance", dest="guidance", action="store_false", help="leave out the reward-guidance arm")
+    p.add_argument("--soup-seeds", type=_seed_list, default=(), metavar="S,S,...",
+                   help="train each trained arm at these seeds (e.g. 0,1,2) and average its runs' weights (a model "
+                        "soup; model.trainable: full)")
     p.add_argument("overrides", nargs="*", help="train_t2i.py key=value overrides, e.g. max_steps=50")
+
+
+def _seed_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of seeds, e.g. 0,1,2") from None
 
 
 def _run_demo(args) -> int:
@@ -235,7 +245,8 @@ def _run_demo(args) -> int:
 
     diffusers_logging.disable_progress_bar()  # the phases' bars, not one per pipeline load
     run_demo(args.out, args.config, num_eval=args.num_eval, overrides=tuple(args.overrides),
-             eval_split=args.eval_split, guidance=GUIDANCE if args.guidance else None)
+             eval_split=args.eval_split, guidance=GUIDANCE if args.guidance else None,
+             soup_seeds=args.soup_seeds)
     return 0
 
 

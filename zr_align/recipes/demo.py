@@ -15,7 +15,8 @@ Arms, all on the shipped SFT baseline (`models/tinyworld/sft`):
   no training (settings `GUIDANCE`); `extra_arms` adds more samplers the same way.
 
 A trained arm is its run's LoRA on the base (`RUN/lora`), or with `model.trainable: full` its whole pipeline
-(`RUN/pipeline`).
+(`RUN/pipeline`); with `soup_seeds`, the average of the pipelines of its runs at those seeds (a model soup,
+`zr_align.diffusion.soup`).
 
 Phases, one progress bar each: 1 reward fine-tuning, 2 SFT control, 3 sampling and judging on the held-out
 prompts (`zr_align.tinyworld.compare`: the test split, or `eval_split="validation"` to choose settings without
@@ -74,16 +75,41 @@ def _train(config: str, overrides: list[str], log) -> dict:
 
 
 def _train_arms(out: Path, config: str, sft_config: str, base_model: str, reward: str, overrides: tuple[str, ...],
-                log) -> dict[str, dict]:
+                log, soup_seeds: tuple[int, ...] = ()) -> dict[str, dict]:
     """Phases 1 and 2: the reward-tuned arm exactly as `config` says (checkpoints every 25 steps for the curves;
-    where checkpoints are written does not change training), then the SFT control matched to it."""
-    log("[1/5] reward fine-tuning (the reward-tuned arm)")
-    reward_run = _train(config, [f"output_dir={out / 'run'}", f"model.path={base_model}", f"reward.path={reward}",
-                                 "checkpoint_every=25", *overrides], log)
-    log("[2/5] SFT control: same base, trained weights, lr, steps and prompts per step; the denoising loss on renders")
-    matched = [f"{key}={json.dumps(_resolved(reward_run['resolved'], key))}" for key in MATCHED]
-    sft_run = _train(sft_config, [f"output_dir={out / 'sft_run'}", f"model.path={base_model}", *matched], log)
-    return {"SFT-control": sft_run, "reward-tuned": reward_run}
+    where checkpoints are written does not change training), then the SFT control matched to it. With `soup_seeds`,
+    both arms are trained at each seed (`run/` and `sft_run/` at the first, `run_seedS/` and `sft_run_seedS/` at the
+    others) and each arm is the average of its runs' weights (`reward_soup/`, `sft_soup/`)."""
+    reward_runs, sft_runs = [], []
+    for i, seed in enumerate(soup_seeds or (None,)):
+        suffix = "" if i == 0 else f"_seed{seed}"
+        seeded = [] if seed is None else [f"seed={seed}"]
+        log(f"[1/5] reward fine-tuning (the reward-tuned arm{'' if seed is None else f', seed {seed}'})")
+        reward_runs.append(_train(config, [f"output_dir={out / ('run' + suffix)}", f"model.path={base_model}",
+                                           f"reward.path={reward}", "checkpoint_every=25", *overrides, *seeded], log))
+        log("[2/5] SFT control: same base, trained weights, lr, steps and prompts per step; the denoising loss on "
+            "renders")
+        matched = [f"{key}={json.dumps(_resolved(reward_runs[-1]['resolved'], key))}" for key in MATCHED]
+        sft_runs.append(_train(sft_config, [f"output_dir={out / ('sft_run' + suffix)}", f"model.path={base_model}",
+                                            *matched], log))
+    return {"SFT-control": _souped(sft_runs, out / "sft_soup"),
+            "reward-tuned": _souped(reward_runs, out / "reward_soup")}
+
+
+def _souped(runs: list[dict], soup_dir: Path) -> dict:
+    """The first run, standing for the arm; with several runs (seeds), their weights averaged into `soup_dir` (a
+    model soup, `zr_align.diffusion.soup`) and the training time of all of them."""
+    if len(runs) == 1:
+        return runs[0]
+    import shutil
+
+    from ..diffusion.soup import average_pipelines
+
+    shutil.rmtree(soup_dir, ignore_errors=True)  # the demo's own folder, remade like its runs
+    average_pipelines([Path(run["dir"]) / "pipeline" for run in runs], soup_dir)
+    seeds = [run["resolved"]["seed"] for run in runs]
+    return {**runs[0], "minutes": round(sum(run["minutes"] for run in runs), 2),
+            "soup": {"weights": str(soup_dir), "seeds": seeds, "runs": [run["dir"] for run in runs]}}
 
 
 def guidance_arm(base_model: str, reward_model, options: dict, reward_path: str) -> ModelSpec:
@@ -107,6 +133,8 @@ def guidance_arm(base_model: str, reward_model, options: dict, reward_path: str)
 def trained_arm(name: str, run: dict, base_model: str) -> ModelSpec:
     """The arm of a training run (`_train`): its whole pipeline (`RUN/pipeline`) when it trained every weight
     (`model.trainable: full`), else the base with its LoRA (`RUN/lora`)."""
+    if run.get("soup"):
+        return ModelSpec(name, run["soup"]["weights"])
     if run["resolved"]["model"]["trainable"] == "full":
         return ModelSpec(name, str(Path(run["dir"]) / "pipeline"))
     return ModelSpec(name, base_model, str(Path(run["dir"]) / "lora"))
@@ -116,6 +144,9 @@ def _describe(run: dict) -> str:
     c = run["resolved"]
     weights = ("every denoiser weight" if c["model"]["trainable"] == "full" else f"LoRA rank {c['lora']['rank']}")
     tail = f"{weights}, lr {c['optim']['lr']}, batch {c['batch_size']}"
+    if run.get("soup"):
+        seeds = run["soup"]["seeds"]
+        tail += f", the weights of {len(seeds)} runs (seeds {', '.join(map(str, seeds))}) averaged"
     data = c["data"]["sft_data"]
     source = "TinyWorld renders of the train prompts" if data == "tinyworld:train" else f"`{data}`"
     if c["method"] == "sft":
@@ -153,7 +184,8 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
              base_model: str = "models/tinyworld/sft", reward: str = "models/tinyworld/student",
              num_eval: int = 200, overrides: tuple[str, ...] = (), eval_split: str = "test", log=print,
              sft_config: str = "configs/tinyworld_sft_lora.yaml", guidance: dict | None = GUIDANCE,
-             extra_arms: tuple[ModelSpec, ...] = (), curve_images: int = 36, progress: bool = True) -> dict:
+             extra_arms: tuple[ModelSpec, ...] = (), curve_images: int = 36, progress: bool = True,
+             soup_seeds: tuple[int, ...] = ()) -> dict:
     """Train the arms, compare them on `num_eval` images of the held-out `eval_split` prompts, write the report.
 
     Args:
@@ -163,11 +195,15 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
         extra_arms: more arms on the same prompts and seeds (`ModelSpec`, e.g. with its own `sampler`); they
             appear in every table and figure.
         curve_images: validation images per checkpoint for the training curves (validation prompts, cycled).
+        soup_seeds: two or more training seeds: each trained arm is trained at every seed and is the average of the
+            runs' weights (a model soup; needs `model.trainable: full`); the curves follow the first seed's runs.
+            Empty: one run per arm at the config's seed.
     """
     if eval_split not in ("validation", "test"):
         raise ValueError(f"eval_split must be 'validation' or 'test', got {eval_split!r}")
+    _check_soup_seeds(soup_seeds, config, overrides)
     out, start = Path(out), time.perf_counter()
-    runs = _train_arms(out, config, sft_config, base_model, reward, overrides, log)
+    runs = _train_arms(out, config, sft_config, base_model, reward, overrides, log, tuple(soup_seeds))
     reward_model = ZRewardModel.from_pretrained(reward)  # as stored: guidance, the curves, the tables' mean
     specs = [ModelSpec("base", base_model), *(trained_arm(name, run, base_model) for name, run in runs.items()),
              *([guidance_arm(base_model, reward_model, guidance, reward)] if guidance is not None else []), *extra_arms]
@@ -189,6 +225,18 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
     log((out / "report.md").read_text())
     log(f"report: {out / 'report.html'}")
     return report
+
+
+def _check_soup_seeds(soup_seeds: tuple[int, ...], config: str, overrides: tuple[str, ...]) -> None:
+    """One-line `ValueError` before any training unless `soup_seeds` is empty or two or more distinct seeds of a run
+    that trains every weight (a soup averages whole pipelines)."""
+    if not soup_seeds:
+        return
+    if len(soup_seeds) < 2 or len(set(soup_seeds)) != len(soup_seeds):
+        raise ValueError(f"soup seeds must be two or more distinct seeds, got {list(soup_seeds)}")
+    if load_train_config(config, list(overrides)).model.trainable != "full":
+        raise ValueError("a soup of seeds averages whole pipelines: it needs model.trainable: full (a LoRA run's "
+                         "factors do not average to its update)")
 
 
 def _arm_rows(result: dict, runs: dict, specs: list[ModelSpec]) -> list[dict]:
@@ -240,6 +288,8 @@ def _markdown(report: dict, arms: list[dict], pairs: list[dict]) -> str:
     artefacts = "\n".join(f"| {arm['name']} | " + " | ".join(f"{arm['artefacts'][f]:.2f}" for f in flags)
                           + " |" for arm in arms)
     ensemble = ", averaged with the other members of its ensemble" if report.get("reward_ensemble") else ""
+    soups = (f", at the other seeds in `run_seedS/` and `sft_run_seedS/`, their averaged weights in `reward_soup/` and "
+             f"`sft_soup/` (the curves follow seed {report['soup_seeds'][0]})" if report.get("soup_seeds") else "")
     return f"""# TinyWorld demo: reward fine-tuning against an SFT control, judged by the ground truth
 
 {len(arms)} arms on the SFT baseline `{report['base_model']}`, compared on {ev['images']} images of the {ev['prompts']}
@@ -279,7 +329,7 @@ plausibility; low contrast and clutter aesthetics):
 {artefacts}
 
 Files beside this report: [report.json](report.json), [compare/compare.md](compare/compare.md) (the `zr-align compare`
-tables), samples in `compare/samples/ARM/`, the runs in `run/` (reward-tuned) and `sft_run/` (SFT control).
+tables), samples in `compare/samples/ARM/`, the runs in `run/` (reward-tuned) and `sft_run/` (SFT control){soups}.
 """
 
 
@@ -303,6 +353,7 @@ def _report(out: Path, result: dict, runs: dict, curves: dict, specs: list[Model
                  "images": result["settings"]["num_images"],
                  "num_prompts": result["settings"]["num_prompts"], "noise_seed": EVAL_SEED,
                  "grid_prompts": grid_prompts},
+        "soup_seeds": (reward_run.get("soup") or {}).get("seeds", []),
         "curve_images": curve_images, "figures": {"grid": grid.name, "curves": "curves.png",
                                                    "attributes": "attributes.png"},
     }
