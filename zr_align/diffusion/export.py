@@ -52,7 +52,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} already holds files; choose an empty or new folder for the export")
     config = load_train_config(config_file)
-    pipe, pipeline_class = load_pipeline(config, _OneProcess())
+    from accelerate import PartialState
+
+    pipe, pipeline_class = load_pipeline(config, PartialState(cpu=True))  # one CPU process outside a run
     denoiser = getattr(pipe, get_denoiser_family(config.model.family).denoiser)
     trained, lora_config = make_trainable(pipe, denoiser, config)
     state = torch.load(checkpoint / TRAINED_STATE_FILE, map_location="cpu", weights_only=True)
@@ -65,15 +67,3 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     else:
         pipe.save_pretrained(out)
     return out
-
-
-class _OneProcess:
-    """What `load_pipeline` asks of an accelerator, for one CPU process outside a run."""
-
-    device = torch.device("cpu")
-
-    @staticmethod
-    def main_process_first():
-        from contextlib import nullcontext
-
-        return nullcontext()
