@@ -19,7 +19,7 @@ from zr_align.runs.folders import MARKER, list_checkpoints, resolve_resume
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny_debug.yaml")
-METRIC_KEYS = {"step", "loss", "reward_mean", "reward_std", "grad_norm", "skipped", "seconds", "cpu_seconds",
+METRIC_KEYS = {"step", "loss", "reward_mean", "reward_std", "grad_norm", "skipped", "lr", "seconds", "cpu_seconds",
                "peak_mem_mb"}
 
 
@@ -51,6 +51,22 @@ def test_tiny_debug_writes_the_output_contract(tmp_path, tiny_cache):
     assert resolved["method"] == "draft_k" and resolved["sampling"]["k"] == 1 and resolved["lora"]["alpha"] == 8
     grid = Image.open(out / "validation" / "step_4.png")
     assert grid.size == (128, 64)  # two validation prompts at 64 px
+
+
+def test_cosine_lr_schedule_decays_to_its_floor_and_is_logged(tmp_path, tiny_cache):
+    constant, cosine = tmp_path / "constant", tmp_path / "cosine"
+    assert run(constant, tiny_cache, "optim.lr=1e-3") == 0
+    assert run(cosine, tiny_cache, "optim.lr=1e-3", "optim.lr_schedule=cosine", "optim.min_lr_ratio=0.1",
+               "max_steps=5", "optim.warmup_steps=1") == 0
+
+    def lrs(out):
+        return [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    assert lrs(constant) == pytest.approx([1e-3] * 4)
+    # after one warm-up step: 1e-3 * (0.1 + 0.9 * (1 + cos(pi * p)) / 2) for p = 0, 1/4, 2/4, 3/4
+    expected = [1e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi * i / 4))) for i in range(4)]
+    assert lrs(cosine) == pytest.approx([1e-3] + expected)
+    assert lrs(cosine)[-1] < 0.3 * lrs(cosine)[0]
 
 
 def test_resume_latest_continues_exactly(tmp_path, tiny_cache):
@@ -302,6 +318,7 @@ def test_non_finite_reward_skips_the_step_and_keeps_the_weights(tmp_path, tiny_c
         (["model.path=/nonexistent/sd15"], "model.path '/nonexistent/sd15' is not a diffusers pipeline folder"),
         (["model.family=sdxl"], "model.path holds a StableDiffusionPipeline, but model.family sdxl needs"),
         (["optim.lrr=1"], "unknown config key 'optim.lrr'"),
+        (["optim.lr_schedule=linear"], "optim.lr_schedule must be one of constant, cosine; got 'linear'"),
         (["model.train_text_encoder=true"], "model.train_text_encoder needs model.trainable: full"),
         (["method=dpo"], "method dpo and optim.dpo_weight > 0 need data.pairs (a folder written by `zr-align"),
         (["method=dpo", "data.pairs=/tmp", "model.trainable=full"], "the DPO loss needs model.trainable: lora"),

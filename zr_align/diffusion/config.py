@@ -107,6 +107,8 @@ class OptimConfig:
     weight_decay: float = 1e-2  # AdamW decoupled weight decay (also moves lora_A on the first step, when B = 0)
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW moment decay rates
     warmup_steps: int = 0  # linear warm-up of the learning rate
+    lr_schedule: str = "constant"  # after the warm-up: "constant" or "cosine" (down to min_lr_ratio * lr at max_steps)
+    min_lr_ratio: float = 0.0  # the cosine schedule's final lr, as a share of lr
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     loss_scale: float = 1.0  # multiplies the reward loss: keeps LoRA updates in a sane range
     reward_normalization: str = "none"  # none | batch (z-score in the batch) | running (running mean/std)
@@ -125,6 +127,9 @@ class OptimConfig:
         check_positive("optim.lr", self.lr)
         check_positive("optim.weight_decay", self.weight_decay, allow_zero=True)
         check_positive("optim.warmup_steps", self.warmup_steps, allow_zero=True)
+        check_choice("optim.lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio!r}")
         check_positive("optim.loss_scale", self.loss_scale)
         check_positive("optim.max_skipped_steps", self.max_skipped_steps, allow_zero=True)
         if not all(0.0 <= beta < 1.0 for beta in self.betas):

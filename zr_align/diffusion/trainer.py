@@ -176,10 +176,12 @@ def setup(config: TrainConfig, accelerator) -> Run:
     pairs = LatentPairDataset(config.data.pairs, config.model.resolution) if uses_dpo else None
     for stored in (d for d in (sft_data, pairs) if d is not None and d.holds_latents):
         stored.check_shape(pipe.vae.config.latent_channels, config.model.resolution // pipe.vae_scale_factor)
-    # AdamW with a linear warm-up; with several processes the denoiser goes through accelerate's `prepare` too.
+    # AdamW with a linear warm-up (then constant or cosine); with several processes the denoiser goes through accelerate's `prepare` too.
     optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=config.optim.betas,
                                   weight_decay=config.optim.weight_decay)
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config.optim.warmup_steps))
+    optim = config.optim
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, optim.warmup_steps, optim.lr_schedule, config.max_steps, optim.min_lr_ratio))
     run = Run(pipe, pipeline_class, sampler, trained, lora_config, params, reward_fn, prompts, sft_data, optimizer,
               lr_schedule, RewardNormalizer(config.optim.reward_normalization), pairs=pairs)
     _prepare(run, config, accelerator)
@@ -267,9 +269,10 @@ def _train(config: TrainConfig, accelerator, resume_from: Path | None, resume: s
     for step in progress:
         begin = (time.perf_counter(), time.process_time())
         loss_total, rewards, skipped = _step(run, config, accelerator, step)
+        lr = run.optimizer.param_groups[0]["lr"]  # the rate this step was taken with
         grad_norm, skipped = _optimizer_step(run, config, accelerator, skipped)
         run.lr_schedule.step()
-        record = _record(accelerator, step, loss_total, rewards, grad_norm, skipped, begin)
+        record = _record(accelerator, step, loss_total, rewards, grad_norm, skipped, begin, lr)
         log.append(record)
         if accelerator.is_main_process:
             progress.set_postfix(loss=f"{loss_total:.4f}", reward=record["reward_mean"])
@@ -374,7 +377,7 @@ def _dpo_loss(run: Run, config: TrainConfig, generator: torch.Generator) -> torc
 
 
 def _record(accelerator, step: int, loss_total: float, rewards: list, grad_norm: float, skipped: bool,
-            begin: tuple[float, float]) -> dict:
+            begin: tuple[float, float], lr: float) -> dict:
     """The step's line of metrics.jsonl: the loss averaged over ranks, the rewards of all ranks. A skipped step has no
     loss or gradient: null, never 0.0 (which would read as a real step). `begin`: the step's start as
     (`time.perf_counter()`, `time.process_time()`): wall and CPU seconds (all threads of this process)."""
@@ -389,6 +392,7 @@ def _record(accelerator, step: int, loss_total: float, rewards: list, grad_norm:
         "reward_std": float(reward_all.std(unbiased=False)) if len(reward_all) else None,
         "grad_norm": None if skipped or not math.isfinite(grad_norm) else grad_norm,
         "skipped": skipped,
+        "lr": lr,
         "seconds": time.perf_counter() - begin[0],
         "cpu_seconds": time.process_time() - begin[1],
         "peak_mem_mb": peak_memory_mb(accelerator.device),
