@@ -150,6 +150,22 @@ def test_sft_method_and_sft_mixing(tmp_path, tiny_cache):
     assert run(mixed, tiny_cache, f"data.sft_data={data}", "optim.sft_weight=0.5", "max_steps=1") == 0
 
 
+def test_sft_batch_size_sets_the_anchor_batch_apart_from_the_prompts(tmp_path, tiny_cache, monkeypatch):
+    from zr_align.diffusion import trainer
+
+    seen, real = [], trainer.denoising_loss
+    monkeypatch.setattr(trainer, "denoising_loss", lambda sampler, latents, prompts, generator: (
+        seen.append((latents.shape[0], len(prompts))) or real(sampler, latents, prompts, generator)))
+    data = make_sft_data(tmp_path / "data")
+    assert run(tmp_path / "mixed", tiny_cache, f"data.sft_data={data}", "optim.sft_weight=1", "batch_size=2",
+               "optim.sft_batch_size=5", "max_steps=2") == 0
+    assert seen == [(5, 5), (5, 5)]  # the anchor draws 5 images per step, not batch_size
+    seen.clear()
+    assert run(tmp_path / "plain", tiny_cache, "method=sft", f"data.sft_data={data}", "batch_size=3",
+               "max_steps=1") == 0
+    assert seen == [(3, 3)]  # 0 (the default): the anchor's batch is batch_size
+
+
 def make_latent_data(folder: Path, shape=(3, 4, 16, 16)) -> Path:
     """A folder as `zr-align generate --save-latents` writes it: samples.jsonl naming rows of latents.safetensors."""
     from safetensors.torch import save_file

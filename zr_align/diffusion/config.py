@@ -114,6 +114,7 @@ class OptimConfig:
     reward_normalization: str = "none"  # none | batch (z-score in the batch) | running (running mean/std)
     kl_weight: float = 0.0  # weight of ||eps_lora - eps_base||^2 at grad steps (LoRA only); costs a base forward
     sft_weight: float = 0.0  # mix in the SFT denoising loss on data.sft_data (0 = pure reward)
+    sft_batch_size: int = 0  # (prompt, image) pairs per step of that SFT loss; 0: batch_size (method sft too)
     # method dpo: the Diffusion-DPO temperature on the per-sample mean squared error. TinyWorld validation, LoRA r8,
     # lr 1e-3, 150 steps, GSB net: 20 collapses colour (-18.0%), 100 +7.5%, 300 +20.5%, 500 +16.0%, 1000 +4.0%,
     # 5000 barely moves the model (+1.0%); Wallace et al. used 2500-5000 for SD1.5 / SDXL (also an element mean).
@@ -138,6 +139,7 @@ class OptimConfig:
         check_choice("optim.reward_normalization", self.reward_normalization, ("none", "batch", "running"))
         check_positive("optim.kl_weight", self.kl_weight, allow_zero=True)
         check_positive("optim.sft_weight", self.sft_weight, allow_zero=True)
+        check_positive("optim.sft_batch_size", self.sft_batch_size, allow_zero=True)
         check_positive("optim.dpo_beta", self.dpo_beta)
         check_positive("optim.dpo_weight", self.dpo_weight, allow_zero=True)
         self.betas = tuple(self.betas)

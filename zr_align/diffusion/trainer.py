@@ -359,7 +359,7 @@ def _optimizer_step(run: Run, config: TrainConfig, accelerator, skipped: bool) -
 def _sft_loss(run: Run, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
     if run.sft_data is None:
         raise ValueError("the SFT loss needs data.sft_data")
-    indices = torch.randint(len(run.sft_data), (config.batch_size,), generator=generator)
+    indices = torch.randint(len(run.sft_data), (config.optim.sft_batch_size or config.batch_size,), generator=generator)
     prompts, data = run.sft_data.batch(indices)
     if run.sft_data.holds_latents:
         latents = data.to(run.sampler.denoiser.device, run.sampler.denoiser.dtype)
