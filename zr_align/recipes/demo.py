@@ -5,9 +5,9 @@ Arms, all on the shipped SFT baseline (`models/tinyworld/sft`):
 
 - **base**: the baseline itself;
 - **SFT control**: the same weights trained with `method: sft` on TinyWorld renders of the same training prompts,
-  for the same number of steps and prompts per step, at the same learning rate (`configs/tinyworld_sft_lora.yaml`,
-  with the reward run's `MATCHED` settings): what the same extra training buys without the reward (the baseline
-  before tuning is not that control);
+  for the same number of steps, with as many renders per step as the reward run's SFT anchor, at the same learning
+  rate (`configs/tinyworld_sft_lora.yaml`, with the reward run's `MATCHED` settings): what the same extra training
+  buys without the reward (the baseline before tuning is not that control);
 - **reward-tuned**: `configs/tinyworld_draft.yaml` through `zr_align.diffusion.fine_tune` (what `train_t2i.py`
   runs): DRaFT-K with the shipped RISD student (`models/tinyworld/student`) as the differentiable reward, or the
   ensemble of it and the students the config's `reward.ensemble` names (`zr_align.rewards.ensemble`);
@@ -51,8 +51,9 @@ EVAL_SEED, CURVE_SEED, GRID_COLUMNS = 10_000, 20_000, 8
 # the first half ruins the images: -87% on the test prompts).
 GUIDANCE = {"scale": 0.05, "window": (0.5, 1.0)}
 # settings the SFT control takes from the reward run, so that both arms train the same weights as long, as fast
-MATCHED = ("seed", "max_steps", "batch_size", "checkpoint_every", "optim.lr", "model.trainable", "lora.rank",
-           "lora.alpha", "lora.dropout", "lora.targets")
+# (`optim.sft_batch_size`: the control sees as many renders per step as the reward run's SFT anchor)
+MATCHED = ("seed", "max_steps", "batch_size", "checkpoint_every", "optim.lr", "optim.sft_batch_size", "model.trainable",
+           "lora.rank", "lora.alpha", "lora.dropout", "lora.targets")
 
 
 def _resolved(config: dict, key: str):
