@@ -15,8 +15,8 @@ from zr_align.tinyworld.grammar import split_prompts
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     report = run_demo(out, num_eval=4, eval_split="validation", log=lambda *_: None, curve_images=4,
-                      overrides=("max_steps=2", "checkpoint_every=2", "batch_size=2", "optim.sft_batch_size=3"),
-                      progress=False)
+                      overrides=("max_steps=2", "checkpoint_every=2", "batch_size=2", "optim.sft_batch_size=3",
+                                 "optim.lr_schedule=cosine"), progress=False)
     return out, report
 
 
@@ -39,7 +39,8 @@ def test_demo_compares_four_arms_with_intervals_and_a_matched_sft_control(demo):
     assert sft["step"] == tuned["step"] == 2  # the SFT control trains as many steps as the reward arm
     sft_config = (out / "sft_run" / "config.yaml").read_text()
     assert "method: sft" in sft_config and "batch_size: 2" in sft_config
-    assert "sft_batch_size: 3" in sft_config  # as many renders per step as the reward run's SFT anchor
+    # as many renders per step as the reward run's SFT anchor, on the same learning-rate schedule
+    assert "sft_batch_size: 3" in sft_config and "lr_schedule: cosine" in sft_config
     for arm in report["arms"]:
         a = arm["accuracy"]["all_correct"]
         assert a["low"] <= a["value"] <= a["high"]

@@ -176,7 +176,8 @@ def setup(config: TrainConfig, accelerator) -> Run:
     pairs = LatentPairDataset(config.data.pairs, config.model.resolution) if uses_dpo else None
     for stored in (d for d in (sft_data, pairs) if d is not None and d.holds_latents):
         stored.check_shape(pipe.vae.config.latent_channels, config.model.resolution // pipe.vae_scale_factor)
-    # AdamW with a linear warm-up (then constant or cosine); with several processes the denoiser goes through accelerate's `prepare` too.
+    # AdamW with a linear warm-up, then constant or cosine (`lr_factor`); with several processes the denoiser goes
+    # through accelerate's `prepare` too.
     optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=config.optim.betas,
                                   weight_decay=config.optim.weight_decay)
     optim = config.optim

@@ -52,8 +52,9 @@ EVAL_SEED, CURVE_SEED, GRID_COLUMNS = 10_000, 20_000, 8
 GUIDANCE = {"scale": 0.05, "window": (0.5, 1.0)}
 # settings the SFT control takes from the reward run, so that both arms train the same weights as long, as fast
 # (`optim.sft_batch_size`: the control sees as many renders per step as the reward run's SFT anchor)
-MATCHED = ("seed", "max_steps", "batch_size", "checkpoint_every", "optim.lr", "optim.sft_batch_size", "model.trainable",
-           "lora.rank", "lora.alpha", "lora.dropout", "lora.targets")
+MATCHED = ("seed", "max_steps", "batch_size", "checkpoint_every", "optim.lr", "optim.warmup_steps", "optim.lr_schedule",
+           "optim.min_lr_ratio", "optim.sft_batch_size", "model.trainable", "lora.rank", "lora.alpha", "lora.dropout",
+           "lora.targets")
 
 
 def _resolved(config: dict, key: str):
