@@ -3,12 +3,15 @@ shipped student (as shipped: every denoiser weight; also with a LoRA) and an SFT
 arm on held-out prompts and writes the report (Markdown, self-contained HTML, JSON, figures)."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from zr_align.recipes.demo import run_demo
 from zr_align.tinyworld.grammar import split_prompts
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -200,4 +203,40 @@ def yaml_seed(path):
 def test_demo_refuses_a_bad_soup_before_any_training(tmp_path, seeds, overrides, message):
     with pytest.raises(ValueError, match=message):
         run_demo(tmp_path / "demo", soup_seeds=seeds, overrides=overrides, log=lambda *_: None)
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_sft_first_starts_the_reward_run_from_an_sft_run_and_matches_the_control(tmp_path):
+    """With `sft_first`, each reward run starts from the pipeline of a plain SFT run on every weight (not from the
+    base), and the SFT control trains the two stages' steps in all."""
+    import yaml
+    from safetensors.torch import load_file
+
+    out = tmp_path / "demo"
+    report = run_demo(out, num_eval=4, eval_split="validation", log=lambda *_: None, curve_images=4, guidance=None,
+                      overrides=("max_steps=2", "checkpoint_every=2", "batch_size=2", "seed=3"), progress=False,
+                      sft_first=3)
+    first = yaml.safe_load((out / "sft_first" / "config.yaml").read_text())
+    run = yaml.safe_load((out / "run" / "config.yaml").read_text())
+    control = yaml.safe_load((out / "sft_run" / "config.yaml").read_text())
+    assert first["method"] == "sft" and first["max_steps"] == 3 and first["model"]["trainable"] == "full"
+    assert first["seed"] == run["seed"] == control["seed"] == 3 and first["optim"]["lr"] == run["optim"]["lr"]
+    assert run["model"]["path"] == str(out / "sft_first" / "pipeline")
+    assert control["max_steps"] == 3 + 2 and control["model"]["path"] != run["model"]["path"]
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    base = load_file(ROOT / "models" / "tinyworld" / "sft" / unet)
+    sft = load_file(out / "sft_first" / "pipeline" / unet)
+    assert any(not torch.equal(base[k], sft[k]) for k in base)  # the first stage trained
+    rows = {r["name"]: r for r in report["arms"]}
+    assert rows["reward-tuned"]["steps"] == rows["SFT-control"]["steps"] == 5
+    assert "starting from 3 steps of SFT" in rows["reward-tuned"]["how"]
+
+
+@pytest.mark.parametrize("steps, overrides, message", [
+    (-1, (), "sft_first must be >= 0 steps"),
+    (5, ("model.trainable=lora",), "needs model.trainable: full"),
+])
+def test_demo_refuses_a_bad_sft_first_before_any_training(tmp_path, steps, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        run_demo(tmp_path / "demo", sft_first=steps, overrides=overrides, log=lambda *_: None)
     assert not (tmp_path / "demo").exists()

@@ -228,6 +228,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--soup-seeds", type=_seed_list, default=(), metavar="S,S,...",
                    help="train each trained arm at these seeds (e.g. 0,1,2) and average its runs' weights (a model "
                         "soup; model.trainable: full)")
+    p.add_argument("--sft-first", type=int, default=0, metavar="STEPS",
+                   help="train each reward run from this many steps of plain SFT on renders (every weight); the SFT "
+                        "control trains as many steps in all")
     p.add_argument("overrides", nargs="*", help="train_t2i.py key=value overrides, e.g. max_steps=50")
 
 
@@ -246,7 +249,7 @@ def _run_demo(args) -> int:
     diffusers_logging.disable_progress_bar()  # the phases' bars, not one per pipeline load
     run_demo(args.out, args.config, num_eval=args.num_eval, overrides=tuple(args.overrides),
              eval_split=args.eval_split, guidance=GUIDANCE if args.guidance else None,
-             soup_seeds=args.soup_seeds)
+             soup_seeds=args.soup_seeds, sft_first=args.sft_first)
     return 0
 
 

@@ -77,25 +77,47 @@ def _train(config: str, overrides: list[str], log) -> dict:
 
 
 def _train_arms(out: Path, config: str, sft_config: str, base_model: str, reward: str, overrides: tuple[str, ...],
-                log, soup_seeds: tuple[int, ...] = ()) -> dict[str, dict]:
+                log, soup_seeds: tuple[int, ...] = (), sft_first: int = 0) -> dict[str, dict]:
     """Phases 1 and 2: the reward-tuned arm exactly as `config` says (checkpoints every 25 steps for the curves;
     where checkpoints are written does not change training), then the SFT control matched to it. With `soup_seeds`,
     both arms are trained at each seed (`run/` and `sft_run/` at the first, `run_seedS/` and `sft_run_seedS/` at the
-    others) and each arm is the average of its runs' weights (`reward_soup/`, `sft_soup/`)."""
+    others) and each arm is the average of its runs' weights (`reward_soup/`, `sft_soup/`). With `sft_first` steps,
+    each reward run starts from a run of the SFT config that trained every weight that long (`sft_first/`,
+    `sft_first_seedS/`), and the SFT control trains as many steps in all."""
     reward_runs, sft_runs = [], []
     for i, seed in enumerate(soup_seeds or (None,)):
         suffix = "" if i == 0 else f"_seed{seed}"
         seeded = [] if seed is None else [f"seed={seed}"]
+        first = _sft_first(out / ("sft_first" + suffix), config, sft_config, base_model, overrides, seeded, sft_first,
+                           log) if sft_first else None
         log(f"[1/5] reward fine-tuning (the reward-tuned arm{'' if seed is None else f', seed {seed}'})")
-        reward_runs.append(_train(config, [f"output_dir={out / ('run' + suffix)}", f"model.path={base_model}",
-                                           f"reward.path={reward}", "checkpoint_every=25", *overrides, *seeded], log))
+        start = str(Path(first["dir"]) / "pipeline") if first else base_model
+        run = _train(config, [f"output_dir={out / ('run' + suffix)}", f"model.path={start}",
+                              f"reward.path={reward}", "checkpoint_every=25", *overrides, *seeded], log)
+        if first:  # the arm's training is both stages
+            run = {**run, "sft_first": sft_first, "minutes": round(run["minutes"] + first["minutes"], 2)}
+        reward_runs.append(run)
         log("[2/5] SFT control: same base, trained weights, lr, steps and prompts per step; the denoising loss on "
             "renders")
-        matched = [f"{key}={json.dumps(_resolved(reward_runs[-1]['resolved'], key))}" for key in MATCHED]
+        matched = [f"{key}={json.dumps(_resolved(run['resolved'], key))}" for key in MATCHED]
+        steps, every = run["resolved"]["max_steps"], run["resolved"]["checkpoint_every"]
+        longer = [f"max_steps={steps + sft_first}", f"checkpoint_every={every * (steps + sft_first) // steps}"]
         sft_runs.append(_train(sft_config, [f"output_dir={out / ('sft_run' + suffix)}", f"model.path={base_model}",
-                                            *matched], log))
+                                            *matched, *(longer if sft_first else [])], log))
     return {"SFT-control": _souped(sft_runs, out / "sft_soup"),
             "reward-tuned": _souped(reward_runs, out / "reward_soup")}
+
+
+def _sft_first(run_dir: Path, config: str, sft_config: str, base_model: str, overrides: tuple[str, ...],
+               seeded: list[str], steps: int, log) -> dict:
+    """The first stage of a reward run: `steps` of the SFT config on every weight of the base, at the reward run's
+    lr and prompts per step (`_train`'s record; the model is `RUN/pipeline`)."""
+    reward_config = load_train_config(config, list(overrides))
+    log(f"[1/5] SFT on renders first: {steps} steps, every weight")
+    return _train(sft_config, [f"output_dir={run_dir}", f"model.path={base_model}", "model.trainable=full",
+                                f"optim.lr={reward_config.optim.lr}", f"batch_size={reward_config.batch_size}",
+                                f"max_steps={steps}", f"checkpoint_every={steps}",
+                                *(seeded or [f"seed={reward_config.seed}"])], log)
 
 
 def _souped(runs: list[dict], soup_dir: Path) -> dict:
@@ -151,6 +173,8 @@ def _describe(run: dict) -> str:
         tail += f", the weights of {len(seeds)} runs (seeds {', '.join(map(str, seeds))}) averaged"
     data = c["data"]["sft_data"]
     source = "TinyWorld renders of the train prompts" if data == "tinyworld:train" else f"`{data}`"
+    if run.get("sft_first"):
+        tail += f", starting from {run['sft_first']} steps of SFT on {source} (every weight, `sft_first/`)"
     if c["method"] == "sft":
         return f"sft on {source}, {tail}"
     if c["method"] == "dpo":
@@ -187,7 +211,7 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
              num_eval: int = 200, overrides: tuple[str, ...] = (), eval_split: str = "test", log=print,
              sft_config: str = "configs/tinyworld_sft_lora.yaml", guidance: dict | None = GUIDANCE,
              extra_arms: tuple[ModelSpec, ...] = (), curve_images: int = 36, progress: bool = True,
-             soup_seeds: tuple[int, ...] = ()) -> dict:
+             soup_seeds: tuple[int, ...] = (), sft_first: int = 0) -> dict:
     """Train the arms, compare them on `num_eval` images of the held-out `eval_split` prompts, write the report.
 
     Args:
@@ -200,12 +224,15 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
         soup_seeds: two or more training seeds: each trained arm is trained at every seed and is the average of the
             runs' weights (a model soup; needs `model.trainable: full`); the curves follow the first seed's runs.
             Empty: one run per arm at the config's seed.
+        sft_first: steps of plain SFT on renders (every weight, the reward run's lr and batch) before each reward
+            run, which starts from that model; the SFT control then trains as many steps in all. 0: none.
     """
     if eval_split not in ("validation", "test"):
         raise ValueError(f"eval_split must be 'validation' or 'test', got {eval_split!r}")
     _check_soup_seeds(soup_seeds, config, overrides)
+    _check_sft_first(sft_first, config, overrides)
     out, start = Path(out), time.perf_counter()
-    runs = _train_arms(out, config, sft_config, base_model, reward, overrides, log, tuple(soup_seeds))
+    runs = _train_arms(out, config, sft_config, base_model, reward, overrides, log, tuple(soup_seeds), sft_first)
     reward_model = ZRewardModel.from_pretrained(reward)  # as stored: guidance, the curves, the tables' mean
     specs = [ModelSpec("base", base_model), *(trained_arm(name, run, base_model) for name, run in runs.items()),
              *([guidance_arm(base_model, reward_model, guidance, reward)] if guidance is not None else []), *extra_arms]
@@ -241,6 +268,16 @@ def _check_soup_seeds(soup_seeds: tuple[int, ...], config: str, overrides: tuple
                          "factors do not average to its update)")
 
 
+def _check_sft_first(steps: int, config: str, overrides: tuple[str, ...]) -> None:
+    """One-line `ValueError` before any training for a negative `sft_first`, or one with a LoRA reward run (the first
+    stage writes a whole pipeline for the reward run to start from)."""
+    if steps < 0:
+        raise ValueError(f"sft_first must be >= 0 steps, got {steps}")
+    if steps and load_train_config(config, list(overrides)).model.trainable != "full":
+        raise ValueError("SFT first trains every weight and the reward run starts from that pipeline: it needs "
+                         "model.trainable: full")
+
+
 def _arm_rows(result: dict, runs: dict, specs: list[ModelSpec]) -> list[dict]:
     """One row per arm: how it was made, its judge accuracy and reward-model mean, GSB against the base."""
     vs_base = {p["candidate"]: p for p in result["pairs"] if p["reference"] == specs[0].name}
@@ -250,7 +287,8 @@ def _arm_rows(result: dict, runs: dict, specs: list[ModelSpec]) -> list[dict]:
         model = result["models"][spec.name]
         how = _describe(run) if run else spec.sampler_label if spec.sampler else "the shipped SFT baseline as it is"
         rows.append({"name": spec.name, "how": how,
-                     "steps": len(run["metrics"]) if run else 0, "train_minutes": run["minutes"] if run else 0.0,
+                     "steps": len(run["metrics"]) + run.get("sft_first", 0) if run else 0,
+                     "train_minutes": run["minutes"] if run else 0.0,
                      "lora": spec.lora, "weights": spec.lora or (spec.model if run else None),
                      "accuracy": model["accuracy"], "reward_mean": model["reward_mean"],
                      "mean_scores": model["summary"]["mean_scores"],
