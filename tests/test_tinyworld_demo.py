@@ -230,6 +230,12 @@ def test_demo_sft_first_starts_the_reward_run_from_an_sft_run_and_matches_the_co
     rows = {r["name"]: r for r in report["arms"]}
     assert rows["reward-tuned"]["steps"] == rows["SFT-control"]["steps"] == 5
     assert "starting from 3 steps of SFT" in rows["reward-tuned"]["how"]
+    # one step axis for both arms: the base at 0, the first stage's model at 3, the reward run's step 2 at 5
+    curves = report["curves"]
+    assert [p["step"] for p in curves["reward-tuned"]] == [0, 3, 5]
+    assert [p["step"] for p in curves["SFT-control"]] == [0, 5]
+    assert curves["reward-tuned"][0] == curves["SFT-control"][0]  # the same base point
+    assert curves["reward-tuned"][1] != curves["reward-tuned"][0]  # the first stage's model, judged on its own
 
 
 @pytest.mark.parametrize("steps, overrides, message", [

@@ -243,10 +243,16 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
     validation = split_prompts(0).validation
     curve_prompts = [validation[i % len(validation)] for i in range(curve_images)]
     curves, base_point = {}, None
-    for name, run in runs.items():
-        curves[name] = checkpoint_curve(run["dir"], base_model, curve_prompts, reward_model, seed=CURVE_SEED,
-                                        start=base_point, progress=progress, label=name)
-        base_point = {k: v for k, v in curves[name][0].items() if k != "step"}
+    for name, run in sorted(runs.items(), key=lambda item: bool(item[1].get("sft_first"))):  # from the base first
+        first = run.get("sft_first", 0)
+        points = checkpoint_curve(run["dir"], run["resolved"]["model"]["path"] if first else base_model,
+                                  curve_prompts, reward_model, seed=CURVE_SEED, start=None if first else base_point,
+                                  progress=progress, label=name)
+        if first:  # the run's step 0 is its first stage's model, N steps after the base
+            points = [{"step": 0, **base_point}] + [{**p, "step": p["step"] + first} for p in points]
+        curves[name] = points
+        base_point = {k: v for k, v in points[0].items() if k != "step"}
+    curves = {name: curves[name] for name in runs}
     log("[5/5] report")
     report = _report(out, result, runs, curves, specs, eval_split, curve_images)
     report["minutes_total"] = round((time.perf_counter() - start) / 60, 2)
@@ -397,7 +403,9 @@ def _report(out: Path, result: dict, runs: dict, curves: dict, specs: list[Model
         "curve_images": curve_images, "figures": {"grid": grid.name, "curves": "curves.png",
                                                    "attributes": "attributes.png"},
     }
-    figures.training_curves(curves, reward_run["metrics"], out / "curves.png")
+    first = reward_run.get("sft_first", 0)
+    metrics = [{**m, "step": m["step"] + first} for m in reward_run["metrics"]]  # on the curves' step axis
+    figures.training_curves(curves, metrics, out / "curves.png")
     figures.attribute_bars({arm["name"]: arm["accuracy"] for arm in arms}, out / "attributes.png")
     return report
 
