@@ -77,18 +77,19 @@ def _train(config: str, overrides: list[str], log) -> dict:
 
 
 def _train_arms(out: Path, config: str, sft_config: str, base_model: str, reward: str, overrides: tuple[str, ...],
-                log, soup_seeds: tuple[int, ...] = (), sft_first: int = 0) -> dict[str, dict]:
+                log, soup_seeds: tuple[int, ...] = (), sft_first: int = 0, reward_config=None) -> dict[str, dict]:
     """Phases 1 and 2: the reward-tuned arm exactly as `config` says (checkpoints every 25 steps for the curves;
     where checkpoints are written does not change training), then the SFT control matched to it. With `soup_seeds`,
     both arms are trained at each seed (`run/` and `sft_run/` at the first, `run_seedS/` and `sft_run_seedS/` at the
     others) and each arm is the average of its runs' weights (`reward_soup/`, `sft_soup/`). With `sft_first` steps,
     each reward run starts from a run of the SFT config that trained every weight that long (`sft_first/`,
-    `sft_first_seedS/`), and the SFT control trains as many steps in all."""
+    `sft_first_seedS/`), and the SFT control trains as many steps in all (`reward_config`: `config` with `overrides`
+    loaded, for the first stage's lr, batch and seed)."""
     reward_runs, sft_runs = [], []
     for i, seed in enumerate(soup_seeds or (None,)):
         suffix = "" if i == 0 else f"_seed{seed}"
         seeded = [] if seed is None else [f"seed={seed}"]
-        first = _sft_first(out / ("sft_first" + suffix), config, sft_config, base_model, overrides, seeded, sft_first,
+        first = _sft_first(out / ("sft_first" + suffix), reward_config, sft_config, base_model, seeded, sft_first,
                            log) if sft_first else None
         log(f"[1/5] reward fine-tuning (the reward-tuned arm{'' if seed is None else f', seed {seed}'})")
         start = str(Path(first["dir"]) / "pipeline") if first else base_model
@@ -108,11 +109,10 @@ def _train_arms(out: Path, config: str, sft_config: str, base_model: str, reward
             "reward-tuned": _souped(reward_runs, out / "reward_soup")}
 
 
-def _sft_first(run_dir: Path, config: str, sft_config: str, base_model: str, overrides: tuple[str, ...],
-               seeded: list[str], steps: int, log) -> dict:
+def _sft_first(run_dir: Path, reward_config, sft_config: str, base_model: str, seeded: list[str], steps: int,
+               log) -> dict:
     """The first stage of a reward run: `steps` of the SFT config on every weight of the base, at the reward run's
     lr and prompts per step (`_train`'s record; the model is `RUN/pipeline`)."""
-    reward_config = load_train_config(config, list(overrides))
     log(f"[1/5] SFT on renders first: {steps} steps, every weight")
     return _train(sft_config, [f"output_dir={run_dir}", f"model.path={base_model}", "model.trainable=full",
                                 f"optim.lr={reward_config.optim.lr}", f"batch_size={reward_config.batch_size}",
@@ -229,10 +229,10 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
     """
     if eval_split not in ("validation", "test"):
         raise ValueError(f"eval_split must be 'validation' or 'test', got {eval_split!r}")
-    _check_soup_seeds(soup_seeds, config, overrides)
-    _check_sft_first(sft_first, config, overrides)
+    reward_config = _check_runs(tuple(soup_seeds), sft_first, config, overrides)
     out, start = Path(out), time.perf_counter()
-    runs = _train_arms(out, config, sft_config, base_model, reward, overrides, log, tuple(soup_seeds), sft_first)
+    runs = _train_arms(out, config, sft_config, base_model, reward, overrides, log, tuple(soup_seeds), sft_first,
+                       reward_config)
     reward_model = ZRewardModel.from_pretrained(reward)  # as stored: guidance, the curves, the tables' mean
     specs = [ModelSpec("base", base_model), *(trained_arm(name, run, base_model) for name, run in runs.items()),
              *([guidance_arm(base_model, reward_model, guidance, reward)] if guidance is not None else []), *extra_arms]
@@ -243,7 +243,7 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
     validation = split_prompts(0).validation
     curve_prompts = [validation[i % len(validation)] for i in range(curve_images)]
     curves, base_point = {}, None
-    for name, run in sorted(runs.items(), key=lambda item: bool(item[1].get("sft_first"))):  # from the base first
+    for name, run in runs.items():  # the SFT control first: it starts from the base, whose point it computes
         first = run.get("sft_first", 0)
         points = checkpoint_curve(run["dir"], run["resolved"]["model"]["path"] if first else base_model,
                                   curve_prompts, reward_model, seed=CURVE_SEED, start=None if first else base_point,
@@ -252,7 +252,6 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
             points = [{"step": 0, **base_point}] + [{**p, "step": p["step"] + first} for p in points]
         curves[name] = points
         base_point = {k: v for k, v in points[0].items() if k != "step"}
-    curves = {name: curves[name] for name in runs}
     log("[5/5] report")
     report = _report(out, result, runs, curves, specs, eval_split, curve_images)
     report["minutes_total"] = round((time.perf_counter() - start) / 60, 2)
@@ -262,26 +261,23 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
     return report
 
 
-def _check_soup_seeds(soup_seeds: tuple[int, ...], config: str, overrides: tuple[str, ...]) -> None:
-    """One-line `ValueError` before any training unless `soup_seeds` is empty or two or more distinct seeds of a run
-    that trains every weight (a soup averages whole pipelines)."""
-    if not soup_seeds:
-        return
-    if len(soup_seeds) < 2 or len(set(soup_seeds)) != len(soup_seeds):
+def _check_runs(soup_seeds: tuple[int, ...], sft_first: int, config: str, overrides: tuple[str, ...]):
+    """The reward run's config (`config` with `overrides`), after a one-line `ValueError` before any training for
+    soup seeds that are not two or more distinct seeds, a negative `sft_first`, or either of them with a LoRA run
+    (a soup averages whole pipelines; the first stage writes one for the reward run to start from)."""
+    if soup_seeds and (len(soup_seeds) < 2 or len(set(soup_seeds)) != len(soup_seeds)):
         raise ValueError(f"soup seeds must be two or more distinct seeds, got {list(soup_seeds)}")
-    if load_train_config(config, list(overrides)).model.trainable != "full":
-        raise ValueError("a soup of seeds averages whole pipelines: it needs model.trainable: full (a LoRA run's "
-                         "factors do not average to its update)")
-
-
-def _check_sft_first(steps: int, config: str, overrides: tuple[str, ...]) -> None:
-    """One-line `ValueError` before any training for a negative `sft_first`, or one with a LoRA reward run (the first
-    stage writes a whole pipeline for the reward run to start from)."""
-    if steps < 0:
-        raise ValueError(f"sft_first must be >= 0 steps, got {steps}")
-    if steps and load_train_config(config, list(overrides)).model.trainable != "full":
-        raise ValueError("SFT first trains every weight and the reward run starts from that pipeline: it needs "
-                         "model.trainable: full")
+    if sft_first < 0:
+        raise ValueError(f"sft_first must be >= 0 steps, got {sft_first}")
+    reward_config = load_train_config(config, list(overrides))
+    if reward_config.model.trainable != "full":
+        if soup_seeds:
+            raise ValueError("a soup of seeds averages whole pipelines: it needs model.trainable: full (a LoRA run's "
+                             "factors do not average to its update)")
+        if sft_first:
+            raise ValueError("SFT first trains every weight and the reward run starts from that pipeline: it needs "
+                             "model.trainable: full")
+    return reward_config
 
 
 def _arm_rows(result: dict, runs: dict, specs: list[ModelSpec]) -> list[dict]:
