@@ -31,6 +31,9 @@ $(DS_STAMP): $(STAMP)
 # --soup-seeds: each trained arm is trained at three seeds and is the average of their weights (a model soup; chosen
 # on the validation prompts: +46.5% against +44.5 / +37.0 / +34.5% for the seeds alone,
 # docs/tinyworld_demo_validation.md "Longer, deeper, and seeds averaged"); about three times the training time.
+# Every run trains at one thread, up to one per core side by side (`--workers`), so the figures are the same on a
+# machine with any number of cores (at two threads a run is another draw: session 13's demo gave +33.0% where the
+# same seeds at one thread give +40.5%).
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 OMP_WAIT_POLICY=PASSIVE $(PY) -m zr_align.cli tinyworld demo --out outputs/demo --soup-seeds 0,1,2
 

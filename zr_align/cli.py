@@ -231,6 +231,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--sft-first", type=int, default=0, metavar="STEPS",
                    help="train each reward run from this many steps of plain SFT on renders (every weight); the SFT "
                         "control trains as many steps in all")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes that train the runs side by side (default: one per run, at most one per core; 0: "
+                        "in this process); every run trains at one thread, so the result does not depend on this")
     p.add_argument("overrides", nargs="*", help="train_t2i.py key=value overrides, e.g. max_steps=50")
 
 
@@ -249,7 +252,7 @@ def _run_demo(args) -> int:
     diffusers_logging.disable_progress_bar()  # the phases' bars, not one per pipeline load
     run_demo(args.out, args.config, num_eval=args.num_eval, overrides=tuple(args.overrides),
              eval_split=args.eval_split, guidance=GUIDANCE if args.guidance else None,
-             soup_seeds=args.soup_seeds, sft_first=args.sft_first)
+             soup_seeds=args.soup_seeds, sft_first=args.sft_first, workers=args.workers)
     return 0
 
 

@@ -123,6 +123,18 @@ class OptimConfig:
     # demo's DRaFT-1 configuration (+24.5% alone): weight 1 +19.5%, weight 3 +14.5% GSB net (position rose most)
     dpo_weight: float = 0.0
     max_skipped_steps: int = 10  # stop after this many steps in a row are skipped (non-finite); 0 never stops
+    # Guidance distillation (Meng et al. 2023, "On Distillation of Guided Diffusion Models"), added with this weight to
+    # any method's loss: at a noise level in the top `cfg_distill_window` of the range, the denoiser's conditional
+    # prediction on noised data.sft_data is pulled toward the frozen base's classifier-free-guided prediction at
+    # `cfg_distill_scale`, so that plain sampling (no guidance) lays the scene out as guided sampling does. The early
+    # steps decide the layout; guidance on the late ones costs colour (`docs/tinyworld_demo_validation.md`).
+    # `cfg_distill_rescale`: guidance rescale (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps
+    # are Flawed"): the guided target's std per sample brought back to the conditional one's by this share; it keeps
+    # guidance from over-saturating colours.
+    cfg_distill_weight: float = 0.0
+    cfg_distill_scale: float = 3.0
+    cfg_distill_window: float = 0.25
+    cfg_distill_rescale: float = 0.0
 
     def __post_init__(self):
         check_positive("optim.lr", self.lr)
@@ -142,6 +154,13 @@ class OptimConfig:
         check_positive("optim.sft_batch_size", self.sft_batch_size, allow_zero=True)
         check_positive("optim.dpo_beta", self.dpo_beta)
         check_positive("optim.dpo_weight", self.dpo_weight, allow_zero=True)
+        check_positive("optim.cfg_distill_weight", self.cfg_distill_weight, allow_zero=True)
+        check_positive("optim.cfg_distill_scale", self.cfg_distill_scale)
+        if not 0.0 <= self.cfg_distill_rescale <= 1.0:
+            raise ValueError(f"optim.cfg_distill_rescale must be in [0, 1]; got {self.cfg_distill_rescale!r}")
+        if not 0.0 < self.cfg_distill_window <= 1.0:
+            raise ValueError(f"optim.cfg_distill_window must be in (0, 1] (a share of the noise range); got "
+                             f"{self.cfg_distill_window!r}")
         self.betas = tuple(self.betas)
 
 
@@ -201,6 +220,9 @@ class TrainConfig:
             raise ValueError("model.train_text_encoder is only supported with method: sft")
         if (self.method == "sft" or self.optim.sft_weight > 0) and not self.data.sft_data:
             raise ValueError("method sft and optim.sft_weight > 0 need data.sft_data (a folder or .jsonl)")
+        if self.optim.cfg_distill_weight > 0 and not self.data.sft_data:
+            raise ValueError("optim.cfg_distill_weight > 0 needs data.sft_data (its noised latents are where the "
+                             "guided prediction is distilled)")
         uses_dpo = self.method == "dpo" or self.optim.dpo_weight > 0
         if uses_dpo and not self.data.pairs:
             raise ValueError("method dpo and optim.dpo_weight > 0 need data.pairs (a folder written by `zr-align "

@@ -1,7 +1,9 @@
 """The losses of diffusion fine-tuning, in one place: the reward objective (with its normaliser), the KL term
-to the base model, and the supervised denoising loss of SFT (and of the optional SFT mixing of reward training).
+to the base model, the supervised denoising loss of SFT (and of the optional SFT mixing of reward training), and
+guidance distillation at high noise.
 
     loss = -loss_scale * normalise(reward).mean() + kl_weight * KL + sft_weight * denoising_loss
+           + cfg_distill_weight * guidance_distillation_loss
 
 The ideas: reward backprop through the sampler (DRaFT, Clark et al. 2023; ReFL, Xu et al. 2023); the KL term
 as the mean squared difference of the LoRA and base predictions along the trajectory (as in DPOK's KL
@@ -24,17 +26,21 @@ def encode_images(sampler, images: torch.Tensor) -> torch.Tensor:
     return ((z - shift) * vae.config.scaling_factor).to(sampler.denoiser.dtype)
 
 
-def _noised(sampler, latents: torch.Tensor, generator: torch.Generator):
-    """`(x_t, timestep, target)` of the denoising loss at one random noise level per sample (see `denoising_loss`)."""
+def _noised(sampler, latents: torch.Tensor, generator: torch.Generator, window: float = 1.0):
+    """`(x_t, timestep, target)` of the denoising loss at one random noise level per sample (see `denoising_loss`),
+    drawn from the top `window` share of the noise range (1: all of it)."""
     from diffusers import DDPMScheduler
 
     batch = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator).to(latents)
     if sampler.family.objective == "flow":
-        sigma = torch.rand(batch, generator=generator).to(latents).view(-1, 1, 1, 1)
+        u = torch.rand(batch, generator=generator).to(latents).view(-1, 1, 1, 1)
+        sigma = u if window == 1.0 else 1.0 - window * u
         return (1.0 - sigma) * latents + sigma * noise, sigma.flatten() * 1000.0, noise - latents
     scheduler = DDPMScheduler.from_config(sampler.pipe.scheduler.config)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator).to(latents.device)
+    steps = scheduler.config.num_train_timesteps
+    low = steps - max(1, round(window * steps))
+    t = torch.randint(low, steps, (batch,), generator=generator).to(latents.device)
     x_t = scheduler.add_noise(latents, noise, t)
     target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
     return x_t, t, target
@@ -51,6 +57,33 @@ def denoising_loss(sampler, latents: torch.Tensor, prompts: list[str], generator
     cond = sampler.family.encode(sampler.pipe, list(prompts), sampler.denoiser.device)
     pred = sampler.family.predict(sampler.pipe, x_t, t, cond, sampler.wrapped)
     return torch.nn.functional.mse_loss(pred.float(), target.float())
+
+
+def guidance_distillation_loss(sampler, teacher, latents: torch.Tensor, prompts: list[str], generator: torch.Generator,
+                               scale: float, window: float, rescale: float = 0.0) -> torch.Tensor:
+    """Guidance distillation (Meng et al., "On Distillation of Guided Diffusion Models", 2023), at high noise only:
+    the mean squared error between the denoiser's conditional prediction at `x_t` (the latents noised to a level in
+    the top `window` of the range) and the frozen `teacher`'s classifier-free-guided one,
+    `g = u + scale (c - u)` with `c` / `u` its predictions with / without the prompt (the empty prompt); with
+    `rescale` r, `r g std(c) / std(g) + (1 - r) g`, stds per sample (guidance rescale, Lin et al. 2024). `teacher`
+    is a context manager factory yielding the base module to call (a frozen copy, or the denoiser with its LoRA
+    switched off)."""
+    x_t, t, _ = _noised(sampler, latents, generator, window)
+    device = sampler.denoiser.device
+    cond = sampler.family.encode(sampler.pipe, list(prompts), device)
+    with torch.no_grad():
+        empty = sampler.family.encode(sampler.pipe, [""] * len(prompts), device)
+        with teacher() as base:
+            both = sampler.family.predict(sampler.pipe, torch.cat([x_t, x_t]), torch.cat([t, t]),
+                                          {k: torch.cat([empty[k], cond[k]]) for k in cond}, base)
+        uncond, text = both.float().chunk(2)
+        target = uncond + scale * (text - uncond)
+        if rescale > 0:
+            dims = tuple(range(1, target.ndim))
+            rescaled = target * text.std(dim=dims, keepdim=True) / target.std(dim=dims, keepdim=True)
+            target = rescale * rescaled + (1.0 - rescale) * target
+    pred = sampler.family.predict(sampler.pipe, x_t, t, cond, sampler.wrapped)
+    return torch.nn.functional.mse_loss(pred.float(), target)
 
 
 def dpo_loss(sampler, chosen: torch.Tensor, rejected: torch.Tensor, prompts: list[str], generator: torch.Generator,

@@ -23,6 +23,7 @@ The run reads top to bottom: 1 folder and accelerator (`fine_tune`), 2 models, L
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
 import warnings
@@ -31,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ..lora import save_lora
+from ..lora import adapters_disabled, save_lora
 from ..runs import (
     MetricsLog,
     RunLock,
@@ -66,6 +67,7 @@ from .losses import (
     denoising_loss,
     dpo_loss,
     encode_images,
+    guidance_distillation_loss,
     reward_loss,
 )
 from .sampling import DifferentiableSampler
@@ -93,6 +95,7 @@ class Run:
     wrapped: object = None  # the module accelerate's `prepare` made of the denoiser (several processes), else None
     sharded: bool = False  # FSDP / ZeRO-3: every rank holds a shard, so every rank makes every denoiser call
     to_average: list | None = None  # trained parameters outside `wrapped`, whose gradients are averaged by hand
+    teacher: object = None  # optim.cfg_distill_weight > 0: a context manager factory yielding the frozen base denoiser
 
 
 def fine_tune(config: TrainConfig, resume: str | None = None, overwrite: bool = False) -> Path:
@@ -160,6 +163,7 @@ def setup(config: TrainConfig, accelerator) -> Run:
     # A LoRA on the denoiser (fp32), or whole modules with model.trainable: full. Same seed on every rank: the
     # weights start identical everywhere (gradients are averaged, not weights).
     set_seed(config.seed)
+    teacher = _base_teacher(denoiser, config)
     trained, lora_config = make_trainable(pipe, denoiser, config)
     if lora_config is None:
         for module in trained.values():
@@ -184,9 +188,25 @@ def setup(config: TrainConfig, accelerator) -> Run:
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
         s, optim.warmup_steps, optim.lr_schedule, config.max_steps, optim.min_lr_ratio))
     run = Run(pipe, pipeline_class, sampler, trained, lora_config, params, reward_fn, prompts, sft_data, optimizer,
-              lr_schedule, RewardNormalizer(config.optim.reward_normalization), pairs=pairs)
+              lr_schedule, RewardNormalizer(config.optim.reward_normalization), pairs=pairs, teacher=teacher)
     _prepare(run, config, accelerator)
     return run
+
+
+def _base_teacher(denoiser, config: TrainConfig):
+    """The frozen base of guidance distillation, as a context manager factory yielding the module to call: a copy of
+    the denoiser taken before training (every weight trained), or the denoiser with its LoRA switched off. None when
+    `optim.cfg_distill_weight` is 0."""
+    if config.optim.cfg_distill_weight == 0:
+        return None
+    if config.model.trainable == "lora":
+        @contextlib.contextmanager
+        def switched_off():
+            with adapters_disabled(denoiser):
+                yield denoiser
+        return switched_off
+    frozen = copy.deepcopy(denoiser).requires_grad_(False).eval()
+    return lambda: contextlib.nullcontext(frozen)
 
 
 def _prepare(run: Run, config: TrainConfig, accelerator) -> None:
@@ -320,6 +340,8 @@ def _step(run: Run, config: TrainConfig, accelerator, step: int):
                     loss = loss + config.optim.sft_weight * _sft_loss(run, config, generator)
                 if config.optim.dpo_weight > 0:
                     loss = loss + config.optim.dpo_weight * _dpo_loss(run, config, generator)
+            if config.optim.cfg_distill_weight > 0:
+                loss = loss + config.optim.cfg_distill_weight * _cfg_distill_loss(run, config, generator)
             if run.kind != "deepspeed":  # DeepSpeed divides by its gradient_accumulation_steps itself
                 loss = loss / micro_batches
         if not torch.isfinite(loss):
@@ -357,16 +379,27 @@ def _optimizer_step(run: Run, config: TrainConfig, accelerator, skipped: bool) -
     return guarded_step(accelerator, run.params, run.optimizer, config.optim.max_grad_norm, skipped, run.to_average)
 
 
-def _sft_loss(run: Run, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+def _sft_batch(run: Run, config: TrainConfig, generator: torch.Generator) -> tuple[list[str], torch.Tensor]:
+    """Prompts and latents of `optim.sft_batch_size` (or `batch_size`) samples of data.sft_data."""
     if run.sft_data is None:
         raise ValueError("the SFT loss needs data.sft_data")
     indices = torch.randint(len(run.sft_data), (config.optim.sft_batch_size or config.batch_size,), generator=generator)
     prompts, data = run.sft_data.batch(indices)
     if run.sft_data.holds_latents:
-        latents = data.to(run.sampler.denoiser.device, run.sampler.denoiser.dtype)
-    else:
-        latents = encode_images(run.sampler, data)
+        return prompts, data.to(run.sampler.denoiser.device, run.sampler.denoiser.dtype)
+    return prompts, encode_images(run.sampler, data)
+
+
+def _sft_loss(run: Run, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    prompts, latents = _sft_batch(run, config, generator)
     return denoising_loss(run.sampler, latents, prompts, generator)
+
+
+def _cfg_distill_loss(run: Run, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    prompts, latents = _sft_batch(run, config, generator)
+    return guidance_distillation_loss(run.sampler, run.teacher, latents, prompts, generator,
+                                      config.optim.cfg_distill_scale, config.optim.cfg_distill_window,
+                                      config.optim.cfg_distill_rescale)
 
 
 def _dpo_loss(run: Run, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:

@@ -6,7 +6,7 @@ Arms, all on the shipped SFT baseline (`models/tinyworld/sft`):
 - **base**: the baseline itself;
 - **SFT control**: the same weights trained with `method: sft` on TinyWorld renders of the same training prompts,
   for the same number of steps, with as many renders per step as the reward run's SFT anchor, at the same learning
-  rate (`configs/tinyworld_sft_lora.yaml`, with the reward run's `MATCHED` settings): what the same extra training
+  rate (`configs/tinyworld_sft_lora.yaml`, with the reward run's `arms.MATCHED` settings): what the same extra training
   buys without the reward (the baseline before tuning is not that control);
 - **reward-tuned**: `configs/tinyworld_draft.yaml` through `zr_align.diffusion.fine_tune` (what `train_t2i.py`
   runs): DRaFT-K with the shipped RISD student (`models/tinyworld/student`) as the differentiable reward, or the
@@ -18,7 +18,8 @@ A trained arm is its run's LoRA on the base (`RUN/lora`), or with `model.trainab
 (`RUN/pipeline`); with `soup_seeds`, the average of the pipelines of its runs at those seeds (a model soup,
 `zr_align.diffusion.soup`).
 
-Phases, one progress bar each: 1 reward fine-tuning, 2 SFT control, 3 sampling and judging on the held-out
+Phases, one progress bar each: 1 reward fine-tuning and 2 SFT control (`arms.py`: every run at one thread, side by
+side in worker processes, one bar over the steps of all of them), 3 sampling and judging on the held-out
 prompts (`zr_align.tinyworld.compare`: the test split, or `eval_split="validation"` to choose settings without
 touching it; the same noise seed per image for every arm; the ground-truth judge, never the reward that was
 optimised), 4 training curves (every checkpoint on the validation prompts, `curves.py`), 5 the report:
@@ -30,17 +31,19 @@ it loses by more; net = (good - bad) / all with a 95% bootstrap interval over pr
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ..diffusion import fine_tune, load_train_config
+from ..diffusion import load_train_config
 from ..rewards import ZRewardModel
 from ..tinyworld.compare import ModelSpec, compare_models, load_samples
 from ..tinyworld.grammar import split_prompts
 from ..tinyworld.judge import judge
 from . import report as figures
+from .arms import train_arms
 from .curves import checkpoint_curve
 
 EVAL_SEED, CURVE_SEED, GRID_COLUMNS = 10_000, 20_000, 8
@@ -50,92 +53,6 @@ EVAL_SEED, CURVE_SEED, GRID_COLUMNS = 10_000, 20_000, 8
 # ~1.9 s extra per image: too slow for the demo's time budget. Scale 0.1 or more gave +17% to -11% (scale 1.0 on
 # the first half ruins the images: -87% on the test prompts).
 GUIDANCE = {"scale": 0.05, "window": (0.5, 1.0)}
-# settings the SFT control takes from the reward run, so that both arms train the same weights as long, as fast
-# (`optim.sft_batch_size`: the control sees as many renders per step as the reward run's SFT anchor)
-MATCHED = ("seed", "max_steps", "batch_size", "checkpoint_every", "optim.lr", "optim.warmup_steps", "optim.lr_schedule",
-           "optim.min_lr_ratio", "optim.sft_batch_size", "model.trainable", "lora.rank", "lora.alpha", "lora.dropout",
-           "lora.targets")
-
-
-def _resolved(config: dict, key: str):
-    for part in key.split("."):
-        config = config[part]
-    return config
-
-
-def _train(config: str, overrides: list[str], log) -> dict:
-    """One fine-tuning run (afresh: the run folder belongs to the demo); its resolved config and timing."""
-    import yaml
-
-    log(f"train_t2i.py --config {config} --overwrite " + " ".join(overrides))
-    start = time.perf_counter()
-    out = fine_tune(load_train_config(config, overrides), overwrite=True)
-    resolved = yaml.safe_load((out / "config.yaml").read_text())
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {"dir": str(out), "config": config, "resolved": resolved, "metrics": metrics,
-            "minutes": round((time.perf_counter() - start) / 60, 2)}
-
-
-def _train_arms(out: Path, config: str, sft_config: str, base_model: str, reward: str, overrides: tuple[str, ...],
-                log, soup_seeds: tuple[int, ...] = (), sft_first: int = 0, reward_config=None) -> dict[str, dict]:
-    """Phases 1 and 2: the reward-tuned arm exactly as `config` says (checkpoints every 25 steps for the curves;
-    where checkpoints are written does not change training), then the SFT control matched to it. With `soup_seeds`,
-    both arms are trained at each seed (`run/` and `sft_run/` at the first, `run_seedS/` and `sft_run_seedS/` at the
-    others) and each arm is the average of its runs' weights (`reward_soup/`, `sft_soup/`). With `sft_first` steps,
-    each reward run starts from a run of the SFT config that trained every weight that long (`sft_first/`,
-    `sft_first_seedS/`), and the SFT control trains as many steps in all (`reward_config`: `config` with `overrides`
-    loaded, for the first stage's lr, batch and seed)."""
-    reward_runs, sft_runs = [], []
-    for i, seed in enumerate(soup_seeds or (None,)):
-        suffix = "" if i == 0 else f"_seed{seed}"
-        seeded = [] if seed is None else [f"seed={seed}"]
-        first = _sft_first(out / ("sft_first" + suffix), reward_config, sft_config, base_model, seeded, sft_first,
-                           log) if sft_first else None
-        log(f"[1/5] reward fine-tuning (the reward-tuned arm{'' if seed is None else f', seed {seed}'})")
-        start = str(Path(first["dir"]) / "pipeline") if first else base_model
-        run = _train(config, [f"output_dir={out / ('run' + suffix)}", f"model.path={start}",
-                              f"reward.path={reward}", "checkpoint_every=25", *overrides, *seeded], log)
-        if first:  # the arm's training is both stages
-            run = {**run, "sft_first": sft_first, "minutes": round(run["minutes"] + first["minutes"], 2)}
-        reward_runs.append(run)
-        log("[2/5] SFT control: same base, trained weights, lr, steps and prompts per step; the denoising loss on "
-            "renders")
-        matched = [f"{key}={json.dumps(_resolved(run['resolved'], key))}" for key in MATCHED]
-        steps, every = run["resolved"]["max_steps"], run["resolved"]["checkpoint_every"]
-        longer = [f"max_steps={steps + sft_first}", f"checkpoint_every={every * (steps + sft_first) // steps}"]
-        sft_runs.append(_train(sft_config, [f"output_dir={out / ('sft_run' + suffix)}", f"model.path={base_model}",
-                                            *matched, *(longer if sft_first else [])], log))
-    return {"SFT-control": _souped(sft_runs, out / "sft_soup"),
-            "reward-tuned": _souped(reward_runs, out / "reward_soup")}
-
-
-def _sft_first(run_dir: Path, reward_config, sft_config: str, base_model: str, seeded: list[str], steps: int,
-               log) -> dict:
-    """The first stage of a reward run: `steps` of the SFT config on every weight of the base, at the reward run's
-    lr and prompts per step (`_train`'s record; the model is `RUN/pipeline`)."""
-    log(f"[1/5] SFT on renders first: {steps} steps, every weight")
-    return _train(sft_config, [f"output_dir={run_dir}", f"model.path={base_model}", "model.trainable=full",
-                                f"optim.lr={reward_config.optim.lr}", f"batch_size={reward_config.batch_size}",
-                                f"max_steps={steps}", f"checkpoint_every={steps}",
-                                *(seeded or [f"seed={reward_config.seed}"])], log)
-
-
-def _souped(runs: list[dict], soup_dir: Path) -> dict:
-    """The first run, standing for the arm; with several runs (seeds), their weights averaged into `soup_dir` (a
-    model soup, `zr_align.diffusion.soup`) and the training time of all of them."""
-    if len(runs) == 1:
-        return runs[0]
-    import shutil
-
-    from ..diffusion.soup import average_pipelines
-
-    shutil.rmtree(soup_dir, ignore_errors=True)  # the demo's own folder, remade like its runs
-    average_pipelines([Path(run["dir"]) / "pipeline" for run in runs], soup_dir)
-    seeds = [run["resolved"]["seed"] for run in runs]
-    return {**runs[0], "minutes": round(sum(run["minutes"] for run in runs), 2),
-            "soup": {"weights": str(soup_dir), "seeds": seeds, "runs": [run["dir"] for run in runs]}}
-
-
 def guidance_arm(base_model: str, reward_model, options: dict, reward_path: str) -> ModelSpec:
     """The base model sampled with per-step reward guidance (`zr_align.guidance.generate`, mode "guidance") by
     `reward_model`, loaded from `reward_path` (its files are part of the samples' fingerprint): the same initial
@@ -155,7 +72,7 @@ def guidance_arm(base_model: str, reward_model, options: dict, reward_path: str)
 
 
 def trained_arm(name: str, run: dict, base_model: str) -> ModelSpec:
-    """The arm of a training run (`_train`): its whole pipeline (`RUN/pipeline`) when it trained every weight
+    """The arm of a training run (`arms.train_stage`): its whole pipeline (`RUN/pipeline`) when it trained every weight
     (`model.trainable: full`), else the base with its LoRA (`RUN/lora`)."""
     if run.get("soup"):
         return ModelSpec(name, run["soup"]["weights"])
@@ -175,6 +92,10 @@ def _describe(run: dict) -> str:
     source = "TinyWorld renders of the train prompts" if data == "tinyworld:train" else f"`{data}`"
     if run.get("sft_first"):
         tail += f", starting from {run['sft_first']} steps of SFT on {source} (every weight, `sft_first/`)"
+    if c["optim"].get("cfg_distill_weight"):
+        o = c["optim"]
+        tail += (f", plus guidance distillation (the base's guided prediction at scale {o['cfg_distill_scale']} on the "
+                 f"top {o['cfg_distill_window']:.0%} of the noise range, weight {o['cfg_distill_weight']})")
     if c["method"] == "sft":
         return f"sft on {source}, {tail}"
     if c["method"] == "dpo":
@@ -211,7 +132,7 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
              num_eval: int = 200, overrides: tuple[str, ...] = (), eval_split: str = "test", log=print,
              sft_config: str = "configs/tinyworld_sft_lora.yaml", guidance: dict | None = GUIDANCE,
              extra_arms: tuple[ModelSpec, ...] = (), curve_images: int = 36, progress: bool = True,
-             soup_seeds: tuple[int, ...] = (), sft_first: int = 0) -> dict:
+             soup_seeds: tuple[int, ...] = (), sft_first: int = 0, workers: int | None = None) -> dict:
     """Train the arms, compare them on `num_eval` images of the held-out `eval_split` prompts, write the report.
 
     Args:
@@ -226,13 +147,20 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
             Empty: one run per arm at the config's seed.
         sft_first: steps of plain SFT on renders (every weight, the reward run's lr and batch) before each reward
             run, which starts from that model; the SFT control then trains as many steps in all. 0: none.
+        workers: processes that train the runs side by side (`zr_align.recipes.arms`); 0: in this process, one
+            after another. Every run trains at one thread either way, so the figures do not depend on this or on
+            the machine's number of cores. None: one per run, at most one per core.
     """
     if eval_split not in ("validation", "test"):
         raise ValueError(f"eval_split must be 'validation' or 'test', got {eval_split!r}")
-    reward_config = _check_runs(tuple(soup_seeds), sft_first, config, overrides)
+    _check_runs(tuple(soup_seeds), sft_first, config, overrides)
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 2 * max(1, len(soup_seeds)))
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0 processes (0: train in this process), got {workers}")
     out, start = Path(out), time.perf_counter()
-    runs = _train_arms(out, config, sft_config, base_model, reward, overrides, log, tuple(soup_seeds), sft_first,
-                       reward_config)
+    runs = train_arms(out, config, sft_config, base_model, reward, overrides, log, tuple(soup_seeds), sft_first,
+                      workers, progress)
     reward_model = ZRewardModel.from_pretrained(reward)  # as stored: guidance, the curves, the tables' mean
     specs = [ModelSpec("base", base_model), *(trained_arm(name, run, base_model) for name, run in runs.items()),
              *([guidance_arm(base_model, reward_model, guidance, reward)] if guidance is not None else []), *extra_arms]
@@ -261,10 +189,10 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
     return report
 
 
-def _check_runs(soup_seeds: tuple[int, ...], sft_first: int, config: str, overrides: tuple[str, ...]):
-    """The reward run's config (`config` with `overrides`), after a one-line `ValueError` before any training for
-    soup seeds that are not two or more distinct seeds, a negative `sft_first`, or either of them with a LoRA run
-    (a soup averages whole pipelines; the first stage writes one for the reward run to start from)."""
+def _check_runs(soup_seeds: tuple[int, ...], sft_first: int, config: str, overrides: tuple[str, ...]) -> None:
+    """A one-line `ValueError` before any training for soup seeds that are not two or more distinct seeds, a negative
+    `sft_first`, or either of them with a LoRA run (a soup averages whole pipelines; the first stage writes one for the
+    reward run to start from)."""
     if soup_seeds and (len(soup_seeds) < 2 or len(set(soup_seeds)) != len(soup_seeds)):
         raise ValueError(f"soup seeds must be two or more distinct seeds, got {list(soup_seeds)}")
     if sft_first < 0:
@@ -277,7 +205,6 @@ def _check_runs(soup_seeds: tuple[int, ...], sft_first: int, config: str, overri
         if sft_first:
             raise ValueError("SFT first trains every weight and the reward run starts from that pipeline: it needs "
                              "model.trainable: full")
-    return reward_config
 
 
 def _arm_rows(result: dict, runs: dict, specs: list[ModelSpec]) -> list[dict]:
