@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from zr_align.diffusion import load_train_config
-from zr_align.recipes.arms import MATCHED, Stage, plan_arms, train_jobs
+from zr_align.recipes.arms import MATCHED, REWARD_STEP_COST, Stage, plan_arms, train_jobs
 from zr_align.runs.config_files import plain_dict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +42,8 @@ def test_the_plan_matches_the_control_to_each_reward_run_before_any_training(tmp
         if key not in ("max_steps", "checkpoint_every"):
             assert resolved(key, control_config) == resolved(key, reward_config), key
     assert control.steps == control_config["max_steps"] == 3 + 4  # both stages' steps
+    # a reward step costs more than an SFT step: the reward jobs start first, not last
+    assert reward.step_cost == REWARD_STEP_COST > first.step_cost == control.step_cost == 1.0
 
 
 def tiny_job(out: Path, seed: int, *extra) -> list[Stage]:

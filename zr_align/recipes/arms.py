@@ -28,13 +28,20 @@ MATCHED = ("seed", "max_steps", "batch_size", "checkpoint_every", "optim.lr", "o
            "lora.dropout", "lora.targets")
 
 
+# what a step of a reward method (sampling a trajectory, decoding, scoring, backprop) costs against an SFT step: the
+# order in which jobs start (longest first, so that the last one is not left alone on a core)
+REWARD_STEP_COST = 10.0
+
+
 @dataclass(frozen=True)
 class Stage:
-    """One fine-tuning run: `train_t2i.py --config CONFIG --overwrite OVERRIDES` (`output_dir=` among them)."""
+    """One fine-tuning run: `train_t2i.py --config CONFIG --overwrite OVERRIDES` (`output_dir=` among them), its
+    steps and their relative cost."""
 
     config: str
     overrides: tuple[str, ...]
     steps: int
+    step_cost: float = 1.0
 
     @property
     def output_dir(self) -> Path:
@@ -48,7 +55,9 @@ def _resolved(config: dict, key: str):
 
 
 def _stage(config: str, overrides: list[str]) -> Stage:
-    return Stage(config, tuple(overrides), load_train_config(config, overrides).max_steps)
+    loaded = load_train_config(config, overrides)
+    cost = 1.0 if loaded.method in ("sft", "dpo") else REWARD_STEP_COST
+    return Stage(config, tuple(overrides), loaded.max_steps, cost)
 
 
 def plan_arms(out: Path, config: str, sft_config: str, base_model: str, reward: str, overrides: tuple[str, ...],
@@ -68,7 +77,7 @@ def plan_arms(out: Path, config: str, sft_config: str, base_model: str, reward: 
         run = [f"output_dir={out / ('run' + suffix)}", f"model.path={start}", f"reward.path={reward}",
                "checkpoint_every=25", *overrides, *seeded]
         resolved = plain_dict(load_train_config(config, run))
-        stages = [Stage(config, tuple(run), resolved["max_steps"])]
+        stages = [_stage(config, run)]
         if sft_first:
             stages.insert(0, _stage(sft_config, [
                 f"output_dir={first_dir}", f"model.path={base_model}", "model.trainable=full",
@@ -107,6 +116,7 @@ def train_jobs(jobs: list[list[Stage]], workers: int, out: Path, log=print, prog
     """Every job's records, in order. `workers` 0: here, one job after another; else up to that many jobs at once,
     each a `python -m zr_align.recipes.arms` process at one thread (longest job first), its console output in
     `out/logs/<run>.log`, and one progress bar here over the steps of all runs (read from their `metrics.jsonl`).
+    Jobs start longest first (steps times `step_cost`).
     A failed job stops the others and raises with the path of its log."""
     for job in jobs:
         for stage in job:
@@ -119,7 +129,7 @@ def train_jobs(jobs: list[list[Stage]], workers: int, out: Path, log=print, prog
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     stages = [stage for job in jobs for stage in job]
-    queue = sorted(range(len(jobs)), key=lambda i: -sum(s.steps for s in jobs[i]))
+    queue = sorted(range(len(jobs)), key=lambda i: -sum(s.steps * s.step_cost for s in jobs[i]))
     records, running = [None] * len(jobs), {}
     bar = tqdm(total=sum(s.steps for s in stages), disable=not progress, unit="step",
                desc=f"{len(stages)} runs, {min(workers, len(jobs))} at a time")
