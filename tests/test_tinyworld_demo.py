@@ -187,6 +187,10 @@ def test_demo_soup_of_seeds_averages_each_trained_arm(tmp_path):
         card = json.loads((out / "compare" / "samples" / arm / "model.json").read_text())
         assert card["model"] == str(out / soup)
     assert report["soup_seeds"] == [0, 1] and "`reward_soup/`" in (out / "report.md").read_text()
+    # the four runs went side by side, one thread each; their console output is kept
+    assert report["workers"] >= 1 and "`logs/`" in (out / "report.md").read_text()
+    assert {p.name for p in (out / "logs").glob("*.log")} == {"run.log", "run_seed1.log", "sft_run.log",
+                                                               "sft_run_seed1.log"}
 
 
 def yaml_seed(path):

@@ -183,6 +183,7 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
     log("[5/5] report")
     report = _report(out, result, runs, curves, specs, eval_split, curve_images)
     report["minutes_total"] = round((time.perf_counter() - start) / 60, 2)
+    report["workers"] = workers
     _write(out, report, arms=report["arms"])
     log((out / "report.md").read_text())
     log(f"report: {out / 'report.html'}")
@@ -259,6 +260,7 @@ def _markdown(report: dict, arms: list[dict], pairs: list[dict]) -> str:
     ensemble = ", averaged with the other members of its ensemble" if report.get("reward_ensemble") else ""
     soups = (f", at the other seeds in `run_seedS/` and `sft_run_seedS/`, their averaged weights in `reward_soup/` and "
              f"`sft_soup/` (the curves follow seed {report['soup_seeds'][0]})" if report.get("soup_seeds") else "")
+    logs = "; the console output of runs trained side by side in `logs/`" if report.get("workers") else ""
     return f"""# TinyWorld demo: reward fine-tuning against an SFT control, judged by the ground truth
 
 {len(arms)} arms on the SFT baseline `{report['base_model']}`, compared on {ev['images']} images of the {ev['prompts']}
@@ -298,7 +300,7 @@ plausibility; low contrast and clutter aesthetics):
 {artefacts}
 
 Files beside this report: [report.json](report.json), [compare/compare.md](compare/compare.md) (the `zr-align compare`
-tables), samples in `compare/samples/ARM/`, the runs in `run/` (reward-tuned) and `sft_run/` (SFT control){soups}.
+tables), samples in `compare/samples/ARM/`, the runs in `run/` (reward-tuned) and `sft_run/` (SFT control){soups}{logs}.
 """
 
 
