@@ -114,10 +114,9 @@ def train_stage(stage: Stage) -> dict:
 def train_jobs(jobs: list[list[Stage]], workers: int, out: Path, log=print, progress: bool = True,
                poll: float = 2.0) -> list[list[dict]]:
     """Every job's records, in order. `workers` 0: here, one job after another; else up to that many jobs at once,
-    each a `python -m zr_align.recipes.arms` process at one thread (longest job first), its console output in
-    `out/logs/<run>.log`, and one progress bar here over the steps of all runs (read from their `metrics.jsonl`).
-    Jobs start longest first (steps times `step_cost`).
-    A failed job stops the others and raises with the path of its log."""
+    each a `python -m zr_align.recipes.arms` process at one thread, the longest first (steps times `step_cost`), its
+    console output in `out/logs/<run>.log`, and one progress bar here over the steps of all runs (read from their
+    `metrics.jsonl`). A failed job stops the others and raises with the path of its log."""
     for job in jobs:
         for stage in job:
             log(f"train_t2i.py --config {stage.config} --overwrite " + " ".join(stage.overrides))
