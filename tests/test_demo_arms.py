@@ -10,16 +10,10 @@ from safetensors.torch import load_file
 
 from zr_align.diffusion import load_train_config
 from zr_align.recipes.arms import MATCHED, REWARD_STEP_COST, Stage, plan_arms, train_jobs
-from zr_align.runs.config_files import plain_dict
+from zr_align.runs.config_files import config_value, plain_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny_debug.yaml")
-
-
-def resolved(key: str, config: dict):
-    for part in key.split("."):
-        config = config[part]
-    return config
 
 
 def test_the_plan_matches_the_control_to_each_reward_run_before_any_training(tmp_path):
@@ -40,7 +34,7 @@ def test_the_plan_matches_the_control_to_each_reward_run_before_any_training(tmp
     assert control.output_dir.name == "sft_run_seed2" and control_config["model"]["path"] == "models/tinyworld/sft"
     for key in MATCHED:
         if key not in ("max_steps", "checkpoint_every"):
-            assert resolved(key, control_config) == resolved(key, reward_config), key
+            assert config_value(control_config, key) == config_value(reward_config, key), key
     assert control.steps == control_config["max_steps"] == 3 + 4  # both stages' steps
     # a reward step costs more than an SFT step: the reward jobs start first, not last
     assert reward.step_cost == REWARD_STEP_COST > first.step_cost == control.step_cost == 1.0
@@ -78,3 +72,11 @@ def test_a_failed_run_stops_the_others_and_names_its_log(tmp_path):
     metrics = tmp_path / "long" / "metrics.jsonl"
     done = len(metrics.read_text().splitlines()) if metrics.exists() else 0
     assert done < 400 and not (tmp_path / "long" / "pipeline").exists()  # stopped, not finished
+
+
+def test_the_demo_refuses_a_negative_number_of_workers_before_any_training(tmp_path):
+    from zr_align.recipes.demo import run_demo
+
+    with pytest.raises(ValueError, match="workers must be >= 0 processes"):
+        run_demo(tmp_path / "demo", workers=-1, log=lambda *_: None)
+    assert not (tmp_path / "demo").exists()

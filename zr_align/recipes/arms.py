@@ -10,6 +10,7 @@ exactly as it would have gone alone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..diffusion import fine_tune, load_train_config
-from ..runs.config_files import plain_dict
+from ..runs.config_files import config_value, plain_dict
 
 # settings the SFT control takes from the reward run, so that both arms train the same weights as long, as fast
 # (`optim.sft_batch_size`: the control sees as many renders per step as the reward run's SFT anchor), with the same
@@ -48,16 +49,11 @@ class Stage:
         return Path(next(o for o in reversed(self.overrides) if o.startswith("output_dir="))[len("output_dir="):])
 
 
-def _resolved(config: dict, key: str):
-    for part in key.split("."):
-        config = config[part]
-    return config
-
-
-def _stage(config: str, overrides: list[str]) -> Stage:
+def _stage(config: str, overrides: list[str]) -> tuple[Stage, dict]:
+    """The stage of `config` with `overrides`, and its config as `save_config` writes it (loaded once)."""
     loaded = load_train_config(config, overrides)
     cost = 1.0 if loaded.method in ("sft", "dpo") else REWARD_STEP_COST
-    return Stage(config, tuple(overrides), loaded.max_steps, cost)
+    return Stage(config, tuple(overrides), loaded.max_steps, cost), plain_dict(loaded)
 
 
 def plan_arms(out: Path, config: str, sft_config: str, base_model: str, reward: str, overrides: tuple[str, ...],
@@ -76,20 +72,20 @@ def plan_arms(out: Path, config: str, sft_config: str, base_model: str, reward: 
         start = str(first_dir / "pipeline") if sft_first else base_model
         run = [f"output_dir={out / ('run' + suffix)}", f"model.path={start}", f"reward.path={reward}",
                "checkpoint_every=25", *overrides, *seeded]
-        resolved = plain_dict(load_train_config(config, run))
-        stages = [_stage(config, run)]
+        reward_stage, resolved = _stage(config, run)
+        stages = [reward_stage]
         if sft_first:
             stages.insert(0, _stage(sft_config, [
                 f"output_dir={first_dir}", f"model.path={base_model}", "model.trainable=full",
                 f"optim.lr={resolved['optim']['lr']}", f"batch_size={resolved['batch_size']}",
-                f"max_steps={sft_first}", f"checkpoint_every={sft_first}", f"seed={resolved['seed']}"]))
+                f"max_steps={sft_first}", f"checkpoint_every={sft_first}", f"seed={resolved['seed']}"])[0])
         jobs["reward-tuned"].append(stages)
-        matched = [f"{key}={json.dumps(_resolved(resolved, key))}" for key in MATCHED]
+        matched = [f"{key}={json.dumps(config_value(resolved, key))}" for key in MATCHED]
         steps, every = resolved["max_steps"], resolved["checkpoint_every"]
         longer = [f"max_steps={steps + sft_first}", f"checkpoint_every={every * (steps + sft_first) // steps}"]
         jobs["SFT-control"].append([_stage(sft_config, [f"output_dir={out / ('sft_run' + suffix)}",
                                                         f"model.path={base_model}", *matched,
-                                                        *(longer if sft_first else [])])])
+                                                        *(longer if sft_first else [])])[0]])
     return jobs
 
 
@@ -163,8 +159,7 @@ def _start_job(stages: list[Stage], logs: Path):
 
     name = stages[-1].output_dir.name
     job, result, log_path = logs / f"{name}.job.json", logs / f"{name}.result.json", logs / f"{name}.log"
-    job.write_text(json.dumps([{"config": s.config, "overrides": list(s.overrides), "steps": s.steps}
-                               for s in stages]))
+    job.write_text(json.dumps([dataclasses.asdict(s) for s in stages]))
     result.unlink(missing_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(log_path, "w") as console:
@@ -222,7 +217,6 @@ if __name__ == "__main__":  # a worker of `train_jobs`: JOB.json (its stages) ->
     import sys
 
     job_path, result_path = map(Path, sys.argv[1:3])
-    done = [train_stage(Stage(s["config"], tuple(s["overrides"]), s["steps"]))
-            for s in json.loads(job_path.read_text())]
+    done = [train_stage(Stage(**{**s, "overrides": tuple(s["overrides"])})) for s in json.loads(job_path.read_text())]
     result_path.with_suffix(".tmp").write_text(json.dumps(done))
     result_path.with_suffix(".tmp").replace(result_path)

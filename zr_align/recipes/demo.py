@@ -153,11 +153,9 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
     """
     if eval_split not in ("validation", "test"):
         raise ValueError(f"eval_split must be 'validation' or 'test', got {eval_split!r}")
-    _check_runs(tuple(soup_seeds), sft_first, config, overrides)
+    _check_runs(tuple(soup_seeds), sft_first, config, overrides, workers)
     if workers is None:
         workers = min(os.cpu_count() or 1, 2 * max(1, len(soup_seeds)))
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0 processes (0: train in this process), got {workers}")
     out, start = Path(out), time.perf_counter()
     runs = train_arms(out, config, sft_config, base_model, reward, overrides, log, tuple(soup_seeds), sft_first,
                       workers, progress)
@@ -190,10 +188,13 @@ def run_demo(out: str | Path = "outputs/demo", config: str = "configs/tinyworld_
     return report
 
 
-def _check_runs(soup_seeds: tuple[int, ...], sft_first: int, config: str, overrides: tuple[str, ...]) -> None:
+def _check_runs(soup_seeds: tuple[int, ...], sft_first: int, config: str, overrides: tuple[str, ...],
+                workers: int | None = None) -> None:
     """A one-line `ValueError` before any training for soup seeds that are not two or more distinct seeds, a negative
-    `sft_first`, or either of them with a LoRA run (a soup averages whole pipelines; the first stage writes one for the
-    reward run to start from)."""
+    `sft_first` or `workers`, or soup seeds or `sft_first` with a LoRA run (a soup averages whole pipelines; the first
+    stage writes one for the reward run to start from)."""
+    if workers is not None and workers < 0:
+        raise ValueError(f"workers must be >= 0 processes (0: train in this process), got {workers}")
     if soup_seeds and (len(soup_seeds) < 2 or len(set(soup_seeds)) != len(soup_seeds)):
         raise ValueError(f"soup seeds must be two or more distinct seeds, got {list(soup_seeds)}")
     if sft_first < 0:

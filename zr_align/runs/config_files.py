@@ -109,6 +109,14 @@ def plain_dict(config) -> dict:
     return plain(dataclasses.asdict(config))
 
 
+def config_value(tree: dict, dotted: str):
+    """The value at `dotted` ("optim.lr") in a config's nested dict (`plain_dict`, or a saved config.yaml); None
+    where a part is missing."""
+    for part in dotted.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
 def save_config(config, path: str | Path) -> None:
     """Write a config dataclass as YAML (tuples as lists), atomically (a kill leaves the old file or the new)."""
     path = Path(path)

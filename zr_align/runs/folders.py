@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from .config_files import config_value
+
 MARKER = "zr_checkpoint.json"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
@@ -83,12 +85,6 @@ MODEL_KEYS = ("model.family", "model.path", "model.trainable", "model.train_text
               "lora.alpha", "lora.targets")
 
 
-def _lookup(tree: dict, dotted: str):
-    for part in dotted.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
-
-
 def check_run_folder(out: Path, resume: str | None, overwrite: bool, config: dict, max_steps: int) -> Path | None:
     """Decide, without writing anything, whether a run may use `out`; returns the checkpoint to resume from.
 
@@ -129,9 +125,9 @@ def check_run_folder(out: Path, resume: str | None, overwrite: bool, config: dic
     saved_config = checkpoint.parent.parent / "config.yaml"
     if saved_config.is_file():
         saved = yaml.safe_load(saved_config.read_text()) or {}
-        changed = [key for key in MODEL_KEYS if _lookup(saved, key) != _lookup(config, key)]
+        changed = [key for key in MODEL_KEYS if config_value(saved, key) != config_value(config, key)]
         if changed:
-            diff = "; ".join(f"{key} {_lookup(saved, key)!r} -> {_lookup(config, key)!r}" for key in changed)
+            diff = "; ".join(f"{key} {config_value(saved, key)!r} -> {config_value(config, key)!r}" for key in changed)
             raise ValueError(f"--resume: the checkpoint's run used a different model ({diff}); keep these values "
                              "or start a new run in another output_dir")
     return checkpoint
