@@ -3,7 +3,10 @@ accuracy and colour-shift rate of the SFT baseline sampled with guidance scale W
 none), with optional guidance rescale (Lin et al. 2024). CPU, one thread, about 30 s per setting.
 
     python benchmarks/early_guidance.py [--model models/tinyworld/sft] [--split validation] [--images 200] \
-        [SETTING ...]      # SETTING = W:N or W:N:RESCALE, e.g. 3:5:0.7; default: the table of the session-15 notes
+        [SETTING ...]      # SETTING = [c]W:N[:RESCALE], e.g. 3:5:0.7 or c3:10:0.7; default: the sessions' tables
+
+`c`: centred guidance (`optim.cfg_distill_center`), `c + (W - 1) (d - mean d)` with `d = c - u` less its mean over
+the image per channel: the guidance moves the layout and leaves the global tint to the conditional prediction.
 
 It is the measurement behind `optim.cfg_distill_*` (guidance distillation on the top of the noise range): the
 layout (position) is decided on the first steps, where guidance places the object right, while guidance on later
@@ -22,13 +25,15 @@ from zr_align.tinyworld import split_prompts
 from zr_align.tinyworld.judge import judge_images, summarize
 from zr_align.tinyworld.sample import load_pipeline
 
-SETTINGS = ("1:0", "1.5:20", "2:20", "3:20", "3:3", "3:5", "2:5", "2:8", "3:8", "3:5:0.7", "3:5:1", "2:5:0.7")
+SETTINGS = ("1:0", "1.5:20", "2:20", "3:20", "3:3", "3:5", "2:5", "2:8", "3:8", "3:5:0.7", "3:5:1", "2:5:0.7",
+            "3:8:0.7", "c3:5:0.7", "c3:8:0.7", "c3:10:0.7", "c3:8:1", "c4:5:0.7")
 
 
 @torch.no_grad()
 def sample(pipe, prompts: list[str], seeds: list[int], scale: float, steps_guided: int, rescale: float,
-           steps: int = 20) -> np.ndarray:
-    """uint8 images: the pipeline's scheduler and components, guidance on the first `steps_guided` steps only."""
+           steps: int = 20, center: bool = False) -> np.ndarray:
+    """uint8 images: the pipeline's scheduler and components, guidance on the first `steps_guided` steps only
+    (`center`: the guidance direction less its per-channel mean over the image)."""
     scheduler = pipe.scheduler
     scheduler.set_timesteps(steps)
     cond, uncond = pipe.encode_prompt(prompts, "cpu", 1, True)
@@ -38,7 +43,11 @@ def sample(pipe, prompts: list[str], seeds: list[int], scale: float, steps_guide
         x = scheduler.scale_model_input(latents, t)
         if i < steps_guided and scale != 1.0:
             u, c = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
-            out = u + scale * (c - u)
+            d = c - u
+            if center:
+                out = c + (scale - 1) * (d - d.mean(dim=(2, 3), keepdim=True))
+            else:
+                out = u + scale * d
             if rescale:
                 dims = tuple(range(1, out.ndim))
                 out = rescale * out * c.std(dim=dims, keepdim=True) / out.std(dim=dims, keepdim=True) \
@@ -65,11 +74,12 @@ def main() -> None:
           "steps [guidance rescale R]")
     print(f"{'setting':<10} {'size':>6} {'colour':>7} {'shape':>6} {'position':>8} {'all four':>8} {'col.shift':>9}")
     for setting in args.settings:
-        parts = setting.split(":")
+        center = setting.startswith("c")
+        parts = setting.removeprefix("c").split(":")
         scale, guided, rescale = float(parts[0]), int(parts[1]), float(parts[2]) if len(parts) > 2 else 0.0
         chunks = [(prompts[s:s + 50], list(range(10000 + s, 10000 + min(s + 50, len(prompts)))))
                   for s in range(0, len(prompts), 50)]
-        images = np.concatenate([sample(pipe, chunk, seeds, scale, guided, rescale) for chunk, seeds in chunks])
+        images = np.concatenate([sample(pipe, chunk, seeds, scale, guided, rescale, center) for chunk, seeds in chunks])
         summary = summarize(judge_images(images, prompts))
         a = summary["accuracy"]
         print(f"{setting:<10} {a['size']:>6.3f} {a['color']:>7.3f} {a['shape']:>6.3f} {a['position']:>8.3f} "

@@ -82,6 +82,38 @@ def test_the_loss_is_the_distance_to_the_guided_prediction_and_trains_only_the_s
     assert all(p.grad is None for p in teacher.parameters())
 
 
+def test_the_centred_target_guides_the_layout_and_keeps_the_conditional_tint():
+    """`center=True`: the target is `c + 2 (d - mean d)` at scale 3, `d = c - u` and its mean per sample and channel
+    over the image, so the target's channel means are the conditional prediction's (plain guidance moves them)."""
+    torch.manual_seed(0)
+    sampler = sampler_of("sd")
+    teacher = copy.deepcopy(sampler.denoiser).requires_grad_(False)
+    latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    prompts = ["a red square", "a blue circle"]
+    factory = lambda: contextlib.nullcontext(teacher)  # noqa: E731
+    x_t, t, _ = _noised(sampler, latents, torch.Generator().manual_seed(3), 0.5)
+    pipe = sampler.pipe
+    cond = pipe.encode_prompt(prompts, "cpu", 1, False)[0]
+    empty = pipe.encode_prompt([""] * 2, "cpu", 1, False)[0]
+    with torch.no_grad():
+        c = teacher(x_t, t, encoder_hidden_states=cond).sample
+        u = teacher(x_t, t, encoder_hidden_states=empty).sample
+        student = sampler.denoiser(x_t, t, encoder_hidden_states=cond).sample
+        d = c - u
+        centred = c + 2.0 * (d - d.mean(dim=(2, 3), keepdim=True))
+        plain = u + 3.0 * d
+        loss = guidance_distillation_loss(sampler, factory, latents, prompts, torch.Generator().manual_seed(3), 3.0,
+                                          0.5, center=True)
+        uncentred = guidance_distillation_loss(sampler, factory, latents, prompts, torch.Generator().manual_seed(3),
+                                               3.0, 0.5)
+    assert torch.allclose(loss, ((student - centred) ** 2).mean(), rtol=1e-4)
+    assert torch.allclose(uncentred, ((student - plain) ** 2).mean(), rtol=1e-4)
+    means = lambda x: x.mean(dim=(2, 3))  # noqa: E731
+    assert torch.allclose(means(centred), means(c), atol=1e-5)
+    assert float((means(plain) - means(c)).abs().max()) > 1e-3  # plain guidance moves the tint; centring does not
+    assert float(((centred - c) ** 2).mean()) > 1e-4  # and the centred target still guides
+
+
 def guided_gap(pipe: StableDiffusionPipeline, base: StableDiffusionPipeline, prompts, scale=3.0, t=900) -> float:
     """Mean squared distance, at noise level `t` on fixed latents, between `pipe`'s conditional prediction and
     `base`'s classifier-free-guided one."""
@@ -129,3 +161,4 @@ def test_the_config_refuses_a_bad_window_and_a_term_without_data():
         load_train_config(root / "configs" / "tiny_debug.yaml", ["optim.cfg_distill_rescale=1.5"])
     with pytest.raises(ValueError, match="optim.cfg_distill_weight > 0 needs data.sft_data"):
         load_train_config(root / "configs" / "tiny_debug.yaml", ["optim.cfg_distill_weight=1"])
+    assert load_train_config(root / "configs" / "tiny_debug.yaml", ["optim.cfg_distill_center=true"]).optim.cfg_distill_center

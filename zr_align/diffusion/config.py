@@ -130,11 +130,15 @@ class OptimConfig:
     # steps decide the layout; guidance on the late ones costs colour (`docs/tinyworld_demo_validation.md`).
     # `cfg_distill_rescale`: guidance rescale (Lin et al. 2024, "Common Diffusion Noise Schedules and Sample Steps
     # are Flawed"): the guided target's std per sample brought back to the conditional one's by this share; it keeps
-    # guidance from over-saturating colours.
+    # guidance from over-saturating colours. `cfg_distill_center`: guide the layout only, with the guidance
+    # direction `c - u` less its mean over the image per channel, so that the guided target keeps the conditional
+    # prediction's global tint; on TinyWorld this keeps guidance on the first half of the steps from casting
+    # colour (`benchmarks/early_guidance.py`, settings `cW:N:R`).
     cfg_distill_weight: float = 0.0
     cfg_distill_scale: float = 3.0
     cfg_distill_window: float = 0.25
     cfg_distill_rescale: float = 0.0
+    cfg_distill_center: bool = False
 
     def __post_init__(self):
         check_positive("optim.lr", self.lr)

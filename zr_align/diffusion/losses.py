@@ -60,12 +60,14 @@ def denoising_loss(sampler, latents: torch.Tensor, prompts: list[str], generator
 
 
 def guidance_distillation_loss(sampler, teacher, latents: torch.Tensor, prompts: list[str], generator: torch.Generator,
-                               scale: float, window: float, rescale: float = 0.0) -> torch.Tensor:
+                               scale: float, window: float, rescale: float = 0.0, center: bool = False) -> torch.Tensor:
     """Guidance distillation (Meng et al., "On Distillation of Guided Diffusion Models", 2023), at high noise only:
     the mean squared error between the denoiser's conditional prediction at `x_t` (the latents noised to a level in
     the top `window` of the range) and the frozen `teacher`'s classifier-free-guided one,
     `g = u + scale (c - u)` with `c` / `u` its predictions with / without the prompt (the empty prompt); with
-    `rescale` r, `r g std(c) / std(g) + (1 - r) g`, stds per sample (guidance rescale, Lin et al. 2024). `teacher`
+    `rescale` r, `r g std(c) / std(g) + (1 - r) g`, stds per sample (guidance rescale, Lin et al. 2024). With
+    `center`, `g = c + (scale - 1) (d - mean(d))`, `d = c - u` and its mean over the spatial axes per sample and
+    channel: guidance moves the layout, not the global tint. `teacher`
     is a context manager factory yielding the base module to call (a frozen copy, or the denoiser with its LoRA
     switched off)."""
     x_t, t, _ = _noised(sampler, latents, generator, window)
@@ -77,7 +79,12 @@ def guidance_distillation_loss(sampler, teacher, latents: torch.Tensor, prompts:
             both = sampler.family.predict(sampler.pipe, torch.cat([x_t, x_t]), torch.cat([t, t]),
                                           {k: torch.cat([empty[k], cond[k]]) for k in cond}, base)
         uncond, text = both.float().chunk(2)
-        target = uncond + scale * (text - uncond)
+        direction = text - uncond
+        if center:
+            direction = direction - direction.mean(dim=tuple(range(2, direction.ndim)), keepdim=True)
+            target = text + (scale - 1.0) * direction
+        else:
+            target = uncond + scale * direction
         if rescale > 0:
             dims = tuple(range(1, target.ndim))
             rescaled = target * text.std(dim=dims, keepdim=True) / target.std(dim=dims, keepdim=True)

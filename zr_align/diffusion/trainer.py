@@ -399,7 +399,7 @@ def _cfg_distill_loss(run: Run, config: TrainConfig, generator: torch.Generator)
     prompts, latents = _sft_batch(run, config, generator)
     return guidance_distillation_loss(run.sampler, run.teacher, latents, prompts, generator,
                                       config.optim.cfg_distill_scale, config.optim.cfg_distill_window,
-                                      config.optim.cfg_distill_rescale)
+                                      config.optim.cfg_distill_rescale, config.optim.cfg_distill_center)
 
 
 def _dpo_loss(run: Run, config: TrainConfig, generator: torch.Generator) -> torch.Tensor:

@@ -25,8 +25,8 @@ from ..runs.config_files import config_value, plain_dict
 # guidance distillation: the control is everything the reward run does but the reward
 MATCHED = ("seed", "max_steps", "batch_size", "checkpoint_every", "optim.lr", "optim.warmup_steps", "optim.lr_schedule",
            "optim.min_lr_ratio", "optim.sft_batch_size", "optim.cfg_distill_weight", "optim.cfg_distill_scale",
-           "optim.cfg_distill_window", "optim.cfg_distill_rescale", "model.trainable", "lora.rank", "lora.alpha",
-           "lora.dropout", "lora.targets")
+           "optim.cfg_distill_window", "optim.cfg_distill_rescale", "optim.cfg_distill_center", "model.trainable",
+           "lora.rank", "lora.alpha", "lora.dropout", "lora.targets")
 
 
 # what a step of a reward method (sampling a trajectory, decoding, scoring, backprop) costs against an SFT step: the

@@ -94,8 +94,9 @@ def _describe(run: dict) -> str:
         tail += f", starting from {run['sft_first']} steps of SFT on {source} (every weight, `sft_first/`)"
     if c["optim"].get("cfg_distill_weight"):
         o = c["optim"]
-        tail += (f", plus guidance distillation (the base's guided prediction at scale {o['cfg_distill_scale']} on the "
-                 f"top {o['cfg_distill_window']:.0%} of the noise range, weight {o['cfg_distill_weight']})")
+        kind = "centred guided" if o.get("cfg_distill_center") else "guided"
+        tail += (f", plus guidance distillation (the base's {kind} prediction at scale {o['cfg_distill_scale']} on "
+                 f"the top {o['cfg_distill_window']:.0%} of the noise range, weight {o['cfg_distill_weight']})")
     if c["method"] == "sft":
         return f"sft on {source}, {tail}"
     if c["method"] == "dpo":
