@@ -79,7 +79,8 @@ def main() -> None:
         scale, guided, rescale = float(parts[0]), int(parts[1]), float(parts[2]) if len(parts) > 2 else 0.0
         chunks = [(prompts[s:s + 50], list(range(10000 + s, 10000 + min(s + 50, len(prompts)))))
                   for s in range(0, len(prompts), 50)]
-        images = np.concatenate([sample(pipe, chunk, seeds, scale, guided, rescale, center) for chunk, seeds in chunks])
+        images = np.concatenate([sample(pipe, chunk, seeds, scale, guided, rescale, center=center)
+                                 for chunk, seeds in chunks])
         summary = summarize(judge_images(images, prompts))
         a = summary["accuracy"]
         print(f"{setting:<10} {a['size']:>6.3f} {a['color']:>7.3f} {a['shape']:>6.3f} {a['position']:>8.3f} "

@@ -161,4 +161,7 @@ def test_the_config_refuses_a_bad_window_and_a_term_without_data():
         load_train_config(root / "configs" / "tiny_debug.yaml", ["optim.cfg_distill_rescale=1.5"])
     with pytest.raises(ValueError, match="optim.cfg_distill_weight > 0 needs data.sft_data"):
         load_train_config(root / "configs" / "tiny_debug.yaml", ["optim.cfg_distill_weight=1"])
-    assert load_train_config(root / "configs" / "tiny_debug.yaml", ["optim.cfg_distill_center=true"]).optim.cfg_distill_center
+    centred = load_train_config(root / "configs" / "tiny_debug.yaml", ["optim.cfg_distill_center=true"])
+    assert centred.optim.cfg_distill_center is True
+    with pytest.raises(ValueError, match="optim.cfg_distill_center must be true or false"):
+        load_train_config(root / "configs" / "tiny_debug.yaml", ["optim.cfg_distill_center=maybe"])
