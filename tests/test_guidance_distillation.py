@@ -43,6 +43,20 @@ def test_the_window_draws_high_noise_only_and_the_full_range_draws_as_before(fam
     assert float(t_full.min()) < 250  # the full range reaches low noise; the window never does
 
 
+def by_hand(sampler, teacher, latents, prompts, window):
+    """The teacher's conditional and unconditional predictions and the student's, at the noise `_noised` draws with
+    seed 3 (as the loss does)."""
+    x_t, t, _ = _noised(sampler, latents, torch.Generator().manual_seed(3), window)
+    pipe = sampler.pipe
+    cond = pipe.encode_prompt(prompts, "cpu", 1, False)[0]
+    empty = pipe.encode_prompt([""] * len(prompts), "cpu", 1, False)[0]
+    with torch.no_grad():
+        c = teacher(x_t, t, encoder_hidden_states=cond).sample
+        u = teacher(x_t, t, encoder_hidden_states=empty).sample
+        student = sampler.denoiser(x_t, t, encoder_hidden_states=cond).sample
+    return c, u, student
+
+
 def test_the_loss_is_the_distance_to_the_guided_prediction_and_trains_only_the_student():
     """At scale 1 a student equal to its teacher is already there (loss 0); at scale 3 the loss is the mean squared
     distance to `u + 3 (c - u)` (with guidance rescale, to its rescaled form), computed here by hand, and its gradient
@@ -56,14 +70,7 @@ def test_the_loss_is_the_distance_to_the_guided_prediction_and_trains_only_the_s
     at_one = guidance_distillation_loss(sampler, factory, latents, prompts, torch.Generator().manual_seed(3), 1.0, 0.25)
     assert float(at_one.detach()) < 1e-10
     loss = guidance_distillation_loss(sampler, factory, latents, prompts, torch.Generator().manual_seed(3), 3.0, 0.25)
-    x_t, t, _ = _noised(sampler, latents, torch.Generator().manual_seed(3), 0.25)
-    pipe = sampler.pipe
-    cond = pipe.encode_prompt(prompts, "cpu", 1, False)[0]
-    empty = pipe.encode_prompt([""] * 3, "cpu", 1, False)[0]
-    with torch.no_grad():
-        c = teacher(x_t, t, encoder_hidden_states=cond).sample
-        u = teacher(x_t, t, encoder_hidden_states=empty).sample
-        student = sampler.denoiser(x_t, t, encoder_hidden_states=cond).sample
+    c, u, student = by_hand(sampler, teacher, latents, prompts, 0.25)
     guided = u + 3.0 * (c - u)
     expected = ((student - guided) ** 2).mean()
     assert float(loss.detach()) > 1e-4 and torch.allclose(loss.detach(), expected, rtol=1e-4)
@@ -91,14 +98,8 @@ def test_the_centred_target_guides_the_layout_and_keeps_the_conditional_tint():
     latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(2))
     prompts = ["a red square", "a blue circle"]
     factory = lambda: contextlib.nullcontext(teacher)  # noqa: E731
-    x_t, t, _ = _noised(sampler, latents, torch.Generator().manual_seed(3), 0.5)
-    pipe = sampler.pipe
-    cond = pipe.encode_prompt(prompts, "cpu", 1, False)[0]
-    empty = pipe.encode_prompt([""] * 2, "cpu", 1, False)[0]
+    c, u, student = by_hand(sampler, teacher, latents, prompts, 0.5)
     with torch.no_grad():
-        c = teacher(x_t, t, encoder_hidden_states=cond).sample
-        u = teacher(x_t, t, encoder_hidden_states=empty).sample
-        student = sampler.denoiser(x_t, t, encoder_hidden_states=cond).sample
         d = c - u
         centred = c + 2.0 * (d - d.mean(dim=(2, 3), keepdim=True))
         plain = u + 3.0 * d
