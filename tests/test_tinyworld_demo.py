@@ -250,3 +250,18 @@ def test_demo_refuses_a_bad_sft_first_before_any_training(tmp_path, steps, overr
     with pytest.raises(ValueError, match=message):
         run_demo(tmp_path / "demo", sft_first=steps, overrides=overrides, log=lambda *_: None)
     assert not (tmp_path / "demo").exists()
+
+
+def test_the_report_names_guidance_distillation_and_its_centred_form():
+    """The arm's description in the report says which guidance target it was distilled toward (plain or centred)."""
+    from zr_align.recipes.demo import _describe
+
+    optim = {"lr": 1e-4, "cfg_distill_weight": 0.5, "cfg_distill_scale": 3.0, "cfg_distill_window": 0.25,
+             "cfg_distill_center": False}
+    resolved = {"method": "sft", "model": {"trainable": "full"}, "batch_size": 8,
+                "data": {"sft_data": "tinyworld:train"}, "optim": optim}
+    plain = _describe({"resolved": resolved})
+    assert "the base's guided prediction at scale 3.0 on the top 25% of the noise range, weight 0.5" in plain
+    centred = _describe({"resolved": {**resolved, "optim": {**optim, "cfg_distill_center": True}}})
+    assert "the base's centred guided prediction" in centred
+    assert "distillation" not in _describe({"resolved": {**resolved, "optim": {**optim, "cfg_distill_weight": 0.0}}})

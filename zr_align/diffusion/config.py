@@ -132,8 +132,9 @@ class OptimConfig:
     # are Flawed"): the guided target's std per sample brought back to the conditional one's by this share; it keeps
     # guidance from over-saturating colours. `cfg_distill_center`: guide the layout only, with the guidance
     # direction `c - u` less its mean over the image per channel, so that the guided target keeps the conditional
-    # prediction's global tint; on TinyWorld this keeps guidance on the first half of the steps from casting
-    # colour (`benchmarks/early_guidance.py`, settings `cW:N:R`).
+    # prediction's global tint. As a sampler on TinyWorld it keeps guidance on the first half of the steps from
+    # casting colour (`benchmarks/early_guidance.py`, settings `cW:N:R`); distilled over that window into the demo's
+    # reward runs it did not (docs/tinyworld_demo_validation.md, "Choosing among the soups").
     cfg_distill_weight: float = 0.0
     cfg_distill_scale: float = 3.0
     cfg_distill_window: float = 0.25

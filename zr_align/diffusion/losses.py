@@ -67,9 +67,8 @@ def guidance_distillation_loss(sampler, teacher, latents: torch.Tensor, prompts:
     `g = u + scale (c - u)` with `c` / `u` its predictions with / without the prompt (the empty prompt); with
     `rescale` r, `r g std(c) / std(g) + (1 - r) g`, stds per sample (guidance rescale, Lin et al. 2024). With
     `center`, `g = c + (scale - 1) (d - mean(d))`, `d = c - u` and its mean over the spatial axes per sample and
-    channel: guidance moves the layout, not the global tint. `teacher`
-    is a context manager factory yielding the base module to call (a frozen copy, or the denoiser with its LoRA
-    switched off)."""
+    channel: guidance moves the layout, not the global tint. `teacher` is a context manager factory yielding the
+    base module to call (a frozen copy, or the denoiser with its LoRA switched off)."""
     x_t, t, _ = _noised(sampler, latents, generator, window)
     device = sampler.denoiser.device
     cond = sampler.family.encode(sampler.pipe, list(prompts), device)
