@@ -21,6 +21,7 @@ import argparse
 import numpy as np
 import torch
 
+from zr_align.diffusion.losses import classifier_free_guidance
 from zr_align.tinyworld import split_prompts
 from zr_align.tinyworld.judge import judge_images, summarize
 from zr_align.tinyworld.sample import load_pipeline
@@ -43,15 +44,7 @@ def sample(pipe, prompts: list[str], seeds: list[int], scale: float, steps_guide
         x = scheduler.scale_model_input(latents, t)
         if i < steps_guided and scale != 1.0:
             u, c = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
-            d = c - u
-            if center:
-                out = c + (scale - 1) * (d - d.mean(dim=(2, 3), keepdim=True))
-            else:
-                out = u + scale * d
-            if rescale:
-                dims = tuple(range(1, out.ndim))
-                out = rescale * out * c.std(dim=dims, keepdim=True) / out.std(dim=dims, keepdim=True) \
-                    + (1 - rescale) * out
+            out = classifier_free_guidance(u, c, scale, rescale, center)
         else:
             out = pipe.unet(x, t, encoder_hidden_states=cond).sample
         latents = scheduler.step(out, t, latents).prev_sample

@@ -59,16 +59,33 @@ def denoising_loss(sampler, latents: torch.Tensor, prompts: list[str], generator
     return torch.nn.functional.mse_loss(pred.float(), target.float())
 
 
+def classifier_free_guidance(uncond: torch.Tensor, text: torch.Tensor, scale: float, rescale: float = 0.0,
+                             center: bool = False) -> torch.Tensor:
+    """The guided prediction `g = u + scale (c - u)` from the predictions without / with the prompt. `center`:
+    `g = c + (scale - 1) (d - mean(d))`, `d = c - u` less its mean over the spatial axes per sample and channel, so
+    guidance moves the layout and leaves the global tint to `c`. `rescale` r (guidance rescale, Lin et al. 2024):
+    `r g std(c) / std(g) + (1 - r) g`, stds per sample."""
+    direction = text - uncond
+    if center:
+        direction = direction - direction.mean(dim=tuple(range(2, direction.ndim)), keepdim=True)
+        guided = text + (scale - 1.0) * direction
+    else:
+        guided = uncond + scale * direction
+    if rescale > 0:
+        dims = tuple(range(1, guided.ndim))
+        rescaled = guided * text.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+        guided = rescale * rescaled + (1.0 - rescale) * guided
+    return guided
+
+
 def guidance_distillation_loss(sampler, teacher, latents: torch.Tensor, prompts: list[str], generator: torch.Generator,
                                scale: float, window: float, rescale: float = 0.0, center: bool = False) -> torch.Tensor:
     """Guidance distillation (Meng et al., "On Distillation of Guided Diffusion Models", 2023), at high noise only:
     the mean squared error between the denoiser's conditional prediction at `x_t` (the latents noised to a level in
-    the top `window` of the range) and the frozen `teacher`'s classifier-free-guided one,
-    `g = u + scale (c - u)` with `c` / `u` its predictions with / without the prompt (the empty prompt); with
-    `rescale` r, `r g std(c) / std(g) + (1 - r) g`, stds per sample (guidance rescale, Lin et al. 2024). With
-    `center`, `g = c + (scale - 1) (d - mean(d))`, `d = c - u` and its mean over the spatial axes per sample and
-    channel: guidance moves the layout, not the global tint. `teacher` is a context manager factory yielding the
-    base module to call (a frozen copy, or the denoiser with its LoRA switched off)."""
+    the top `window` of the range) and the frozen `teacher`'s classifier-free-guided one
+    (`classifier_free_guidance` of its predictions without / with the prompt; the empty prompt). `teacher` is a
+    context manager factory yielding the base module to call (a frozen copy, or the denoiser with its LoRA switched
+    off)."""
     x_t, t, _ = _noised(sampler, latents, generator, window)
     device = sampler.denoiser.device
     cond = sampler.family.encode(sampler.pipe, list(prompts), device)
@@ -78,16 +95,7 @@ def guidance_distillation_loss(sampler, teacher, latents: torch.Tensor, prompts:
             both = sampler.family.predict(sampler.pipe, torch.cat([x_t, x_t]), torch.cat([t, t]),
                                           {k: torch.cat([empty[k], cond[k]]) for k in cond}, base)
         uncond, text = both.float().chunk(2)
-        direction = text - uncond
-        if center:
-            direction = direction - direction.mean(dim=tuple(range(2, direction.ndim)), keepdim=True)
-            target = text + (scale - 1.0) * direction
-        else:
-            target = uncond + scale * direction
-        if rescale > 0:
-            dims = tuple(range(1, target.ndim))
-            rescaled = target * text.std(dim=dims, keepdim=True) / target.std(dim=dims, keepdim=True)
-            target = rescale * rescaled + (1.0 - rescale) * target
+        target = classifier_free_guidance(uncond, text, scale, rescale, center)
     pred = sampler.family.predict(sampler.pipe, x_t, t, cond, sampler.wrapped)
     return torch.nn.functional.mse_loss(pred.float(), target)
 

@@ -28,7 +28,7 @@ from ..lora import adapters_disabled, lora_merged
 from ..preprocess import from_signed
 from ..runs.checks import check_choice, check_positive
 from .families import get_denoiser_family
-from .losses import kl_to_base
+from .losses import classifier_free_guidance, kl_to_base
 
 METHODS = ("draft_k", "refl", "draft_lv", "full")
 K_DISTRIBUTIONS = ("fixed", "uniform", "gaussian")
@@ -177,7 +177,7 @@ class DifferentiableSampler:
             model = self.wrapped if torch.is_grad_enabled() else self.denoiser
             if self.config.guidance_scale > 1.0:
                 uncond, text = self.family.predict(self.pipe, torch.cat([x, x]), t, cond, model).chunk(2)
-                return uncond + self.config.guidance_scale * (text - uncond)
+                return classifier_free_guidance(uncond, text, self.config.guidance_scale)
             return self.family.predict(self.pipe, x, t, cond, model)
 
         if use_checkpoint:
