@@ -369,3 +369,24 @@ def test_ship_models_copies_the_student_only_for_an_ensemble_member(tmp_path):
     with pytest.raises(ValueError, match="'critic'"):  # refused before any data or training
         build_reward_models(tmp_path / "build", out / "never", sft_model=None, docs=None, ship=("critic",))
     assert not (tmp_path / "build").exists() and not (out / "never").exists()
+    ship_models(work, out / "reader", "gdso", ship=("teacher",))
+    assert sorted(p.name for p in (out / "reader").iterdir()) == ["teacher"]
+    bad = [({"sft_fraction": 1.0}, r"sft_fraction must be in \[0, 1\), got 1.0"),
+           ({"free_layout": -0.1}, r"free_layout must be in \[0, 1\], got -0.1"),
+           ({"teacher_init": "tinyworld:student"}, "is a student; use tinyworld:teacher"),
+           ({"teacher_init": "tinyworld:teacher:flat"}, "optionally followed by the rotary layout")]
+    for kwargs, message in bad:  # the recipe, too, is refused before any work
+        with pytest.raises(ValueError, match=message):
+            build_reward_models(tmp_path / "build", out / "never", sft_model=None, docs=None, **kwargs)
+        assert not (tmp_path / "build").exists()
+
+
+def test_build_rewards_cli_takes_the_recipe_and_ships_one_model(capsys):
+    from zr_align.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["tinyworld", "build-rewards", "--student-only", "--teacher-only"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert main(["tinyworld", "build-rewards", "--free-layout", "2", "--work-dir", "/nonexistent/never"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["zr-align tinyworld: error: free_layout must be in [0, 1], got 2.0; e.g. 0.3"]

@@ -155,6 +155,26 @@ def test_perception_recipe_takes_its_artefact_mix(tmp_path):
                          artefact_rates={"wrong_color": 0.5})
 
 
+def test_free_layouts_teach_corners_and_both_sizes(tmp_path):
+    """Clean layouts only ever show five cells and two sizes; free ones put the object anywhere at any size, and the
+    rationale says what the judge reads there (a corner, the other size), whatever the prompt asked."""
+    stats = make_reward_data(tmp_path / "free", "train", images_per_prompt=20, seed=0, num_prompts=3,
+                             recipe="perception", free_layout=1.0, free_look=0.5)
+    assert stats["free_layout"] == 1.0 and stats["images_by_source"]["free"] == 60
+    assert stats["free_look"] == 0.5 and 18 <= stats["images_by_source"]["look"] <= 42
+    rated = [json.loads(line) for line in (tmp_path / "free" / "rated.jsonl").read_text().splitlines()]
+    alignment = [r["rationale"]["alignment"] for r in rated]
+    assert sum("position corner no" in a for a in alignment) >= 6  # the corner cells, never drawn by `layout`
+    assert sum("size small" in a for a in alignment) >= 10 and sum("size large" in a for a in alignment) >= 10
+    shipped = make_reward_data(tmp_path / "shipped", "train", images_per_prompt=20, seed=0, num_prompts=3,
+                               recipe="perception")
+    assert "free" not in shipped["images_by_source"] and "free_layout" not in shipped and "free_look" not in shipped
+    assert not any("corner" in json.loads(line)["rationale"]["alignment"]
+                   for line in (tmp_path / "shipped" / "rated.jsonl").read_text().splitlines())
+    with pytest.raises(ValueError, match=r"free_layout must be in \[0, 1\], got 1.5"):
+        make_reward_data(tmp_path / "x", "train", 4, 0, num_prompts=1, recipe="perception", free_layout=1.5)
+
+
 def test_soft_score_label_is_cross_entropy_to_the_histogram(perception_data):
     root, _ = perception_data
     batch = collate([RatedImages(root / "rated.jsonl")[i] for i in range(4)])

@@ -1,6 +1,7 @@
 """Tests for `zr_align.tinyworld`: grammar, renderer, corruptions, judge, annotators and the CLI (CPU, fast)."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -25,7 +26,7 @@ from zr_align.tinyworld import (
 from zr_align.tinyworld.corrupt import WRONG_ATTRIBUTE
 from zr_align.tinyworld.grammar import ATTRIBUTES, COLORS, POSITION_CELLS, VALUES
 from zr_align.tinyworld.judge import label_components
-from zr_align.tinyworld.render import draw
+from zr_align.tinyworld.render import Look, draw, free_layout, free_look
 
 
 def test_all_prompts_are_the_default_training_prompts():
@@ -99,6 +100,27 @@ def test_render_is_anti_aliased_with_exact_palette_colours():
     assert len(levels) > 3  # partial-coverage edge pixels between background and purple
     np.testing.assert_array_equal(draw(scene), image)
 
+
+
+def test_looks_between_the_prototypes_read_as_the_judge_decides():
+    """`Look`: rounded corners turn a square into what the judge reads as a circle (a triangle later), and a colour
+    mixed with another palette colour moves off its palette line; `free_look` draws both over those boundaries."""
+    scene = render("a large red square in the center", seed=0, jitter=False).scene
+    np.testing.assert_array_equal(draw(scene, look=Look()), draw(scene))
+    for shape, sharp, rounded in (("square", "square", "circle"), ("triangle", "triangle", "circle")):
+        seen = [judge(draw(replace(scene, shape=shape), look=Look(rounding=r)), scene.prompt).observed["shape"]
+                for r in (0.0, 0.05, 0.25)]
+        assert seen == [sharp, sharp, rounded]
+    mixed = Look(rgb=tuple(0.6 * np.asarray(COLORS["red"]) + 0.4 * np.asarray(COLORS["blue"])))
+    verdict = judge(draw(scene, look=mixed), scene.prompt)
+    assert verdict.measurements["core_residual"] > 25 and verdict.artefacts["color_shift"]
+    rng = np.random.default_rng(0)
+    looks = [free_look("red", rng) for _ in range(200)]
+    assert 70 < sum(look.rgb is not None for look in looks) < 130
+    assert 70 < sum(look.rounding > 0 for look in looks) < 130 and max(look.rounding for look in looks) <= 0.2
+    free = [free_layout(parse_prompt(scene.prompt), rng) for _ in range(200)]
+    assert all(s.extent / 2 < min(s.center) and max(s.center) < 64 - s.extent / 2 for s in free)
+    assert min(s.extent for s in free) < 14 and max(s.extent for s in free) > 36
 
 def test_label_components_8_connected():
     mask = np.zeros((8, 8), dtype=bool)

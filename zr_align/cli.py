@@ -202,8 +202,19 @@ def _add_build_rewards(sub) -> None:
                         "table then goes to --work-dir only")
     p.add_argument("--artefact-rate", action="append", default=[], metavar="KIND=RATE",
                    help="change one artefact's rate in the training data's mix (repeatable), e.g. object_cast=0.2")
-    p.add_argument("--student-only", action="store_true",
-                   help="copy only the RISD student to OUT/student (a member of the reward ensemble)")
+    ship = p.add_mutually_exclusive_group()
+    ship.add_argument("--student-only", action="store_true",
+                      help="copy only the RISD student to OUT/student (a member of the reward ensemble)")
+    ship.add_argument("--teacher-only", action="store_true", help="copy only the chosen teacher to OUT/teacher")
+    p.add_argument("--sft-fraction", type=float, default=0.12,
+                   help="share of the SFT model's samples among the training images")
+    p.add_argument("--free-layout", type=float, default=0.0,
+                   help="share of training objects drawn at any size and place (corner cells, cell borders), "
+                        "read by the judge")
+    p.add_argument("--free-look", type=float, default=0.0,
+                   help="share of those drawn in a colour between two of the palette's or with rounded corners")
+    p.add_argument("--teacher-init", help="the teacher SFT run's start instead of its config's, e.g. "
+                                          "tinyworld:teacher (the spatial rotary layout)")
 
 
 def _run_build_rewards(args) -> int:
@@ -212,7 +223,10 @@ def _run_build_rewards(args) -> int:
     rates = artefact_mix(args.artefact_rate)  # checked before any work
     build_reward_models(args.work_dir, args.out, args.sft_model, args.images_per_prompt, args.steps_scale,
                         seed=args.seed, docs=args.docs or None, reuse=args.reuse, baselines=args.baselines,
-                        artefact_rates=rates, ship=("student",) if args.student_only else ("teacher", "student"))
+                        artefact_rates=rates, sft_fraction=args.sft_fraction, free_layout=args.free_layout,
+                        free_look=args.free_look, teacher_init=args.teacher_init,
+                        ship=("student",) if args.student_only else ("teacher",) if args.teacher_only
+                        else ("teacher", "student"))
     return 0
 
 

@@ -13,7 +13,9 @@ the comparison table on held-out pairs by kind (GDSO and RISD of the Z-Reward pa
    validation pairs is chosen, and the students start from it: student_sft, risd, opd at one budget, and
    risd_long, the shipped student.
 3. Every model evaluated on the test pairs; the table goes to `docs/tinyworld_rewards.md` and `.json`.
-4. The chosen teacher and risd_long are copied to `models/tinyworld/teacher` and `.../student`.
+4. The chosen teacher and risd_long are copied to `models/tinyworld/teacher` and `.../student` (or one of them:
+   `ship`; `make tinyworld` takes the student from this recipe and the teacher from a build with free layouts,
+   more generator samples and the spatial rotary layout, docs/tinyworld_rewards.md).
 
 `baselines=False` (`--no-baselines`, what `make tinyworld` runs) trains only the `SHIPPED` runs, the ones the
 shipped weights come from, and leaves the table in `docs/` as it is (its report goes to the work dir); a later
@@ -44,7 +46,7 @@ SHIPPED = ("teacher_sft", "gdso", "risd_long")  # the runs behind models/tinywor
 
 
 def run_config(name: str, file: str, work: Path, steps_scale: float, seed: int, log, reuse: bool = False,
-               on_eval=None, teacher: str | None = None):
+               on_eval=None, teacher: str | None = None, teacher_init: str | None = None):
     from ..reward_training.config import RewardTrainConfig
     from ..reward_training.trainer import train_reward_model
     from ..runs import load_config
@@ -59,6 +61,8 @@ def run_config(name: str, file: str, work: Path, steps_scale: float, seed: int, 
     }
     if not config.init.startswith("tinyworld:"):  # teachers refine the SFT teacher, students start from the chosen one
         overrides["init"] = str(work / ((teacher or "gdso") if config.role == "student" else "teacher_sft") / "model")
+    if teacher_init and name == "teacher_sft":  # another random start for the teacher (e.g. its rotary layout)
+        overrides["init"] = teacher_init
     if config.vision_init:
         overrides["vision_init"] = str(work / "teacher_sft" / "model")
     if config.method in ("risd", "opd"):
@@ -134,16 +138,25 @@ def build_reward_models(
     baselines: bool = True,
     artefact_rates: dict[str, float] | None = None,
     ship: tuple[str, ...] = ("teacher", "student"),
+    sft_fraction: float = 0.12,
+    free_layout: float = 0.0,
+    free_look: float = 0.0,
+    teacher_init: str | None = None,
 ) -> dict:
     """Data, every reward model of `RUNS` (only the `SHIPPED` ones without `baselines`), the table per pair kind
     on the test-split evaluation set, and the shipped teacher (the better of teacher_sft and gdso on the
     *validation* set) and RISD student. `artefact_rates`: the training data's artefact mix (default
-    `reward_data.ARTEFACT_RATES`, the shipped one). `ship`: which of the two are copied to `out_dir` (the members of
+    `reward_data.ARTEFACT_RATES`, the shipped one); `sft_fraction` its share of SFT-generator samples and
+    `free_layout` its share of objects drawn at any size and place, `free_look` the share of those drawn between
+    the palette's colours or the prototype shapes (`reward_data.perception_image`);
+    `teacher_init` the teacher SFT run's `init` instead of its config's (e.g. "tinyworld:teacher", the spatial
+    rotary layout). `ship`: which of the two are copied to `out_dir` (the members of
     the reward ensemble ship their student only)."""
     from ..tinyworld.reward_data import make_reward_data
     from ..tinyworld.reward_eval import make_eval_set
 
     _check_ship(ship)  # before an hour of work, not at its end
+    _check_recipe(sft_fraction, free_layout, free_look, teacher_init)
     work, out = Path(work_dir), Path(out_dir)
     sft = sft_model if sft_model and Path(sft_model, "model_index.json").is_file() else None
     log(f"reward data (SFT samples from {sft})")
@@ -161,7 +174,9 @@ def build_reward_models(
                                                     generator_pairs=200, samples_per_prompt=12)),
         ("eval_test", lambda d: make_eval_set(d, "test", seed + 1, sft)),
         ("train", lambda d: make_reward_data(d, "train", images_per_prompt, seed, sft_model=sft,
-                                             sft_fraction=0.12, recipe="perception", artefact_rates=artefact_rates)),
+                                             sft_fraction=sft_fraction, recipe="perception",
+                                             artefact_rates=artefact_rates, free_layout=free_layout,
+                                             free_look=free_look)),
     ):
         stats_file = work / "data" / name / "stats.json"
         data_stats[name] = (json.loads(stats_file.read_text()) if reuse and stats_file.is_file()
@@ -175,7 +190,8 @@ def build_reward_models(
             shipped_teacher = choose_teacher(work, num_rationales, log)
             lap("choosing the teacher")
         log(f"== {name}")
-        _, times[name] = run_config(name, file, work, steps_scale, seed, log, reuse, hook, shipped_teacher)
+        _, times[name] = run_config(name, file, work, steps_scale, seed, log, reuse, hook, shipped_teacher,
+                                    teacher_init)
         lap(f"training {name}")
 
     results = {}
@@ -211,6 +227,18 @@ def _check_ship(ship: tuple[str, ...]) -> None:
     unknown = sorted(set(ship) - {"teacher", "student"})
     if unknown:
         raise ValueError(f"ship takes 'teacher' and 'student'; got {unknown[0]!r}")
+
+
+def _check_recipe(sft_fraction: float, free_layout: float, free_look: float, teacher_init: str | None) -> None:
+    from ..tinyworld.reward_models import parse_init
+
+    if not 0.0 <= sft_fraction < 1.0:
+        raise ValueError(f"sft_fraction must be in [0, 1), got {sft_fraction}; e.g. 0.12 (the shipped share)")
+    for name, rate in (("free_layout", free_layout), ("free_look", free_look)):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {rate}; e.g. 0.3")
+    if teacher_init is not None and parse_init(teacher_init)[0] != "teacher":
+        raise ValueError(f"teacher_init {teacher_init!r} is a student; use tinyworld:teacher[:LAYOUT]")
 
 
 def artefact_mix(changes: list[str]) -> dict[str, float] | None:

@@ -36,6 +36,8 @@ SIZE_JITTER = 0.15  # extent = SIZE_PIXELS[size] * uniform(1 - SIZE_JITTER, 1 + 
 THIRD_MARGIN = 1.0  # px kept between the centre and its third's borders
 CANVAS_MARGIN = 1.0  # px kept between a clean object's bounding box and the canvas border
 SUPERSAMPLE = 4  # sub-pixels per pixel side for anti-aliasing
+# Extents of a free layout (log-uniform): from 30% below the small size to 30% above the large one.
+FREE_EXTENTS = (0.7 * SIZE_PIXELS["small"], 1.3 * SIZE_PIXELS["large"])
 
 
 def as_generator(seed: int | np.random.Generator | None) -> np.random.Generator:
@@ -81,9 +83,54 @@ def layout(attributes: Attributes, rng: np.random.Generator, jitter: bool = True
     return Scene(**attributes.as_dict(), center=center, extent=extent)
 
 
+@dataclass(frozen=True)
+class Look:
+    """How a drawing departs from the palette and the prototype shapes (the default departs in nothing).
+
+    Args:
+        rgb (`tuple[float, float, float]`, *optional*): the object's colour instead of its palette colour.
+        rounding (`float`, *optional*, defaults to 0): corner rounding in extents (see `coverage`).
+    """
+
+    rgb: tuple[float, float, float] | None = None
+    rounding: float = 0.0
+
+
+def free_look(color: str, rng: np.random.Generator, blend: float = 0.5, rounding: float = 0.2) -> Look:
+    """A look between the prototypes, as a generator draws them: half the time the colour mixed with another
+    palette colour (weight uniform up to `blend`), half the time the corners rounded (uniform up to `rounding`).
+    What the object then is (its colour, "other", a colour shift; its shape) is the judge's reading."""
+    rgb = None
+    if rng.random() < 0.5:
+        others = [c for c in COLORS if c != color]
+        other, weight = others[rng.integers(len(others))], rng.uniform(0, blend)
+        rgb = tuple(float(v) for v in (1 - weight) * np.asarray(COLORS[color]) + weight * np.asarray(COLORS[other]))
+    return Look(rgb=rgb, rounding=float(rng.uniform(0, rounding)) if rng.random() < 0.5 else 0.0)
+
+
+def free_layout(attributes: Attributes, rng: np.random.Generator) -> Scene:
+    """A scene of the attributes' colour and shape at any size and anywhere: extent log-uniform over
+    `FREE_EXTENTS` (across the judge's small / large threshold), centre uniform with the whole object
+    `CANVAS_MARGIN` px inside the canvas, so corner cells and the borders between cells are as common as anything.
+
+    The scene keeps the attributes' size and position *words*; what it shows is whatever its geometry makes of
+    them (the judge's reading). A clean `layout` only ever puts an object well inside one of five cells at one of
+    two sizes; a generator's samples fall anywhere, so a reward model that must read them is taught the rule on
+    free layouts too (`reward_data.perception_image`).
+    """
+    low, high = np.log(FREE_EXTENTS)
+    extent = float(np.exp(rng.uniform(low, high)))
+    lo, hi = extent / 2 + CANVAS_MARGIN, CANVAS - extent / 2 - CANVAS_MARGIN
+    center = (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)))
+    return Scene(**attributes.as_dict(), center=center, extent=extent)
+
+
 def coverage(shape: str, center: tuple[float, float], extent: float, supersample: int = SUPERSAMPLE,
-             canvas: int = CANVAS) -> np.ndarray:
-    """Per-pixel coverage in [0, 1], shape `(canvas, canvas)`, of a shape; parts outside the canvas are cut off."""
+             canvas: int = CANVAS, rounding: float = 0.0) -> np.ndarray:
+    """Per-pixel coverage in [0, 1], shape `(canvas, canvas)`, of a shape; parts outside the canvas are cut off.
+    `rounding` > 0 rounds its corners: the sub-pixel mask blurred by a Gaussian of that many extents and cut at 0.5
+    (straight edges stay, corners and the apex pull in: a square rounded by 0.15 reads as a circle, a triangle by
+    0.2)."""
     # Sub-pixel centres along one axis: (k + 0.5) / supersample for k in [0, canvas * supersample).
     t = (np.arange(canvas * supersample) + 0.5) / supersample
     x, y = t[None, :] - center[0], t[:, None] - center[1]  # (S, S) offsets from the box centre via broadcasting
@@ -97,8 +144,23 @@ def coverage(shape: str, center: tuple[float, float], extent: float, supersample
         inside = (y <= half) & (np.abs(x) <= (y + half) / 2)
     else:
         raise ValueError(f"unknown shape {shape!r}; allowed: circle, square, triangle")
+    if rounding > 0:
+        inside = _gaussian(inside.astype(np.float64), rounding * extent * supersample) >= 0.5
     # Box downsample: (S, S) -> (canvas, supersample, canvas, supersample) -> mean over the sub-pixels.
     return inside.reshape(canvas, supersample, canvas, supersample).mean(axis=(1, 3))
+
+
+def _gaussian(mask: np.ndarray, sigma: float) -> np.ndarray:
+    """`mask` blurred by a separable Gaussian of `sigma` pixels (zero outside, truncated at 3 sigma)."""
+    radius = max(1, int(3 * sigma))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+
+    def along(a: np.ndarray, axis: int) -> np.ndarray:
+        full = np.apply_along_axis(np.convolve, axis, a, taps)  # length n + 2 radius along `axis`
+        return np.take(full, np.arange(radius, radius + a.shape[axis]), axis=axis)
+
+    return along(along(mask, 1), 0)
 
 
 def composite(image: np.ndarray, alpha: np.ndarray, rgb: tuple[int, int, int] | np.ndarray) -> np.ndarray:
@@ -115,10 +177,13 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
-def draw(scene: Scene, supersample: int = SUPERSAMPLE) -> np.ndarray:
-    """The uint8 image `(64, 64, 3)` of exactly this scene (no randomness)."""
-    alpha = coverage(scene.shape, scene.center, scene.extent, supersample)
-    return to_uint8(composite(blank(), alpha, COLORS[scene.color]))
+def draw(scene: Scene, supersample: int = SUPERSAMPLE, look: Look | None = None) -> np.ndarray:
+    """The uint8 image `(64, 64, 3)` of exactly this scene (no randomness); `look` departs from its palette colour
+    and prototype shape."""
+    look = look or Look()
+    alpha = coverage(scene.shape, scene.center, scene.extent, supersample, rounding=look.rounding)
+    rgb = COLORS[scene.color] if look.rgb is None else look.rgb
+    return to_uint8(composite(blank(), alpha, rgb))
 
 
 @dataclass

@@ -54,7 +54,9 @@ from .grammar import (
     split_prompts,
 )
 from .judge import Verdict, judge
-from .render import Rendered, render
+from .render import Rendered, draw, render
+from .render import free_look as draw_look
+from .render import free_layout as render_free_layout
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 RECIPES: tuple[str, ...] = ("mixed", "perception")
@@ -135,24 +137,35 @@ def _wrong_attributes(prompt: str, num_wrong: int, rng: np.random.Generator) -> 
     return Attributes(**shown)
 
 
-def perception_image(prompt: str, rng: np.random.Generator,
-                     artefact_rates: dict[str, float] | None = None) -> tuple[np.ndarray, str]:
+def perception_image(prompt: str, rng: np.random.Generator, artefact_rates: dict[str, float] | None = None,
+                     free_layout: float = 0.0, free_look: float = 0.0) -> tuple[np.ndarray, str]:
     """One image of the "perception" recipe and its source tag: 0-4 wrong attributes drawn uniformly, then each
     artefact of `artefact_rates` (corruption kind -> probability; default `ARTEFACT_RATES`) independently at a
-    strength from `WIDE_SEVERITIES` (re-drawing kinds first).
+    strength from `WIDE_SEVERITIES` (re-drawing kinds first). With probability `free_layout` the object is drawn
+    at any size and place (`render.free_layout`; tag `+free`), and such an object with probability `free_look` in
+    a colour between two of the palette's or with rounded corners (`render.free_look`; tag `+look`): its
+    attributes are then whatever the judge reads (corners, cell borders; "other", a shifted colour, a rounded
+    square read as a circle), as in a generator's samples. At 0 no random number is spent on it.
 
     Why: a reward model must *read* the image. With mostly clean renders of the prompt, "copy the prompt and say
     yes" is nearly optimal; with the number of wrong attributes uniform, "yes" and "no" are equally common and
     only reading the pixels pays (issue "Reward models that see").
     """
     num_wrong = int(rng.integers(0, len(ATTRIBUTES) + 1))
-    picture = render(_wrong_attributes(prompt, num_wrong, rng), seed=rng)
+    shown = _wrong_attributes(prompt, num_wrong, rng)
+    free = free_layout > 0 and rng.random() < free_layout
+    look = free and free_look > 0 and rng.random() < free_look
+    if free:
+        scene = render_free_layout(shown, rng)
+        picture = Rendered(draw(scene, look=draw_look(shown.color, rng) if look else None), scene)
+    else:
+        picture = render(shown, seed=rng)
     rates = ARTEFACT_RATES if artefact_rates is None else artefact_rates
     kinds = combine_order([kind for kind, rate in rates.items() if rng.random() < rate])
     for kind in kinds:
         done = corrupt(picture, kind, rng, severity=WIDE_SEVERITIES[kind])
         picture = Rendered(done.image, done.scene)
-    return picture.image, f"wrong{num_wrong}" + "".join(f"+{k}" for k in kinds)
+    return picture.image, f"wrong{num_wrong}" + "+free" * free + "+look" * look + "".join(f"+{k}" for k in kinds)
 
 
 def make_reward_data(
@@ -171,6 +184,8 @@ def make_reward_data(
     sample_steps: int = 20,
     panel: AnnotatorPanel | None = None,
     artefact_rates: dict[str, float] | None = None,
+    free_layout: float = 0.0,
+    free_look: float = 0.0,
 ) -> dict:
     """Generate rated images and preference pairs for the prompts of one split (files: see the module docstring).
 
@@ -198,6 +213,10 @@ def make_reward_data(
         panel ([`AnnotatorPanel`], *optional*): the raters; default `AnnotatorPanel(seed=seed)`.
         artefact_rates (`dict[str, float]`, *optional*): the "perception" recipe's artefact probabilities;
             default `ARTEFACT_RATES`.
+        free_layout (`float`, *optional*, defaults to 0): the "perception" recipe's share of objects drawn at any
+            size and place ([`perception_image`]); stats count them under `free`.
+        free_look (`float`, *optional*, defaults to 0): the share of those also drawn with a colour or shape
+            between the prototypes; stats count them under `look`.
 
     Returns:
         `dict`: the contents of `stats.json`.
@@ -206,6 +225,9 @@ def make_reward_data(
         `ValueError`: for an unknown split or out-of-range counts and fractions.
     """
     _check_arguments(split, recipe, images_per_prompt, sft_fraction, double_fraction, artefact_rates)
+    for name, rate in (("free_layout", free_layout), ("free_look", free_look)):
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {rate}")
     split_id = SPLITS.index(split)
     prompts = _choose_prompts(split, split_seed, num_prompts, seed)
     pairs_per_prompt = _pairs_per_prompt(images_per_prompt, pairs_per_prompt)
@@ -222,7 +244,7 @@ def make_reward_data(
         rng = np.random.default_rng([seed, split_id, p])
         images: list[tuple[np.ndarray, str]] = [(render(prompt, seed=rng).image, "render") for _ in range(n_clean)]
         if recipe == "perception":
-            images += [perception_image(prompt, rng, artefact_rates) for _ in range(n_corrupt)]
+            images += [perception_image(prompt, rng, artefact_rates, free_layout, free_look) for _ in range(n_corrupt)]
         for _ in range(n_corrupt if recipe == "mixed" else 0):
             images.append(_mixed_image(prompt, kinds.next(), rng, double_fraction))
         images += [(sft_images[p * n_sft + k], "sft_sample") for k in range(n_sft)]
@@ -230,7 +252,9 @@ def make_reward_data(
         _draw_pairs(prompt, names, ratings, overall, pairs_per_prompt, panel, rng, tally)
 
     stats = _stats(tally, panel, split=split, recipe=recipe, seed=seed, split_seed=split_seed, sft_model=sft_model,
-                   prompts=len(prompts), images_per_prompt=images_per_prompt, pairs_per_prompt=pairs_per_prompt)
+                   prompts=len(prompts), images_per_prompt=images_per_prompt, pairs_per_prompt=pairs_per_prompt,
+                   **({"free_layout": free_layout} if free_layout else {}),
+                   **({"free_look": free_look} if free_look else {}))
     _write_files(out_dir, tally, stats)
     return stats
 
@@ -364,7 +388,7 @@ def _draw_pairs(prompt: str, names, ratings, overall, pairs_per_prompt: int, pan
 
 
 def _stats(tally: _Tally, panel: AnnotatorPanel, *, split, recipe, seed, split_seed, sft_model, prompts,
-           images_per_prompt, pairs_per_prompt) -> dict:
+           images_per_prompt, pairs_per_prompt, **extra) -> dict:
     """The contents of `stats.json`."""
     preferences = tally.preferences
     decided = preferences["a"] + preferences["b"]
@@ -372,7 +396,7 @@ def _stats(tally: _Tally, panel: AnnotatorPanel, *, split, recipe, seed, split_s
     mean_ratings = {d: round(float(np.mean([np.mean(r["ratings"][d]) for r in tally.rated])), 4)
                     for d in panel.dimensions}
     return {
-        "split": split, "recipe": recipe, "seed": seed, "split_seed": split_seed,
+        "split": split, "recipe": recipe, **extra, "seed": seed, "split_seed": split_seed,
         "sft_model": None if sft_model is None else str(sft_model),
         "prompts": prompts, "images": len(tally.rated), "images_per_prompt": images_per_prompt,
         "images_by_source": (_summarise_sources(tally.sources) if recipe == "perception"

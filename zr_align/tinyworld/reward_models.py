@@ -123,9 +123,19 @@ def initial_model(config) -> ZRewardModel | None:
     slot); None for any other `init` (a reward folder)."""
     if not config.init.startswith("tinyworld:"):
         return None
-    _, size, *rope = config.init.split(":")
-    if size not in SIZES or len(rope) > 1 or not set(rope) <= set(ROPE_LAYOUTS):
-        raise ValueError(f"init {config.init!r}: use tinyworld:teacher or tinyworld:student, optionally followed by "
-                         f"the rotary layout, one of {', '.join(':' + r for r in ROPE_LAYOUTS)}")
+    size, rope = parse_init(config.init)
     return build_reward_model(size, teacher=config.role == "teacher" and config.method != "reward_dance",
-                              seed=config.seed, rope=rope[0] if rope else "spatial")
+                              seed=config.seed, rope=rope)
+
+
+def parse_init(init: str) -> tuple[str, str]:
+    """(size, rotary layout) of an `init: tinyworld:SIZE[:ROPE]`.
+
+    Raises:
+        `ValueError`: one line naming the malformed init and the allowed forms.
+    """
+    _, size, *rope = init.split(":") if init.startswith("tinyworld:") else ("", "")
+    if size not in SIZES or len(rope) > 1 or not set(rope) <= set(ROPE_LAYOUTS):
+        raise ValueError(f"init {init!r}: use tinyworld:teacher or tinyworld:student, optionally followed by "
+                         f"the rotary layout, one of {', '.join(':' + r for r in ROPE_LAYOUTS)}")
+    return size, rope[0] if rope else "spatial"
