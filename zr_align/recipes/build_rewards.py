@@ -152,9 +152,6 @@ def build_reward_models(
     `teacher_init` the teacher SFT run's `init` instead of its config's (e.g. "tinyworld:teacher", the spatial
     rotary layout). `ship`: which of the two are copied to `out_dir` (the members of
     the reward ensemble ship their student only)."""
-    from ..tinyworld.reward_data import make_reward_data
-    from ..tinyworld.reward_eval import make_eval_set
-
     _check_ship(ship)  # before an hour of work, not at its end
     _check_recipe(sft_fraction, free_layout, free_look, teacher_init)
     work, out = Path(work_dir), Path(out_dir)
@@ -168,19 +165,8 @@ def build_reward_models(
         minutes[stage] = minutes.get(stage, 0.0) + round((time.perf_counter() - clock) / 60, 2)
         clock = time.perf_counter()
 
-    data_stats = {}
-    for name, make in (
-        ("eval_validation", lambda d: make_eval_set(d, "validation", seed + 2, sft, pairs_per_kind=90,
-                                                    generator_pairs=200, samples_per_prompt=12)),
-        ("eval_test", lambda d: make_eval_set(d, "test", seed + 1, sft)),
-        ("train", lambda d: make_reward_data(d, "train", images_per_prompt, seed, sft_model=sft,
-                                             sft_fraction=sft_fraction, recipe="perception",
-                                             artefact_rates=artefact_rates, free_layout=free_layout,
-                                             free_look=free_look)),
-    ):
-        stats_file = work / "data" / name / "stats.json"
-        data_stats[name] = (json.loads(stats_file.read_text()) if reuse and stats_file.is_file()
-                            else make(work / "data" / name))
+    data_stats = make_data(work / "data", sft, images_per_prompt, seed, reuse, sft_fraction=sft_fraction,
+                           artefact_rates=artefact_rates, free_layout=free_layout, free_look=free_look)
     lap("data")
     runs = [(name, file) for name, file in RUNS if baselines or name in SHIPPED]
     times, hook = {}, reading_hook(work / "data" / "eval_validation")
@@ -210,6 +196,26 @@ def build_reward_models(
         Path(folder, "tinyworld_rewards.md").write_text(format_report(report, images_per_prompt, steps_scale, seed))
     ship_models(work, out, shipped_teacher, ship)
     return report
+
+
+def make_data(data_dir: Path, sft: str | None, images_per_prompt: int, seed: int, reuse: bool, **recipe) -> dict:
+    """The evaluation sets (validation, to choose; test, to report) and the training data from the perception
+    recipe (`recipe`: `make_reward_data`'s keywords), each kept when `reuse` finds it; their stats by name."""
+    from ..tinyworld.reward_data import make_reward_data
+    from ..tinyworld.reward_eval import make_eval_set
+
+    data_stats = {}
+    for name, make in (
+        ("eval_validation", lambda d: make_eval_set(d, "validation", seed + 2, sft, pairs_per_kind=90,
+                                                    generator_pairs=200, samples_per_prompt=12)),
+        ("eval_test", lambda d: make_eval_set(d, "test", seed + 1, sft)),
+        ("train", lambda d: make_reward_data(d, "train", images_per_prompt, seed, sft_model=sft,
+                                             recipe="perception", **recipe)),
+    ):
+        stats_file = data_dir / name / "stats.json"
+        data_stats[name] = (json.loads(stats_file.read_text()) if reuse and stats_file.is_file()
+                            else make(data_dir / name))
+    return data_stats
 
 
 def ship_models(work: Path, out: Path, teacher_run: str, ship: tuple[str, ...] = ("teacher", "student")) -> None:

@@ -206,17 +206,13 @@ def make_reward_data(
             of the prompt; default `images_per_prompt` (capped at the number of pairs).
         double_fraction (`float`, *optional*, defaults to 0.25): share of corrupted images that get a second
             corruption of another dimension.
-        split_seed (`int`, *optional*, defaults to 0): seed of `split_prompts`. Kept apart from `seed` so that data
-            drawn with different seeds never moves a held-out prompt into training (0 is also the split the
-            TinyWorld SFT model was trained on).
+        split_seed (`int`, *optional*, defaults to 0): seed of `split_prompts`, apart from `seed` so that no seed
+            moves a held-out prompt into training (0: the split the TinyWorld SFT model was trained on).
         sample_steps (`int`, *optional*, defaults to 20): denoising steps of the SFT samples.
         panel ([`AnnotatorPanel`], *optional*): the raters; default `AnnotatorPanel(seed=seed)`.
         artefact_rates (`dict[str, float]`, *optional*): the "perception" recipe's artefact probabilities;
             default `ARTEFACT_RATES`.
-        free_layout (`float`, *optional*, defaults to 0): the "perception" recipe's share of objects drawn at any
-            size and place ([`perception_image`]); stats count them under `free`.
-        free_look (`float`, *optional*, defaults to 0): the share of those also drawn with a colour or shape
-            between the prototypes; stats count them under `look`.
+        free_layout, free_look (`float`, *optional*, default to 0): the "perception" recipe's [`perception_image`].
 
     Returns:
         `dict`: the contents of `stats.json`.
@@ -224,10 +220,9 @@ def make_reward_data(
     Raises:
         `ValueError`: for an unknown split or out-of-range counts and fractions.
     """
-    _check_arguments(split, recipe, images_per_prompt, sft_fraction, double_fraction, artefact_rates)
-    for name, rate in (("free_layout", free_layout), ("free_look", free_look)):
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {rate}")
+    _check_arguments(split, recipe, images_per_prompt, sft_fraction, double_fraction, artefact_rates,
+                     {"free_layout": free_layout, "free_look": free_look})
+    perception = {"artefact_rates": artefact_rates, "free_layout": free_layout, "free_look": free_look}
     split_id = SPLITS.index(split)
     prompts = _choose_prompts(split, split_seed, num_prompts, seed)
     pairs_per_prompt = _pairs_per_prompt(images_per_prompt, pairs_per_prompt)
@@ -242,21 +237,26 @@ def make_reward_data(
     tally = _Tally()
     for p, prompt in enumerate(prompts):
         rng = np.random.default_rng([seed, split_id, p])
-        images: list[tuple[np.ndarray, str]] = [(render(prompt, seed=rng).image, "render") for _ in range(n_clean)]
-        if recipe == "perception":
-            images += [perception_image(prompt, rng, artefact_rates, free_layout, free_look) for _ in range(n_corrupt)]
-        for _ in range(n_corrupt if recipe == "mixed" else 0):
-            images.append(_mixed_image(prompt, kinds.next(), rng, double_fraction))
+        images = _prompt_images(prompt, rng, n_clean, n_corrupt, recipe, kinds, double_fraction, perception)
         images += [(sft_images[p * n_sft + k], "sft_sample") for k in range(n_sft)]
         names, ratings, overall = _rate_images(images, prompt, p, split, panel, rng, out_dir, tally)
         _draw_pairs(prompt, names, ratings, overall, pairs_per_prompt, panel, rng, tally)
 
     stats = _stats(tally, panel, split=split, recipe=recipe, seed=seed, split_seed=split_seed, sft_model=sft_model,
                    prompts=len(prompts), images_per_prompt=images_per_prompt, pairs_per_prompt=pairs_per_prompt,
-                   **({"free_layout": free_layout} if free_layout else {}),
-                   **({"free_look": free_look} if free_look else {}))
+                   **{k: v for k, v in (("free_layout", free_layout), ("free_look", free_look)) if v})
     _write_files(out_dir, tally, stats)
     return stats
+
+
+def _prompt_images(prompt: str, rng: np.random.Generator, n_clean: int, n_corrupt: int, recipe: str,
+                   kinds: "_KindCycle", double_fraction: float, perception: dict) -> list[tuple[np.ndarray, str]]:
+    """One prompt's drawn images and their sources: `n_clean` clean renders, then `n_corrupt` of the recipe
+    (`perception`: [`perception_image`]'s keywords)."""
+    images = [(render(prompt, seed=rng).image, "render") for _ in range(n_clean)]
+    if recipe == "perception":
+        return images + [perception_image(prompt, rng, **perception) for _ in range(n_corrupt)]
+    return images + [_mixed_image(prompt, kinds.next(), rng, double_fraction) for _ in range(n_corrupt)]
 
 
 def _write_files(out_dir: Path, tally: _Tally, stats: dict) -> None:
@@ -285,7 +285,8 @@ def _sft_samples(sft_model: str | None, prompts: list[str], n_sft: int, seed: in
 
 
 def _check_arguments(split: str, recipe: str, images_per_prompt: int, sft_fraction: float,
-                     double_fraction: float, artefact_rates: dict[str, float] | None) -> None:
+                     double_fraction: float, artefact_rates: dict[str, float] | None,
+                     rates: dict[str, float] | None = None) -> None:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     if recipe not in RECIPES:
@@ -294,8 +295,9 @@ def _check_arguments(split: str, recipe: str, images_per_prompt: int, sft_fracti
         raise ValueError(f"images_per_prompt must be >= 2 (pairs need two images), got {images_per_prompt}")
     if not 0.0 <= sft_fraction < 1.0:
         raise ValueError(f"sft_fraction must be in [0, 1), got {sft_fraction}")
-    if not 0.0 <= double_fraction <= 1.0:
-        raise ValueError(f"double_fraction must be in [0, 1], got {double_fraction}")
+    for name, rate in {"double_fraction": double_fraction, **(rates or {})}.items():
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {rate}")
     artefacts = [k for k in CORRUPTIONS if k not in WRONG_ATTRIBUTE]
     for kind in artefact_rates or {}:
         if kind not in artefacts:
