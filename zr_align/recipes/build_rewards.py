@@ -152,8 +152,13 @@ def build_reward_models(
     `teacher_init` the teacher SFT run's `init` instead of its config's (e.g. "tinyworld:teacher", the spatial
     rotary layout). `ship`: which of the two are copied to `out_dir` (the members of
     the reward ensemble ship their student only)."""
-    _check_ship(ship)  # before an hour of work, not at its end
-    _check_recipe(sft_fraction, free_layout, free_look, teacher_init)
+    from ..tinyworld.reward_data import check_mix
+    from ..tinyworld.reward_models import parse_init
+
+    _check_ship(ship)  # before an hour of work, not at its end, and so the recipe
+    check_mix(sft_fraction, artefact_rates, free_layout, free_look)
+    if teacher_init is not None and parse_init(teacher_init)[0] != "teacher":
+        raise ValueError(f"teacher_init {teacher_init!r} is a student; use tinyworld:teacher[:LAYOUT]")
     work, out = Path(work_dir), Path(out_dir)
     sft = sft_model if sft_model and Path(sft_model, "model_index.json").is_file() else None
     log(f"reward data (SFT samples from {sft})")
@@ -233,18 +238,6 @@ def _check_ship(ship: tuple[str, ...]) -> None:
     unknown = sorted(set(ship) - {"teacher", "student"})
     if unknown:
         raise ValueError(f"ship takes 'teacher' and 'student'; got {unknown[0]!r}")
-
-
-def _check_recipe(sft_fraction: float, free_layout: float, free_look: float, teacher_init: str | None) -> None:
-    from ..tinyworld.reward_models import parse_init
-
-    if not 0.0 <= sft_fraction < 1.0:
-        raise ValueError(f"sft_fraction must be in [0, 1), got {sft_fraction}; e.g. 0.12 (the shipped share)")
-    for name, rate in (("free_layout", free_layout), ("free_look", free_look)):
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {rate}; e.g. 0.3")
-    if teacher_init is not None and parse_init(teacher_init)[0] != "teacher":
-        raise ValueError(f"teacher_init {teacher_init!r} is a student; use tinyworld:teacher[:LAYOUT]")
 
 
 def artefact_mix(changes: list[str]) -> dict[str, float] | None:

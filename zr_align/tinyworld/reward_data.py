@@ -220,8 +220,8 @@ def make_reward_data(
     Raises:
         `ValueError`: for an unknown split or out-of-range counts and fractions.
     """
-    _check_arguments(split, recipe, images_per_prompt, sft_fraction, double_fraction, artefact_rates,
-                     {"free_layout": free_layout, "free_look": free_look})
+    _check_arguments(split, recipe, images_per_prompt, sft_fraction, double_fraction, artefact_rates, free_layout,
+                     free_look)
     perception = {"artefact_rates": artefact_rates, "free_layout": free_layout, "free_look": free_look}
     split_id = SPLITS.index(split)
     prompts = _choose_prompts(split, split_seed, num_prompts, seed)
@@ -285,19 +285,32 @@ def _sft_samples(sft_model: str | None, prompts: list[str], n_sft: int, seed: in
 
 
 def _check_arguments(split: str, recipe: str, images_per_prompt: int, sft_fraction: float,
-                     double_fraction: float, artefact_rates: dict[str, float] | None,
-                     rates: dict[str, float] | None = None) -> None:
+                     double_fraction: float, artefact_rates: dict[str, float] | None, free_layout: float,
+                     free_look: float) -> None:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; allowed: {', '.join(RECIPES)}")
     if images_per_prompt < 2:
         raise ValueError(f"images_per_prompt must be >= 2 (pairs need two images), got {images_per_prompt}")
+    if not 0.0 <= double_fraction <= 1.0:
+        raise ValueError(f"double_fraction must be in [0, 1], got {double_fraction}")
+    check_mix(sft_fraction, artefact_rates, free_layout, free_look)
+
+
+def check_mix(sft_fraction: float, artefact_rates: dict[str, float] | None = None, free_layout: float = 0.0,
+              free_look: float = 0.0) -> None:
+    """Refuse a training-data mix of `make_reward_data` that it cannot draw (one line naming the value and a fix);
+    callers that work for a while before drawing it (`recipes.build_rewards`) check first.
+
+    Raises:
+        `ValueError`: a share outside its range, or an artefact rate for a kind that is no artefact.
+    """
     if not 0.0 <= sft_fraction < 1.0:
-        raise ValueError(f"sft_fraction must be in [0, 1), got {sft_fraction}")
-    for name, rate in {"double_fraction": double_fraction, **(rates or {})}.items():
+        raise ValueError(f"sft_fraction must be in [0, 1), got {sft_fraction}; e.g. 0.12 (the shipped share)")
+    for name, rate in (("free_layout", free_layout), ("free_look", free_look)):
         if not 0.0 <= rate <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {rate}")
+            raise ValueError(f"{name} must be in [0, 1], got {rate}; e.g. 0.3")
     artefacts = [k for k in CORRUPTIONS if k not in WRONG_ATTRIBUTE]
     for kind in artefact_rates or {}:
         if kind not in artefacts:
@@ -421,5 +434,5 @@ def _summarise_sources(sources: dict[str, int]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-__all__ = ["ARTEFACT_CHECKS", "ARTEFACT_RATES", "RECIPES", "perception_image", "POSITION_WORDS", "RATIONALE_DIMENSIONS", "RATIONALE_WORDS", "SPLITS",
+__all__ = ["ARTEFACT_CHECKS", "ARTEFACT_RATES", "check_mix", "RECIPES", "perception_image", "POSITION_WORDS", "RATIONALE_DIMENSIONS", "RATIONALE_WORDS", "SPLITS",
            "make_reward_data", "rationale_text"]
