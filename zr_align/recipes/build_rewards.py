@@ -177,7 +177,7 @@ def build_reward_models(
     times, hook = {}, reading_hook(work / "data" / "eval_validation")
     shipped_teacher = None
     for name, file in runs:
-        if name in ("risd", "opd", "risd_long") and shipped_teacher is None:
+        if name in ("student_sft", "risd", "opd", "risd_long") and shipped_teacher is None:
             shipped_teacher = choose_teacher(work, num_rationales, log)
             lap("choosing the teacher")
         log(f"== {name}")
