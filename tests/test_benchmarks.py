@@ -81,3 +81,35 @@ def test_oracle_selection_never_loses_to_the_plain_sample():
     assert rows["judge"]["images"] == rows["student"]["images"] == 6
     assert rows["judge"]["gsb"]["bad"] == 0
     assert rows["judge"]["gsb"]["good"] >= rows["student"]["gsb"]["good"] - rows["student"]["gsb"]["bad"]
+
+
+def test_judge_stability_copies_are_unseeable_and_catch_a_call_on_a_threshold():
+    """benchmarks/judge_stability.py: the dithers move no channel by more than one level, the shifts move the object
+    by a quarter pixel; a clean render is judged the same on every copy, an object whose centre sits on a third of
+    the canvas is not (its position call rests on a fraction of a pixel)."""
+    from zr_align.tinyworld.grammar import CANVAS, Scene, parse_prompt
+    from zr_align.tinyworld.render import draw, render
+
+    import numpy as np
+
+    stability = _script("judge_stability")
+    prompt = "a large red circle on the left"
+    image = render(prompt, seed=0).image
+    copies = stability.copies(image, seed=3)
+    assert len(copies) == 5 and all(c.dtype == np.uint8 and c.shape == image.shape for c in copies)
+    for dither in copies[:3]:
+        step = np.abs(dither.astype(int) - image.astype(int))
+        assert step.max() == 1 and 0.5 < (step > 0).mean() < 0.8  # two thirds of the values move, by one level
+    ink = lambda a: np.abs(a.astype(float) - a[0, 0]).sum(-1)  # noqa: E731  (off the background's colour)
+    centroid = lambda a: np.array([(ink(a) * np.arange(CANVAS)).sum() / ink(a).sum(),  # noqa: E731
+                                   (ink(a) * np.arange(CANVAS)[:, None]).sum() / ink(a).sum()])
+    assert np.allclose(centroid(copies[3]) - centroid(image), [0.25, 0.0], atol=0.02)  # right
+    assert np.allclose(centroid(copies[4]) - centroid(image), [0.0, 0.25], atol=0.02)  # down
+    calls = stability.calls(image, prompt)
+    assert [calls[a] for a in ("size", "color", "shape", "position")] == ["large yes", "red yes", "circle yes",
+                                                                          "left yes"]
+    assert all(stability.calls(c, prompt) == calls for c in copies)
+    on_third = Scene(**parse_prompt(prompt).as_dict(), center=(CANVAS / 3 - 0.1, CANVAS / 2), extent=28.0)
+    border = draw(on_third)
+    assert stability.calls(border, prompt)["position"] == "left yes"
+    assert [stability.calls(c, prompt)["position"] for c in stability.copies(border)][3] == "center no"
