@@ -24,7 +24,7 @@ from PIL import Image
 
 from zr_align.tinyworld.judge import judge
 from zr_align.tinyworld.reward_data import RATIONALE_DIMENSIONS, rationale_text
-from zr_align.tinyworld.reward_eval import _checks, readings
+from zr_align.tinyworld.reward_eval import rationale_checks, readings
 
 
 def copies(pixels: np.ndarray, seed: int = 0) -> list[np.ndarray]:
@@ -44,7 +44,7 @@ def calls(pixels: np.ndarray, prompt: str) -> dict[str, str]:
     verdict = judge(pixels, prompt)
     found = {}
     for dim in RATIONALE_DIMENSIONS:
-        found.update(_checks(rationale_text(verdict, dim), dim))
+        found.update(rationale_checks(rationale_text(verdict, dim), dim))
     return found
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,8 +90,6 @@ def test_judge_stability_copies_are_unseeable_and_catch_a_call_on_a_threshold():
     the canvas is not (its position call rests on a fraction of a pixel)."""
     from zr_align.tinyworld.grammar import CANVAS, Scene, parse_prompt
     from zr_align.tinyworld.render import draw, render
-
-    import numpy as np
 
     stability = _script("judge_stability")
     prompt = "a large red circle on the left"

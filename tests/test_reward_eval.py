@@ -13,10 +13,10 @@ from zr_align.tinyworld.judge import judge, net_preference
 from zr_align.tinyworld.render import render
 from zr_align.tinyworld.reward_eval import (
     KINDS,
-    _checks,
     evaluate_kinds,
     make_eval_set,
     pair_hits,
+    rationale_checks,
     reading_accuracy,
     readings,
     score_eval_images,
@@ -71,9 +71,9 @@ def test_judge_scorer_is_perfect_and_a_blind_one_is_chance(eval_set):
 
 
 def test_reading_accuracy_parses_checks_and_rejects_a_blind_reader(eval_set):
-    assert _checks("size large yes color blue no shape circle yes position left yes", "alignment") == {
+    assert rationale_checks("size large yes color blue no shape circle yes position left yes", "alignment") == {
         "size": "large yes", "color": "blue no", "shape": "circle yes", "position": "left yes"}
-    assert _checks("blur no noise yes shift no", "realism") == {"blur": "no", "noise": "yes", "shift": "no"}
+    assert rationale_checks("blur no noise yes shift no", "realism") == {"blur": "no", "noise": "yes", "shift": "no"}
     out, _ = eval_set
     teacher = ReasoningTeacher(build_reward_model("teacher", teacher=True))  # random: reads nothing
     reading = reading_accuracy(teacher, out, limit=12)
@@ -101,7 +101,7 @@ def test_pair_hits_and_readings_are_the_rows_behind_the_figures(eval_set):
     rated = [r for r in map(json.loads, (out / "rated.jsonl").read_text().splitlines()) if r["source"] == "render"]
     assert [r["image"] for r in rows] == [r["image"] for r in rated[:5]]
     for row, record in zip(rows, rated):  # the judge's side of each check is the stored rationale
-        truth = {c: v for d, text in record["rationale"].items() for c, v in _checks(text, d).items()}
+        truth = {c: v for d, text in record["rationale"].items() for c, v in rationale_checks(text, d).items()}
         assert {c: judge_said for c, (judge_said, _) in row["checks"].items()} == truth
     hits = [float(said == truth) for row in rows for truth, said in [row["checks"]["position"]]]
     assert reading_accuracy(teacher, out, sources=("render",), limit=5)["position"] == pytest.approx(np.mean(hits))

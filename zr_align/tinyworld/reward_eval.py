@@ -184,7 +184,7 @@ def evaluate_kinds(rewards: dict[str, float], eval_dir) -> dict[str, float]:
     return {k: round(v, 4) for k, v in kind_accuracy(pair_hits(rewards, eval_dir)).items()}
 
 
-def _checks(text: str, dimension: str) -> dict[str, str]:
+def rationale_checks(text: str, dimension: str) -> dict[str, str]:
     """A rationale -> {check: what it says}: attributes read "value yes|no", artefacts "yes|no"."""
     words = text.split()
     if dimension == "alignment":
@@ -216,9 +216,9 @@ def readings(teacher, eval_dir, batch_size: int = 32, sources: tuple[str, ...] |
             for d, dim in enumerate(dims):
                 if dim not in record["rationale"]:
                     continue
-                said = _checks(texts[b * len(dims) + d], dim)
+                said = rationale_checks(texts[b * len(dims) + d], dim)
                 checks.update({check: (value, said.get(check))
-                               for check, value in _checks(record["rationale"][dim], dim).items()})
+                               for check, value in rationale_checks(record["rationale"][dim], dim).items()})
             rows.append({"image": record["image"], "prompt": record["prompt"], "source": record["source"],
                          "checks": checks})
     return rows
@@ -236,5 +236,5 @@ def reading_accuracy(teacher, eval_dir, batch_size: int = 32, sources: tuple[str
     return {k: round(float(np.mean(v)), 4) for k, v in hits.items()}
 
 
-__all__ = ["KINDS", "evaluate_kinds", "kind_accuracy", "make_eval_set", "pair_hits", "reading_accuracy", "readings",
-           "score_eval_images", "score_eval_records"]
+__all__ = ["KINDS", "evaluate_kinds", "kind_accuracy", "make_eval_set", "pair_hits", "rationale_checks",
+           "reading_accuracy", "readings", "score_eval_images", "score_eval_records"]
