@@ -39,6 +39,7 @@ from .render import (
     composite,
     coverage,
     draw,
+    gaussian_blur,
     sample_center,
     to_uint8,
 )
@@ -105,21 +106,6 @@ def _wrong_attribute(attribute: str) -> CorruptionFn:
         return draw(changed), changed, f"{attribute} {getattr(scene, attribute)} -> {new}"
 
     return apply
-
-
-def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of a float `(H, W, C)` image with edge padding (radius ceil(3 sigma))."""
-    radius = int(np.ceil(3 * sigma))
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    taps /= taps.sum()
-    out = image
-    for axis in (0, 1):
-        pad = [(0, 0)] * image.ndim
-        pad[axis] = (radius, radius)
-        padded = np.pad(out, pad, mode="edge")
-        n = out.shape[axis]
-        out = sum(w * np.take(padded, np.arange(k, k + n), axis=axis) for k, w in enumerate(taps))
-    return out
 
 
 def _blur(image, scene, rng, severity):

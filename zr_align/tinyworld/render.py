@@ -145,22 +145,25 @@ def coverage(shape: str, center: tuple[float, float], extent: float, supersample
     else:
         raise ValueError(f"unknown shape {shape!r}; allowed: circle, square, triangle")
     if rounding > 0:
-        inside = _gaussian(inside.astype(np.float64), rounding * extent * supersample) >= 0.5
+        inside = gaussian_blur(inside.astype(np.float64), rounding * extent * supersample, "constant") >= 0.5
     # Box downsample: (S, S) -> (canvas, supersample, canvas, supersample) -> mean over the sub-pixels.
     return inside.reshape(canvas, supersample, canvas, supersample).mean(axis=(1, 3))
 
 
-def _gaussian(mask: np.ndarray, sigma: float) -> np.ndarray:
-    """`mask` blurred by a separable Gaussian of `sigma` pixels (zero outside, truncated at 3 sigma)."""
-    radius = max(1, int(3 * sigma))
+def gaussian_blur(image: np.ndarray, sigma: float, mode: str = "edge") -> np.ndarray:
+    """Separable Gaussian blur of a float `(H, W[, C])` array over its first two axes (radius ceil(3 sigma)),
+    padded by `np.pad`'s `mode`: "edge" for images (`corrupt`'s blur), "constant" (zeros) for a shape's mask."""
+    radius = int(np.ceil(3 * sigma))
     taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     taps /= taps.sum()
-
-    def along(a: np.ndarray, axis: int) -> np.ndarray:
-        full = np.apply_along_axis(np.convolve, axis, a, taps)  # length n + 2 radius along `axis`
-        return np.take(full, np.arange(radius, radius + a.shape[axis]), axis=axis)
-
-    return along(along(mask, 1), 0)
+    out = image
+    for axis in (0, 1):
+        pad = [(0, 0)] * image.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode=mode)
+        n = out.shape[axis]
+        out = sum(w * np.take(padded, np.arange(k, k + n), axis=axis) for k, w in enumerate(taps))
+    return out
 
 
 def composite(image: np.ndarray, alpha: np.ndarray, rgb: tuple[int, int, int] | np.ndarray) -> np.ndarray:
