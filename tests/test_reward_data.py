@@ -254,6 +254,50 @@ def test_generator_with_sft_samples(tmp_path):
     assert len(RatedImages(tmp_path / "data" / "rated.jsonl")) == 8
 
 
+def test_swapped_sft_samples_come_from_a_prompt_one_attribute_away(tmp_path):
+    from zr_align.tiny.diffusion import tiny_pipeline
+    from zr_align.tinyworld.grammar import ATTRIBUTES, parse_prompt
+    from zr_align.tinyworld.reward_data import _sft_prompts
+
+    prompts = split_prompts(0).train
+    plain = _sft_prompts(prompts, 4, seed=3, swap=0.0)
+    assert plain == [p for p in prompts for _ in range(4)]
+    drawn = _sft_prompts(prompts, 4, seed=3, swap=0.5)
+    assert drawn == _sft_prompts(prompts, 4, seed=3, swap=0.5)  # seeded
+    swapped = [(rated, source) for rated, source in zip(plain, drawn) if rated != source]
+    assert 0.4 < len(swapped) / len(drawn) < 0.6
+    for rated, source in swapped:  # a prompt of the same split, exactly one attribute changed
+        assert source in prompts
+        a, b = parse_prompt(rated), parse_prompt(source)
+        assert sum(getattr(a, x) != getattr(b, x) for x in ATTRIBUTES) == 1
+    changed = {x for rated, source in swapped for x in ATTRIBUTES
+               if getattr(parse_prompt(rated), x) != getattr(parse_prompt(source), x)}
+    assert changed == set(ATTRIBUTES)
+
+    tiny_pipeline("sd", tmp_path / "sft")
+    args = dict(images_per_prompt=2, seed=0, sft_model=str(tmp_path / "sft"), sft_fraction=0.5, sample_steps=2,
+                recipe="perception")
+    base = make_reward_data(tmp_path / "base", "validation", **args)
+    stats = make_reward_data(tmp_path / "swap", "validation", sft_swap=1.0, **args)
+    rated = {name: [json.loads(line) for line in (tmp_path / name / "rated.jsonl").read_text().splitlines()]
+             for name in ("base", "swap")}
+    validation = split_prompts(0).validation
+    expected = sum(a != b for a, b in zip(_sft_prompts(validation, 1, 0, 0.0), _sft_prompts(validation, 1, 0, 1.0)))
+    assert expected > 0 and stats["images_by_source"]["swap"] == expected  # every prompt with a neighbour swaps
+    assert "swap" not in base["images_by_source"] and stats["sft_swap"] == 1.0 and "sft_swap" not in base
+    # the same rated prompts and renders; only the swapped SFT samples differ, judged against the line's prompt
+    assert [r["prompt"] for r in rated["swap"]] == [r["prompt"] for r in rated["base"]]
+    for a, b in zip(rated["base"], rated["swap"]):
+        same = np.array_equal(np.asarray(Image.open(tmp_path / "base" / a["image"])),
+                              np.asarray(Image.open(tmp_path / "swap" / b["image"])))
+        assert same == (b["source"] != "sft_sample+swap")
+        if b["source"] == "sft_sample+swap":
+            assert b["rationale"]["alignment"] == rationale_text(judge(
+                np.asarray(Image.open(tmp_path / "swap" / b["image"])), b["prompt"]), "alignment")
+    with pytest.raises(ValueError, match=r"sft_swap must be in \[0, 1\], got 1.5"):
+        make_reward_data(tmp_path / "bad", "train", sft_swap=1.5, **args)
+
+
 def test_generator_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         make_reward_data(tmp_path, "dev", 4, 0)
@@ -381,6 +425,18 @@ def test_ship_models_copies_the_student_only_for_an_ensemble_member(tmp_path):
         assert not (tmp_path / "build").exists()
 
 
+def test_a_teacher_only_build_trains_no_student():
+    from zr_align.recipes.build_rewards import RUNS, planned_runs
+
+    names = lambda runs: [name for name, _ in runs]  # noqa: E731
+    assert names(planned_runs(False, ("teacher",))) == ["teacher_sft", "gdso"]
+    assert names(planned_runs(False, ("student",))) == ["teacher_sft", "gdso", "risd_long"]
+    assert names(planned_runs(False, ("teacher", "student"))) == ["teacher_sft", "gdso", "risd_long"]
+    assert planned_runs(True, ("teacher",)) == RUNS  # the table's build trains every baseline whatever ships
+    for ship in (("teacher",), ("student",)):  # each run keeps its own config file
+        assert all((name, file) in RUNS for name, file in planned_runs(False, ship))
+
+
 def test_build_rewards_cli_takes_the_recipe_and_ships_one_model(capsys):
     from zr_align.cli import main
 
@@ -390,3 +446,6 @@ def test_build_rewards_cli_takes_the_recipe_and_ships_one_model(capsys):
     assert main(["tinyworld", "build-rewards", "--free-layout", "2", "--work-dir", "/nonexistent/never"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["zr-align tinyworld: error: free_layout must be in [0, 1], got 2.0; e.g. 0.3"]
+    assert main(["tinyworld", "build-rewards", "--sft-swap", "-1", "--work-dir", "/nonexistent/never"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "zr-align tinyworld: error: sft_swap must be in [0, 1], got -1.0; e.g. 0.3"

@@ -205,7 +205,8 @@ def _add_build_rewards(sub) -> None:
     ship = p.add_mutually_exclusive_group()
     ship.add_argument("--student-only", action="store_true",
                       help="copy only the RISD student to OUT/student (a member of the reward ensemble)")
-    ship.add_argument("--teacher-only", action="store_true", help="copy only the chosen teacher to OUT/teacher")
+    ship.add_argument("--teacher-only", action="store_true",
+                      help="copy only the chosen teacher to OUT/teacher (with --no-baselines no student is trained)")
     p.add_argument("--sft-fraction", type=float, default=0.12,
                    help="share of the SFT model's samples among the training images")
     p.add_argument("--free-layout", type=float, default=0.0,
@@ -213,6 +214,8 @@ def _add_build_rewards(sub) -> None:
                         "read by the judge")
     p.add_argument("--free-look", type=float, default=0.0,
                    help="share of those drawn in a colour between two of the palette's or with rounded corners")
+    p.add_argument("--sft-swap", type=float, default=0.0,
+                   help="share of the SFT samples drawn from a train prompt one attribute away from the rated one")
     p.add_argument("--teacher-init", help="the teacher SFT run's start instead of its config's, e.g. "
                                           "tinyworld:teacher (the spatial rotary layout)")
 
@@ -224,7 +227,7 @@ def _run_build_rewards(args) -> int:
     build_reward_models(args.work_dir, args.out, args.sft_model, args.images_per_prompt, args.steps_scale,
                         seed=args.seed, docs=args.docs or None, reuse=args.reuse, baselines=args.baselines,
                         artefact_rates=rates, sft_fraction=args.sft_fraction, free_layout=args.free_layout,
-                        free_look=args.free_look, teacher_init=args.teacher_init,
+                        free_look=args.free_look, sft_swap=args.sft_swap, teacher_init=args.teacher_init,
                         ship=("student",) if args.student_only else ("teacher",) if args.teacher_only
                         else ("teacher", "student"))
     return 0

@@ -18,8 +18,9 @@ the comparison table on held-out pairs by kind (GDSO and RISD of the Z-Reward pa
    more generator samples and the spatial rotary layout, docs/tinyworld_rewards.md).
 
 `baselines=False` (`--no-baselines`, what `make tinyworld` runs) trains only the `SHIPPED` runs, the ones the
-shipped weights come from, and leaves the table in `docs/` as it is (its report goes to the work dir); a later
-run with `--reuse` and without the flag adds the baselines and writes the whole table (`make tinyworld-table`).
+shipped weights come from (with `ship=("teacher",)` not even the student: `planned_runs`), and leaves the table in
+`docs/` as it is (its report goes to the work dir); a later run with `--reuse` and without the flag adds the
+baselines and writes the whole table (`make tinyworld-table`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,18 @@ RUNS = [
     ("risd_long", "tinyworld_risd_long.yaml"),  # the shipped student
 ]
 TEACHERS = ("teacher_sft", "gdso", "grpo")
+STUDENTS = ("student_sft", "risd", "opd", "risd_long")  # they start from the chosen teacher
 SHIPPED = ("teacher_sft", "gdso", "risd_long")  # the runs behind models/tinyworld/{teacher,student}
+
+
+def planned_runs(baselines: bool, ship: tuple[str, ...]) -> list[tuple[str, str]]:
+    """`(name, config file)` of the runs a build trains, in order: every run of `RUNS` with `baselines`, else
+    only the `SHIPPED` ones, and of those no student when only the teacher ships (`--teacher-only`: the RISD
+    student, about 40% of such a build's training time, would be thrown away)."""
+    if baselines:
+        return list(RUNS)
+    return [(name, file) for name, file in RUNS
+            if name in SHIPPED and ("student" in ship or name not in STUDENTS)]
 
 
 def run_config(name: str, file: str, work: Path, steps_scale: float, seed: int, log, reuse: bool = False,
@@ -141,6 +153,7 @@ def build_reward_models(
     sft_fraction: float = 0.12,
     free_layout: float = 0.0,
     free_look: float = 0.0,
+    sft_swap: float = 0.0,
     teacher_init: str | None = None,
 ) -> dict:
     """Data, every reward model of `RUNS` (only the `SHIPPED` ones without `baselines`), the table per pair kind
@@ -148,17 +161,13 @@ def build_reward_models(
     *validation* set) and RISD student. `artefact_rates`: the training data's artefact mix (default
     `reward_data.ARTEFACT_RATES`, the shipped one); `sft_fraction` its share of SFT-generator samples and
     `free_layout` its share of objects drawn at any size and place, `free_look` the share of those drawn between
-    the palette's colours or the prototype shapes (`reward_data.perception_image`);
+    the palette's colours or the prototype shapes (`reward_data.perception_image`), `sft_swap` the share of the
+    SFT samples drawn from a prompt one attribute away from the rated one (`make_reward_data`);
     `teacher_init` the teacher SFT run's `init` instead of its config's (e.g. "tinyworld:teacher", the spatial
     rotary layout). `ship`: which of the two are copied to `out_dir` (the members of
     the reward ensemble ship their student only)."""
-    from ..tinyworld.reward_data import check_mix
-    from ..tinyworld.reward_models import parse_init
-
-    _check_ship(ship)  # before an hour of work, not at its end, and so the recipe
-    check_mix(sft_fraction, artefact_rates, free_layout, free_look)
-    if teacher_init is not None and parse_init(teacher_init)[0] != "teacher":
-        raise ValueError(f"teacher_init {teacher_init!r} is a student; use tinyworld:teacher[:LAYOUT]")
+    # before an hour of work, not at its end
+    _check_recipe(ship, teacher_init, sft_fraction, artefact_rates, free_layout, free_look, sft_swap)
     work, out = Path(work_dir), Path(out_dir)
     sft = sft_model if sft_model and Path(sft_model, "model_index.json").is_file() else None
     log(f"reward data (SFT samples from {sft})")
@@ -171,19 +180,23 @@ def build_reward_models(
         clock = time.perf_counter()
 
     data_stats = make_data(work / "data", sft, images_per_prompt, seed, reuse, sft_fraction=sft_fraction,
-                           artefact_rates=artefact_rates, free_layout=free_layout, free_look=free_look)
+                           artefact_rates=artefact_rates, free_layout=free_layout, free_look=free_look,
+                           sft_swap=sft_swap)
     lap("data")
-    runs = [(name, file) for name, file in RUNS if baselines or name in SHIPPED]
+    runs = planned_runs(baselines, ship)
     times, hook = {}, reading_hook(work / "data" / "eval_validation")
     shipped_teacher = None
     for name, file in runs:
-        if name in ("student_sft", "risd", "opd", "risd_long") and shipped_teacher is None:
+        if name in STUDENTS and shipped_teacher is None:
             shipped_teacher = choose_teacher(work, num_rationales, log)
             lap("choosing the teacher")
         log(f"== {name}")
         _, times[name] = run_config(name, file, work, steps_scale, seed, log, reuse, hook, shipped_teacher,
                                     teacher_init)
         lap(f"training {name}")
+    if shipped_teacher is None:  # a teacher-only build trains no student
+        shipped_teacher = choose_teacher(work, num_rationales, log)
+        lap("choosing the teacher")
 
     results = {}
     for name, _ in runs:
@@ -232,6 +245,17 @@ def ship_models(work: Path, out: Path, teacher_run: str, ship: tuple[str, ...] =
             continue
         shutil.rmtree(out / target, ignore_errors=True)
         shutil.copytree(work / source / "model", out / target)
+
+
+def _check_recipe(ship: tuple[str, ...], teacher_init: str | None, *mix) -> None:
+    """Refuse what ships, the teacher's start or the data mix (`reward_data.check_mix`'s arguments) in one line."""
+    from ..tinyworld.reward_data import check_mix
+    from ..tinyworld.reward_models import parse_init
+
+    _check_ship(ship)
+    check_mix(*mix)
+    if teacher_init is not None and parse_init(teacher_init)[0] != "teacher":
+        raise ValueError(f"teacher_init {teacher_init!r} is a student; use tinyworld:teacher[:LAYOUT]")
 
 
 def _check_ship(ship: tuple[str, ...]) -> None:

@@ -186,6 +186,7 @@ def make_reward_data(
     artefact_rates: dict[str, float] | None = None,
     free_layout: float = 0.0,
     free_look: float = 0.0,
+    sft_swap: float = 0.0,
 ) -> dict:
     """Generate rated images and preference pairs for the prompts of one split (files: see the module docstring).
 
@@ -213,6 +214,8 @@ def make_reward_data(
         artefact_rates (`dict[str, float]`, *optional*): the "perception" recipe's artefact probabilities;
             default `ARTEFACT_RATES`.
         free_layout, free_look (`float`, *optional*, default to 0): the "perception" recipe's [`perception_image`].
+        sft_swap (`float`, *optional*, defaults to 0): share of the SFT samples drawn from a prompt of the split one
+            attribute away from the rated one ([`_sft_prompts`]; source `sft_sample+swap`).
 
     Returns:
         `dict`: the contents of `stats.json`.
@@ -221,30 +224,27 @@ def make_reward_data(
         `ValueError`: for an unknown split or out-of-range counts and fractions.
     """
     _check_arguments(split, recipe, images_per_prompt, sft_fraction, double_fraction, artefact_rates, free_layout,
-                     free_look)
+                     free_look, sft_swap)
     perception = {"artefact_rates": artefact_rates, "free_layout": free_layout, "free_look": free_look}
-    split_id = SPLITS.index(split)
-    prompts = _choose_prompts(split, split_seed, num_prompts, seed)
+    split_id, prompts = SPLITS.index(split), _choose_prompts(split, split_seed, num_prompts, seed)
     pairs_per_prompt = _pairs_per_prompt(images_per_prompt, pairs_per_prompt)
     panel = panel or AnnotatorPanel(seed=seed)
     n_clean, n_corrupt, n_sft = _image_plan(images_per_prompt, sft_fraction, sft_model is not None, recipe)
-    sft_images = _sft_samples(sft_model, prompts, n_sft, seed, sample_steps)
+    sft = _sft_samples(sft_model, prompts, n_sft, seed, sample_steps, sft_swap)  # (image, source), prompt-major
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    # All corruption kinds in turn (a seeded order), continued across prompts so every kind is equally common.
-    order = np.random.default_rng([seed, split_id]).permutation(len(CORRUPTIONS))
-    kinds = _KindCycle([list(CORRUPTIONS)[i] for i in order])
-    tally = _Tally()
+    kinds, tally = _KindCycle.seeded(seed, split_id), _Tally()
     for p, prompt in enumerate(prompts):
         rng = np.random.default_rng([seed, split_id, p])
         images = _prompt_images(prompt, rng, n_clean, n_corrupt, recipe, kinds, double_fraction, perception)
-        images += [(sft_images[p * n_sft + k], "sft_sample") for k in range(n_sft)]
+        images += sft[p * n_sft:(p + 1) * n_sft]
         names, ratings, overall = _rate_images(images, prompt, p, split, panel, rng, out_dir, tally)
         _draw_pairs(prompt, names, ratings, overall, pairs_per_prompt, panel, rng, tally)
 
+    options = {"free_layout": free_layout, "free_look": free_look, "sft_swap": sft_swap}  # recorded when used
     stats = _stats(tally, panel, split=split, recipe=recipe, seed=seed, split_seed=split_seed, sft_model=sft_model,
                    prompts=len(prompts), images_per_prompt=images_per_prompt, pairs_per_prompt=pairs_per_prompt,
-                   **{k: v for k, v in (("free_layout", free_layout), ("free_look", free_look)) if v})
+                   **{k: v for k, v in options.items() if v})
     _write_files(out_dir, tally, stats)
     return stats
 
@@ -274,19 +274,45 @@ def _pairs_per_prompt(images_per_prompt: int, pairs_per_prompt: int | None) -> i
     return pairs
 
 
-def _sft_samples(sft_model: str | None, prompts: list[str], n_sft: int, seed: int, steps: int):
-    """`n_sft` samples per prompt of the TinyWorld pipeline `sft_model` (prompt-major), or None."""
+# The random stream of `_sft_prompts`, apart from every prompt's stream `(seed, split, prompt index)`.
+_SWAP_STREAM = 1_000_000
+
+
+def _sft_prompts(prompts: list[str], n_sft: int, seed: int, swap: float) -> list[str]:
+    """The prompt each SFT sample is drawn from, `n_sft` per rated prompt (prompt-major): the rated prompt itself,
+    or with probability `swap` a prompt of `prompts` that differs from it in exactly one attribute (uniformly among
+    those). A teacher trained on such samples cannot copy the prompt on the generator's images, where the prompt is
+    usually right (docs/tinyworld_rewards.md, "Generator samples of a neighbouring prompt"). At `swap=0` no random
+    number is drawn, so the samples are those of a build without the option."""
+    if not swap:
+        return [p for p in prompts for _ in range(n_sft)]
+    rng = np.random.default_rng([seed, _SWAP_STREAM])
+    parsed = {p: parse_prompt(p) for p in prompts}
+    out = []
+    for p in prompts:
+        near = [q for q in prompts if sum(getattr(parsed[p], a) != getattr(parsed[q], a) for a in ATTRIBUTES) == 1]
+        for _ in range(n_sft):
+            out.append(near[rng.integers(len(near))] if near and rng.random() < swap else p)
+    return out
+
+
+def _sft_samples(sft_model: str | None, prompts: list[str], n_sft: int, seed: int, steps: int,
+                 swap: float = 0.0) -> list[tuple[np.ndarray, str]]:
+    """`n_sft` samples per prompt of the TinyWorld pipeline `sft_model` (prompt-major), each with its source:
+    "sft_sample", or "sft_sample+swap" when drawn from another prompt ([`_sft_prompts`])."""
     if not n_sft:
-        return None
+        return []
     from .sample import generate, load_pipeline
 
-    sft_prompts = [p for p in prompts for _ in range(n_sft)]
-    return generate(load_pipeline(sft_model), sft_prompts, seed=seed, steps=steps)
+    drawn = _sft_prompts(prompts, n_sft, seed, swap)
+    images = generate(load_pipeline(sft_model), drawn, seed=seed, steps=steps)
+    rated = [p for p in prompts for _ in range(n_sft)]
+    return [(image, "sft_sample" if d == r else "sft_sample+swap") for image, d, r in zip(images, drawn, rated)]
 
 
 def _check_arguments(split: str, recipe: str, images_per_prompt: int, sft_fraction: float,
                      double_fraction: float, artefact_rates: dict[str, float] | None, free_layout: float,
-                     free_look: float) -> None:
+                     free_look: float, sft_swap: float = 0.0) -> None:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     if recipe not in RECIPES:
@@ -295,11 +321,11 @@ def _check_arguments(split: str, recipe: str, images_per_prompt: int, sft_fracti
         raise ValueError(f"images_per_prompt must be >= 2 (pairs need two images), got {images_per_prompt}")
     if not 0.0 <= double_fraction <= 1.0:
         raise ValueError(f"double_fraction must be in [0, 1], got {double_fraction}")
-    check_mix(sft_fraction, artefact_rates, free_layout, free_look)
+    check_mix(sft_fraction, artefact_rates, free_layout, free_look, sft_swap)
 
 
 def check_mix(sft_fraction: float, artefact_rates: dict[str, float] | None = None, free_layout: float = 0.0,
-              free_look: float = 0.0) -> None:
+              free_look: float = 0.0, sft_swap: float = 0.0) -> None:
     """Refuse a training-data mix of `make_reward_data` that it cannot draw (one line naming the value and a fix);
     callers that work for a while before drawing it (`recipes.build_rewards`) check first.
 
@@ -308,7 +334,7 @@ def check_mix(sft_fraction: float, artefact_rates: dict[str, float] | None = Non
     """
     if not 0.0 <= sft_fraction < 1.0:
         raise ValueError(f"sft_fraction must be in [0, 1), got {sft_fraction}; e.g. 0.12 (the shipped share)")
-    for name, rate in (("free_layout", free_layout), ("free_look", free_look)):
+    for name, rate in (("free_layout", free_layout), ("free_look", free_look), ("sft_swap", sft_swap)):
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {rate}; e.g. 0.3")
     artefacts = [k for k in CORRUPTIONS if k not in WRONG_ATTRIBUTE]
@@ -333,6 +359,12 @@ class _KindCycle:
 
     def __init__(self, order: list[str]):
         self.order, self.count = order, 0
+
+    @classmethod
+    def seeded(cls, seed: int, split_id: int) -> "_KindCycle":
+        """All corruption kinds in a seeded order, continued across prompts so every kind is equally common."""
+        order = np.random.default_rng([seed, split_id]).permutation(len(CORRUPTIONS))
+        return cls([list(CORRUPTIONS)[i] for i in order])
 
     def next(self) -> str:
         kind = self.order[self.count % len(self.order)]
