@@ -7,6 +7,9 @@ One fresh process per configuration (peak RSS is per process). Each process load
 trajectory (warm-up), then the measured run. Columns:
   peak RSS    the process's peak resident memory (MB)
   dRSS        peak during the measured run minus the peak after the warm-up (MB): what guidance adds
+With `--one` the JSON line also has `run_peak_mb`: the peak of the measured run alone (Linux: the high-water mark
+reset after the warm-up through /proc/self/clear_refs), which a higher peak while loading cannot hide; with
+`--warm-guided` the warm-up also runs 2 guided steps, so first-call costs of the reward stay out of it.
   s/image     wall time of the measured run per image
 Rows: plain (the stock pipeline), guidance on every step (j = 1 .. T-1), the same with gradient checkpointing,
 noise optimisation (8 iterations through a 5-step sampler, then T plain steps) and a control that keeps every
@@ -34,6 +37,23 @@ CONFIGS = ("plain", "guidance", "guidance_ckpt", "noise", "keep_graphs")
 
 def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
+
+
+def _reset_run_peak() -> bool:
+    """Reset the process's resident high-water mark (Linux >= 4.0); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _run_peak_mb() -> float:
+    """The resident high-water mark since `_reset_run_peak` (VmHWM, MB)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise OSError("no VmHWM in /proc/self/status")
 
 
 def _models(tiny: bool):
@@ -68,7 +88,7 @@ def _keep_graphs_callback(pipe, reward, prompts):
     return KeepGraphs(pipe, reward, prompts, GuidanceOptions(scale=0.5))
 
 
-def child(config: str, steps: int, batch: int, tiny: bool) -> dict:
+def child(config: str, steps: int, batch: int, tiny: bool, warm_guided: bool = False) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -85,7 +105,10 @@ def child(config: str, steps: int, batch: int, tiny: bool) -> dict:
     prompts = (PROMPTS * batch)[:batch]
     latents = initial_noise(pipe, list(range(batch)))
     run_pipeline(pipe, prompts, latents, steps)  # warm-up
-    warm = _peak_mb()
+    if warm_guided:  # the reward's first forward and backward too, so that `run_peak_mb` holds no first-call cost
+        run_pipeline(pipe, prompts, latents, 2,
+                     callback=RewardGuidance(pipe, reward, prompts, GuidanceOptions(scale=0.5)))
+    warm, resettable = _peak_mb(), _reset_run_peak()
     start = time.perf_counter()
     callback = None
     if config.startswith("guidance"):
@@ -99,7 +122,8 @@ def child(config: str, steps: int, batch: int, tiny: bool) -> dict:
     seconds = time.perf_counter() - start
     peak = _peak_mb()
     return {"config": config, "steps": steps, "batch": batch, "peak_rss_mb": round(peak, 1),
-            "delta_rss_mb": round(peak - warm, 1), "s_per_image": round(seconds / batch, 3)}
+            "delta_rss_mb": round(peak - warm, 1), "s_per_image": round(seconds / batch, 3),
+            "run_peak_mb": round(_run_peak_mb(), 1) if resettable else None}
 
 
 def main(argv=None) -> int:
@@ -112,9 +136,10 @@ def main(argv=None) -> int:
     parser.add_argument("--one", action="store_true", help="(internal) measure one configuration in this process")
     parser.add_argument("--config", default="guidance", choices=CONFIGS, help="with --one: what to measure")
     parser.add_argument("--steps", type=int, default=10, help="with --one: T")
+    parser.add_argument("--warm-guided", action="store_true", help="with --one: warm up with 2 guided steps too")
     args = parser.parse_args(argv)
     if args.one:
-        print(json.dumps(child(args.config, args.steps, args.batch, args.tiny)))
+        print(json.dumps(child(args.config, args.steps, args.batch, args.tiny, args.warm_guided)))
         return 0
     rows = []
     for steps in args.ts:
