@@ -59,7 +59,8 @@ test-slow: $(STAMP) $(DS_STAMP)
 # The two other students of the demo's reward ensemble (models/tinyworld/ensemble/; docs/tinyworld_demo_validation.md,
 # "A reward ensemble") are built the same way, each with its own teacher, about 45 min each at one thread: one
 # with object casts in the artefact mix (before the refinement), one from the refined model's samples (after it).
-# The shipped teacher comes last (about 50 min): the spatial rotary layout, 30% of its data the refined model's
+# The shipped teacher comes last (about 30 min on an idle machine, teacher SFT and GDSO only; session 19's rerun did
+# not give the shipped weights bit for bit, docs/tinyworld_rewards.md): the spatial rotary layout, 30% of its data the refined model's
 # samples and 30% objects drawn at any size and place (docs/tinyworld_rewards.md, "A teacher that reads the
 # generator's samples"); the demo's students keep the teachers of their own builds.
 tinyworld: $(STAMP)
