@@ -282,7 +282,7 @@ def _sft_prompts(prompts: list[str], n_sft: int, seed: int, swap: float) -> list
     """The prompt each SFT sample is drawn from, `n_sft` per rated prompt (prompt-major): the rated prompt itself,
     or with probability `swap` a prompt of `prompts` that differs from it in exactly one attribute (uniformly among
     those). A teacher trained on such samples cannot copy the prompt on the generator's images, where the prompt is
-    usually right (docs/tinyworld_rewards.md, "Generator samples of a neighbouring prompt"). At `swap=0` no random
+    usually right (docs/tinyworld_rewards.md, session 19: "... samples of a neighbouring prompt"). At `swap=0` no random
     number is drawn, so the samples are those of a build without the option."""
     if not swap:
         return [p for p in prompts for _ in range(n_sft)]
