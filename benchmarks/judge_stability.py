@@ -89,10 +89,10 @@ def main():
              "unstable |", "|---|---|---|---|---|---|---|---|"]
     for check, e in table.items():
         unstable = e["n"] - e["stable"]
-        teacher = (f"{e['hit'] / e['n']:.3f} | {e['hit_stable'] / max(e['stable'], 1):.3f} | "
-                   f"{(e['hit'] - e['hit_stable']) / unstable:.3f} ({unstable})" if said and unstable else
-                   f"{e['hit'] / e['n']:.3f} | {e['hit_stable'] / max(e['stable'], 1):.3f} | - (0)" if said
-                   else "- | - | -")
+        teacher = "- | - | -"
+        if said:
+            on_unstable = f"{(e['hit'] - e['hit_stable']) / unstable:.3f} ({unstable})" if unstable else "- (0)"
+            teacher = f"{e['hit'] / e['n']:.3f} | {e['hit_stable'] / max(e['stable'], 1):.3f} | {on_unstable}"
         lines.append(f"| {check} | {e['n']} | {e['stable'] / e['n']:.3f} | {e['dither'] / e['n']:.3f} | "
                      f"{e['agree'] / e['copies']:.3f} | {teacher} |")
     print("\n".join(lines))

@@ -185,18 +185,17 @@ def build_reward_models(
     lap("data")
     runs = planned_runs(baselines, ship)
     times, hook = {}, reading_hook(work / "data" / "eval_validation")
-    shipped_teacher = None
-    for name, file in runs:
-        if name in STUDENTS and shipped_teacher is None:
-            shipped_teacher = choose_teacher(work, num_rationales, log)
-            lap("choosing the teacher")
-        log(f"== {name}")
-        _, times[name] = run_config(name, file, work, steps_scale, seed, log, reuse, hook, shipped_teacher,
-                                    teacher_init)
-        lap(f"training {name}")
-    if shipped_teacher is None:  # a teacher-only build trains no student
-        shipped_teacher = choose_teacher(work, num_rationales, log)
-        lap("choosing the teacher")
+
+    def train(part: list[tuple[str, str]], teacher: str | None) -> None:
+        for name, file in part:
+            log(f"== {name}")
+            _, times[name] = run_config(name, file, work, steps_scale, seed, log, reuse, hook, teacher, teacher_init)
+            lap(f"training {name}")
+
+    train([run for run in runs if run[0] not in STUDENTS], None)  # `RUNS` lists the students last
+    shipped_teacher = choose_teacher(work, num_rationales, log)  # the students start from it
+    lap("choosing the teacher")
+    train([run for run in runs if run[0] in STUDENTS], shipped_teacher)
 
     results = {}
     for name, _ in runs:

@@ -306,8 +306,8 @@ def _sft_samples(sft_model: str | None, prompts: list[str], n_sft: int, seed: in
 
     drawn = _sft_prompts(prompts, n_sft, seed, swap)
     images = generate(load_pipeline(sft_model), drawn, seed=seed, steps=steps)
-    rated = [p for p in prompts for _ in range(n_sft)]
-    return [(image, "sft_sample" if d == r else "sft_sample+swap") for image, d, r in zip(images, drawn, rated)]
+    return [(image, "sft_sample" if drawn[i] == prompts[i // n_sft] else "sft_sample+swap")
+            for i, image in enumerate(images)]
 
 
 def _check_arguments(split: str, recipe: str, images_per_prompt: int, sft_fraction: float,
