@@ -8,7 +8,7 @@ import torch
 
 from zr_align.reward_training.config import RewardTrainConfig
 from zr_align.reward_training.data import RatedImages, collate
-from zr_align.reward_training.objectives import score_slot_loss
+from zr_align.reward_training.objectives import TeacherSFT, check_token_weights, score_slot_loss
 from zr_align.reward_training.teacher import ReasoningTeacher, SegmentForcing
 from zr_align.reward_training.trainer import copy_vision_tower, train_reward_model
 from zr_align.rewards.layout import assemble
@@ -191,6 +191,31 @@ def test_soft_score_label_is_cross_entropy_to_the_histogram(perception_data):
     config.dimension_weights = {"style": 1.0}
     with pytest.raises(ValueError, match="dimension_weights names"):
         score_slot_loss(logits, batch, dims, bins, config)
+
+
+def test_check_weights_scale_the_tokens_of_their_checks_only(perception_data):
+    root, _ = perception_data
+    teacher = ReasoningTeacher(build_reward_model("teacher", teacher=True, seed=1))
+    texts = ["size small yes color red no shape circle yes position left no", "blur no noise no shift yes"]
+    weights = check_token_weights(texts, teacher.tokenizer, 12, {"shape": 3.0, "shift": 4.0})
+    assert weights[0].tolist() == [1, 1, 1, 1, 1, 1, 3, 3, 3, 1, 1, 1]  # "shape circle yes", up to its verdict
+    assert weights[1, :6].tolist() == [1, 1, 1, 1, 4, 4]
+    assert torch.equal(check_token_weights(texts, teacher.tokenizer, 12, None), torch.ones(2, 12))
+
+    batch = collate([RatedImages(root / "rated.jsonl")[i] for i in range(4)])
+    config = RewardTrainConfig(data=str(root / "rated.jsonl"))
+    plain, metrics = TeacherSFT(teacher, config).loss(batch, None)
+    config.check_weights = {"shift": 1.0}  # weight 1 changes nothing
+    torch.testing.assert_close(TeacherSFT(teacher, config).loss(batch, None)[0], plain)
+    # weight w adds (w - 1) x the shift tokens' NLL (same normaliser): recover it from two weights
+    config.check_weights = {"shift": 2.0}
+    two = TeacherSFT(teacher, config).loss(batch, None)[0]
+    config.check_weights = {"shift": 3.0}
+    three = TeacherSFT(teacher, config).loss(batch, None)[0]
+    torch.testing.assert_close(three - two, two - plain)
+    assert (two - plain).item() > 0
+    with pytest.raises(ValueError, match="check_weights must map names to weights >= 0"):
+        RewardTrainConfig(data="x", check_weights={"shift": -1.0})
 
 
 def test_cosine_schedule_and_vision_init(perception_data, tmp_path):

@@ -67,6 +67,8 @@ class RewardTrainConfig:
     score_weight: float = 1.0  # teacher_sft: weight of the score-slot loss against the rationale tokens' NLL
     dimension_weights: dict | None = None  # loss weight per rubric dimension of the score-slot losses (default
     #   equal); e.g. {alignment: 2.0, realism: 1.0, aesthetics: 1.0, plausibility: 1.0}
+    check_weights: dict | None = None  # teacher_sft: loss weight of the rationale tokens of named checks (a check
+    #   runs from its word to the next "yes" / "no", e.g. {shift: 3.0} weighs "shift yes"; others 1)
     vision_init: str | None = None  # a reward folder whose vision tower initialises this model's (same-shape
     #   weights are copied; e.g. the teacher's, so a RISD student starts seeing what the teacher sees)
     eval_every: int = 0  # call the trainer's `on_eval(step, model)` hook every N steps (0: never); its numbers
@@ -91,9 +93,9 @@ class RewardTrainConfig:
                              f"{self.images_per_prompt}")
         check_choice("lr_schedule", self.lr_schedule, ("constant", "cosine"))
         check_choice("score_label", self.score_label, ("soft", "nearest"))
-        if self.dimension_weights is not None and (
-                not isinstance(self.dimension_weights, dict) or any(w < 0 for w in self.dimension_weights.values())):
-            raise ValueError(f"dimension_weights must map dimensions to weights >= 0, got {self.dimension_weights}")
+        for name, weights in (("dimension_weights", self.dimension_weights), ("check_weights", self.check_weights)):
+            if weights is not None and (not isinstance(weights, dict) or any(w < 0 for w in weights.values())):
+                raise ValueError(f"{name} must map names to weights >= 0, got {weights}")
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
 

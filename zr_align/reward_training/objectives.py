@@ -45,6 +45,24 @@ def score_slot_loss(logits: torch.Tensor, batch: dict, dimensions, bins: torch.T
     return (per_row * weights).sum(-1).mean() / weights.sum().clamp_min(1e-8)
 
 
+def check_token_weights(texts: list[str], tokenizer, width: int, weights: dict | None) -> torch.Tensor:
+    """`(N, width)` loss weights of the rationale tokens of `texts` (one row each, as `encode_rationales` lays
+    them out): the tokens of a check named in `weights` (from its word to the next "yes" or "no", both included;
+    e.g. "shift yes", "shape circle no") get its weight, every other token 1."""
+    out = torch.ones(len(texts), width)
+    if not weights:
+        return out
+    for row, text in enumerate(texts):
+        ids = tokenizer.encode(text, add_special_tokens=False)[:width]
+        current = 1.0
+        for j, token in enumerate(tokenizer.convert_ids_to_tokens(ids)):
+            current = float(weights.get(token, current))
+            out[row, j] = current
+            if token in ("yes", "no"):
+                current = 1.0
+    return out
+
+
 def pair_indices(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """All pairs (i < j) of batch images that share a prompt."""
     a, b = [], []
@@ -68,8 +86,9 @@ def pairwise_fidelity(means: torch.Tensor, stds: torch.Tensor, human: torch.Tens
 
 
 class TeacherSFT:
-    """Teacher initialisation: cross-entropy on the data's rationale tokens and the stop marker, plus
-    `score_weight` times the score slot's loss after that rationale (`score_slot_loss`: soft label by default)."""
+    """Teacher initialisation: cross-entropy on the data's rationale tokens (those of the checks named in
+    `check_weights` weighted, `check_token_weights`) and the stop marker, plus `score_weight` times the score
+    slot's loss after that rationale (`score_slot_loss`: soft label by default)."""
 
     def __init__(self, teacher: ReasoningTeacher, config):
         self.teacher, self.config = teacher, config
@@ -80,8 +99,14 @@ class TeacherSFT:
         if batch["rationales"] is None:
             raise ValueError("teacher_sft needs a 'rationale' per dimension on every data line")
         texts = [r[d] for r in batch["rationales"] for d in dims]  # row b * D + d
-        out = t.forward_rollouts(batch["images"], batch["prompts"], t.encode_rationales(texts))
-        token_nll = -(out.token_logprobs.sum() + out.marker_logprob.sum()) / (out.mask.sum() + len(texts))
+        rollouts = t.encode_rationales(texts)
+        out = t.forward_rollouts(batch["images"], batch["prompts"], rollouts)
+        token_logprobs, check_weights = out.token_logprobs, getattr(self.config, "check_weights", None)
+        if check_weights:  # scales a check's tokens; the normaliser stays the token count, the others keep theirs
+            width = rollouts.tokens.shape[1]
+            token_logprobs = token_logprobs * check_token_weights(texts, t.tokenizer, width, check_weights).to(
+                token_logprobs)
+        token_nll = -(token_logprobs.sum() + out.marker_logprob.sum()) / (out.mask.sum() + len(texts))
         logits = out.slot_logits.view(len(batch["prompts"]), len(dims), -1)
         score = score_slot_loss(logits, batch, dims, t.reward_model.bin_values, self.config)
         weight = getattr(self.config, "score_weight", 1.0)
