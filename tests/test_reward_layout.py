@@ -250,6 +250,9 @@ def test_trainer_eval_hook_lands_in_metrics(perception_data, tmp_path):
     train_tinyworld(config, log=lambda *_: None, on_eval=lambda step, model: seen.append(step) or {"n": step})
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert seen == [2, 4] and [r.get("eval") for r in records] == [None, {"n": 2}, None, {"n": 4}]
+    env = json.loads((tmp_path / "run" / "environment.json").read_text())  # what a bit-for-bit rerun needs
+    assert env["packages"]["torch"] == torch.__version__ and env["threads"] == torch.get_num_threads()
+    assert env["packages"]["transformers"] and env["cpu"]
 
 
 def _image_token_angles(rope: str) -> torch.Tensor:

@@ -3,8 +3,8 @@
     zr-align reward train --config configs/reward/tinyworld_gdso.yaml [key=value ...] [--resume latest]
 
 Output folder: `model/` (the trained reward folder, loadable with `ZRewardModel.from_pretrained` or, for
-teachers, `ReasoningTeacher.from_pretrained`), `checkpoints/step_N/`, `metrics.jsonl`, `config.yaml`, and for
-RISD / OPD the teacher's marginal distributions, computed once and cached beside the data
+teachers, `ReasoningTeacher.from_pretrained`), `checkpoints/step_N/`, `metrics.jsonl`, `config.yaml`,
+`environment.json` (library versions, CPU, threads: `zr_align.runs.environment`), and for RISD / OPD the teacher's marginal distributions, computed once and cached beside the data
 (`teacher_targets/<digest>.pt`, shared by RISD and OPD runs of the same teacher and data).
 """
 
@@ -30,6 +30,7 @@ from ..runs import (
     resolve_resume,
     save_checkpoint,
     save_config,
+    save_environment,
     step_generator,
 )
 from . import objectives
@@ -164,6 +165,7 @@ def train_reward_model(config: RewardTrainConfig, resume: str | None = None, log
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
+        save_environment(out / "environment.json")
     set_seed(config.seed)
     data = RatedImages(config.data)
     model = build_initial_model(config, model).to(accelerator.device)

@@ -1,7 +1,9 @@
 """What both trainers (diffusion fine-tuning and reward-model training) share about a run: its config file
-(`config_files`), its folder, checkpoints and resume (`folders`), and each optimizer step (`steps`)."""
+(`config_files`), the environment it ran in (`environment`), its folder, checkpoints and resume (`folders`), and
+each optimizer step (`steps`)."""
 
 from .config_files import config_value, load_config, plain_dict, save_config
+from .environment import environment, save_environment
 from .folders import (
                       RunLock,
                       TrainableState,
@@ -24,6 +26,7 @@ from .steps import (
 
 __all__ = [
     "MetricsLog", "RunLock", "TrainableState", "check_run_folder", "checkpoint_due", "checkpoint_step", "config_value",
-    "clear_run_outputs", "guarded_step", "list_checkpoints", "load_config", "lr_factor", "peak_memory_mb",
-    "plain_dict", "remove_stale_temporaries", "resolve_resume", "save_checkpoint", "save_config", "step_generator",
+    "clear_run_outputs", "environment", "guarded_step", "list_checkpoints", "load_config", "lr_factor", "peak_memory_mb",
+    "plain_dict", "remove_stale_temporaries", "resolve_resume", "save_checkpoint", "save_config", "save_environment",
+    "step_generator",
 ]
