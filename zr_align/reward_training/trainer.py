@@ -4,8 +4,9 @@
 
 Output folder: `model/` (the trained reward folder, loadable with `ZRewardModel.from_pretrained` or, for
 teachers, `ReasoningTeacher.from_pretrained`), `checkpoints/step_N/`, `metrics.jsonl`, `config.yaml`,
-`environment.json` (library versions, CPU, threads: `zr_align.runs.environment`), and for RISD / OPD the teacher's marginal distributions, computed once and cached beside the data
-(`teacher_targets/<digest>.pt`, shared by RISD and OPD runs of the same teacher and data).
+`environment.json` (library versions, CPU, threads: `zr_align.runs.environment`), and for RISD / OPD the
+teacher's marginal distributions, computed once and cached beside the data (`teacher_targets/<digest>.pt`,
+shared by RISD and OPD runs of the same teacher and data).
 """
 
 from __future__ import annotations

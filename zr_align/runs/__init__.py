@@ -26,7 +26,7 @@ from .steps import (
 
 __all__ = [
     "MetricsLog", "RunLock", "TrainableState", "check_run_folder", "checkpoint_due", "checkpoint_step", "config_value",
-    "clear_run_outputs", "environment", "guarded_step", "list_checkpoints", "load_config", "lr_factor", "peak_memory_mb",
-    "plain_dict", "remove_stale_temporaries", "resolve_resume", "save_checkpoint", "save_config", "save_environment",
-    "step_generator",
+    "clear_run_outputs", "environment", "guarded_step", "list_checkpoints", "load_config", "lr_factor",
+    "peak_memory_mb", "plain_dict", "remove_stale_temporaries", "resolve_resume", "save_checkpoint", "save_config",
+    "save_environment", "step_generator",
 ]
