@@ -197,10 +197,11 @@ def test_check_weights_scale_the_tokens_of_their_checks_only(perception_data):
     root, _ = perception_data
     teacher = ReasoningTeacher(build_reward_model("teacher", teacher=True, seed=1))
     texts = ["size small yes color red no shape circle yes position left no", "blur no noise no shift yes"]
-    weights = check_token_weights(texts, teacher.tokenizer, 12, {"shape": 3.0, "shift": 4.0})
+    rollouts = teacher.encode_rationales(texts)  # the ids the loss sees: no second tokenisation
+    weights = check_token_weights(rollouts, teacher.tokenizer, {"shape": 3.0, "shift": 4.0})
     assert weights[0].tolist() == [1, 1, 1, 1, 1, 1, 3, 3, 3, 1, 1, 1]  # "shape circle yes", up to its verdict
     assert weights[1, :6].tolist() == [1, 1, 1, 1, 4, 4]
-    assert torch.equal(check_token_weights(texts, teacher.tokenizer, 12, None), torch.ones(2, 12))
+    assert torch.equal(check_token_weights(rollouts, teacher.tokenizer, None), torch.ones(2, 12))
 
     batch = collate([RatedImages(root / "rated.jsonl")[i] for i in range(4)])
     config = RewardTrainConfig(data=str(root / "rated.jsonl"))

@@ -30,6 +30,8 @@ import shutil
 import time
 from pathlib import Path
 
+from ..runs import environment
+
 ROOT = Path(__file__).resolve().parents[2]
 # (run name, config file under configs/reward/), in training order
 RUNS = [
@@ -207,19 +209,13 @@ def build_reward_models(
     minutes["total"] = round(sum(minutes.values()), 2)
     log(f"wall minutes: {minutes}")
     report = {"data": data_stats, "shipped_teacher": shipped_teacher, "results": results, "minutes": minutes,
-              "environment": _environment()}  # what a bit-for-bit rerun depends on besides code and data
+              "environment": environment()}  # what a bit-for-bit rerun depends on besides code and data
     for folder in [work] + ([Path(docs)] if docs and baselines else []):  # docs/ holds the whole table only
         folder.mkdir(parents=True, exist_ok=True)
         Path(folder, "tinyworld_rewards.json").write_text(json.dumps(report, indent=1, default=float))
         Path(folder, "tinyworld_rewards.md").write_text(format_report(report, images_per_prompt, steps_scale, seed))
     ship_models(work, out, shipped_teacher, ship)
     return report
-
-
-def _environment() -> dict:
-    from ..runs import environment
-
-    return environment()
 
 
 def make_data(data_dir: Path, sft: str | None, images_per_prompt: int, seed: int, reuse: bool, **recipe) -> dict:

@@ -45,17 +45,16 @@ def score_slot_loss(logits: torch.Tensor, batch: dict, dimensions, bins: torch.T
     return (per_row * weights).sum(-1).mean() / weights.sum().clamp_min(1e-8)
 
 
-def check_token_weights(texts: list[str], tokenizer, width: int, weights: dict | None) -> torch.Tensor:
-    """`(N, width)` loss weights of the rationale tokens of `texts` (one row each, as `encode_rationales` lays
-    them out): the tokens of a check named in `weights` (from its word to the next "yes" or "no", both included;
-    e.g. "shift yes", "shape circle no") get its weight, every other token 1."""
-    out = torch.ones(len(texts), width)
+def check_token_weights(rollouts: Rollouts, tokenizer, weights: dict | None) -> torch.Tensor:
+    """`(N, L)` loss weights of the rationale tokens of `rollouts`: the tokens of a check named in `weights` (from
+    its word to the next "yes" or "no", both included; e.g. "shift yes", "shape circle no") get its weight, every
+    other token 1 (padding too; its log-probability is 0)."""
+    out = torch.ones(rollouts.tokens.shape, dtype=torch.float32)
     if not weights:
         return out
-    for row, text in enumerate(texts):
-        ids = tokenizer.encode(text, add_special_tokens=False)[:width]
+    for row, (ids, length) in enumerate(zip(rollouts.tokens.tolist(), rollouts.lengths.tolist())):
         current = 1.0
-        for j, token in enumerate(tokenizer.convert_ids_to_tokens(ids)):
+        for j, token in enumerate(tokenizer.convert_ids_to_tokens(ids[:length])):
             current = float(weights.get(token, current))
             out[row, j] = current
             if token in ("yes", "no"):
@@ -103,8 +102,7 @@ class TeacherSFT:
         out = t.forward_rollouts(batch["images"], batch["prompts"], rollouts)
         token_logprobs, check_weights = out.token_logprobs, getattr(self.config, "check_weights", None)
         if check_weights:  # scales a check's tokens; the normaliser stays the token count, the others keep theirs
-            width = rollouts.tokens.shape[1]
-            token_logprobs = token_logprobs * check_token_weights(texts, t.tokenizer, width, check_weights).to(
+            token_logprobs = token_logprobs * check_token_weights(rollouts, t.tokenizer, check_weights).to(
                 token_logprobs)
         token_nll = -(token_logprobs.sum() + out.marker_logprob.sum()) / (out.mask.sum() + len(texts))
         logits = out.slot_logits.view(len(batch["prompts"]), len(dims), -1)

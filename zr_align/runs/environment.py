@@ -21,9 +21,10 @@ def _cpu() -> tuple[str, list[str]]:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         return platform.processor() or platform.machine(), []
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    return name or platform.machine(), [f for f in _ISA_FLAGS if f in flags]
+    first_core = info.split("\n\n")[0].splitlines()
+    fields = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in first_core if ":" in line)}
+    flags = fields.get("flags", "").split()
+    return fields.get("model name") or platform.machine(), [f for f in _ISA_FLAGS if f in flags]
 
 
 def environment() -> dict:
