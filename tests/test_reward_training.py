@@ -125,6 +125,58 @@ def test_distillation_targets_follow_a_teacher_retrained_in_place(sft_teacher, d
     assert not torch.allclose(second[new], next(iter(first.values())))
 
 
+def test_distillation_learns_unlabelled_images_too(sft_teacher, data, tmp_path):
+    """`risd.unlabelled`: images with a prompt and no labels (a generator's samples) get the teacher's targets and
+    are drawn into the student's batches beside the rated rows; the rated rows' targets are those of a run without
+    them, and the cache tells the two apart."""
+    import shutil
+
+    from zr_align.reward_training.trainer import grouped_batch
+
+    own = tmp_path / "data"
+    shutil.copytree(data.parent, own, ignore=shutil.ignore_patterns("teacher_targets"))
+    rated = [json.loads(line) for line in (own / "rated.jsonl").read_text().splitlines()]
+    unlabelled = tmp_path / "samples" / "samples.jsonl"  # other prompts' images, absolute paths, no labels
+    unlabelled.parent.mkdir()
+    unlabelled.write_text("".join(json.dumps({"image": str(own / r["image"]), "prompt": rated[-1 - i]["prompt"]})
+                                  + "\n" for i, r in enumerate(rated[:6])))
+
+    def distil(name, extra):
+        risd = RisdConfig(teacher=str(sft_teacher), num_rationales=2, unlabelled=extra)
+        config = RewardTrainConfig(method="risd", output_dir=str(tmp_path / name), init="tinyworld:student",
+                                   data=str(own / "rated.jsonl"), max_steps=2, batch_size=8, risd=risd)
+        train_tinyworld(config, log=lambda *_: None)
+        return config
+
+    distil("plain", None)
+    (plain,) = (own / "teacher_targets").glob("*.pt")
+    config = distil("joined", str(unlabelled))
+    (joined,) = set((own / "teacher_targets").glob("*.pt")) - {plain}
+    before = torch.load(plain, weights_only=False)["targets"]
+    after = torch.load(joined, weights_only=False)["targets"]
+    assert before.shape == (16, 4, 9) and after.shape == (22, 4, 9)
+    assert torch.equal(after[:16], before)  # the rated rows come first, drawn as before
+    assert torch.allclose(after[16:].sum(-1), torch.ones(6, 4), atol=1e-5)
+    data_all = RatedImages(own / "rated.jsonl")
+    assert data_all.add_unlabelled(unlabelled) == 6 and len(data_all) == 22
+    by_prompt = {}
+    for i, item in enumerate(data_all.items):
+        by_prompt.setdefault(item["prompt"], []).append(i)
+    drawn = {i for step in range(20) for i in grouped_batch(by_prompt, config, torch.Generator().manual_seed(step))}
+    assert drawn & set(range(16, 22))  # the unlabelled rows are trained on
+    batch = collate([data_all[i] for i in (0, 17)])
+    assert batch["labels"] is None and batch["mean"] is None and batch["images"].shape[0] == 2
+    assert collate([data_all[0], data_all[1]])["labels"] is not None
+    with pytest.raises(ValueError, match="risd.human_weight needs a human label on every row"):
+        RewardTrainConfig(method="risd", data=str(data), risd=RisdConfig(teacher="t", unlabelled="u.jsonl",
+                                                                         human_weight=0.5))
+    with pytest.raises(ValueError, match="use it with method risd or opd, not student_sft"):
+        RewardTrainConfig(method="student_sft", data=str(data), risd=RisdConfig(unlabelled="u.jsonl"))
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"image": str(own / rated[0]["image"])}) + "\n")
+    with pytest.raises(ValueError, match="bad.jsonl line 1"):
+        data_all.add_unlabelled(tmp_path / "bad.jsonl")
+
+
 def test_resume_continues_exactly(data, tmp_path):
     def config(out, steps):
         return RewardTrainConfig(method="student_sft", output_dir=str(out), init="tinyworld:student",

@@ -43,6 +43,9 @@ class RisdConfig:
     temperature: float = 1.0
     human_weight: float = 0.0  # optional pointwise KL to the human soft label, added to the distillation
     mean_weight: float = 0.0  # optional (E_S - E_T)^2
+    unlabelled: str | None = None  # a JSONL of images with a prompt and no labels (e.g. `zr-align tinyworld sample`'s
+    #   samples.jsonl of the model that will be fine-tuned): the teacher's targets on them join `data`'s rows, so the
+    #   student also learns the domain it will score (Z-Reward's RISD on unlabelled images)
 
 
 @dataclass
@@ -86,6 +89,12 @@ class RewardTrainConfig:
             raise ValueError("data must name a rated-images JSONL file (see zr_align.reward_training.data)")
         if self.method in ("risd", "opd") and not self.risd.teacher:
             raise ValueError(f"method {self.method} needs risd.teacher (a teacher reward folder)")
+        if self.risd.unlabelled and self.method not in ("risd", "opd"):
+            raise ValueError(f"risd.unlabelled is distilled from a teacher: use it with method risd or opd, not "
+                             f"{self.method}")
+        if self.risd.unlabelled and self.risd.human_weight:
+            raise ValueError("risd.human_weight needs a human label on every row and risd.unlabelled rows have none: "
+                             "set risd.human_weight to 0 or drop risd.unlabelled")
         if self.method == "gdso" and self.init.startswith("tinyworld:"):
             raise ValueError("method gdso starts from an SFT teacher: set init to a teacher_sft output folder")
         if self.batch_size % self.images_per_prompt:

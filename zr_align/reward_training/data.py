@@ -227,6 +227,26 @@ class RatedImages(Dataset):
             raise ValueError(f"{where}: {dim}: {error}") from None
         return dist.probs.float()
 
+    def add_unlabelled(self, path: str | os.PathLike) -> int:
+        """Append the images of a JSONL with an `image` and a `prompt` per line and no labels (label fields, if
+        any, are ignored): rows that only a teacher's targets train (RISD / OPD on images of the domain the student
+        will score, e.g. a generator's samples). Their `labels` and `mean` are None. Returns how many were added.
+
+        Raises:
+            `ValueError`: on a missing or empty file, a line without `image` or `prompt`, or a missing image file.
+        """
+        path = Path(path)
+        records = read_jsonl(path)
+        for number, record in records:
+            where = f"{path} line {number}"
+            _require(record, ("image", "prompt"), where)
+            if not isinstance(record["prompt"], str):
+                raise ValueError(f"{where}: prompt must be a string, got {record['prompt']!r}")
+            self.items.append({"path": _image_path(path.parent, record["image"], "image", where),
+                               "prompt": record["prompt"], "labels": None, "mean": None, "rationale": None,
+                               "source": record.get("source", "unlabelled"), "split": record.get("split")})
+        return len(records)
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -245,8 +265,8 @@ class RatedImages(Dataset):
         return {
             "image": self._image(index),
             "prompt": item["prompt"],
-            "labels": dict(item["labels"]),
-            "mean": dict(item["mean"]),
+            "labels": None if item["labels"] is None else dict(item["labels"]),
+            "mean": None if item["mean"] is None else dict(item["mean"]),
             "rationale": item["rationale"],
             "source": item["source"],
             "path": str(item["path"]),
@@ -341,8 +361,9 @@ def _stack_dims(dicts: list[dict | None]) -> dict[str, torch.Tensor] | None:
 def collate(items: list[dict]) -> dict:
     """Batch items of [`RatedImages`] or [`PreferencePairs`] (for `torch.utils.data.DataLoader(collate_fn=...)`).
 
-    Rated images give `images` `(B, 3, H, W)`, `prompts`, `labels` `{dim: (B, K)}`, `mean` `{dim: (B,)}`,
-    `rationales` (list of dicts or None), `sources`, `paths`, `indices`. Pairs give `images_a`, `images_b`
+    Rated images give `images` `(B, 3, H, W)`, `prompts`, `labels` `{dim: (B, K)}`, `mean` `{dim: (B,)}` (both
+    None when a row of the batch has no labels: `RatedImages.add_unlabelled`), `rationales` (list of dicts or
+    None), `sources`, `paths`, `indices`. Pairs give `images_a`, `images_b`
     `(B, 3, H, W)`, `prompts`, `labels` `(B,)` (1 / 0 / 0.5), `margins` `(B,)`, `mean_a`, `mean_b`
     (`{dim: (B,)}`, or None unless every pair has them), `preferences`, `paths_a`, `paths_b`, `indices`.
 
@@ -365,11 +386,13 @@ def collate(items: list[dict]) -> dict:
             "paths_b": [it["path_b"] for it in items],
             "indices": [it["index"] for it in items],
         }
+    labelled = all(it["labels"] is not None for it in items)  # unlabelled rows (`add_unlabelled`): no labels
     return {
         "images": _stack_images([it["image"] for it in items], "images"),
         "prompts": [it["prompt"] for it in items],
-        "labels": {d: torch.stack([it["labels"][d] for it in items]) for d in items[0]["labels"]},
-        "mean": {d: torch.tensor([it["mean"][d] for it in items], dtype=torch.float32) for d in items[0]["mean"]},
+        "labels": {d: torch.stack([it["labels"][d] for it in items]) for d in items[0]["labels"]} if labelled else None,
+        "mean": ({d: torch.tensor([it["mean"][d] for it in items], dtype=torch.float32) for d in items[0]["mean"]}
+                 if labelled else None),
         "rationales": [it["rationale"] for it in items],
         "sources": [it["source"] for it in items],
         "paths": [it["path"] for it in items],

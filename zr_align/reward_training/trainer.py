@@ -88,16 +88,18 @@ def make_trainable(model: ZRewardModel, config: RewardTrainConfig) -> list[torch
 @torch.no_grad()
 def teacher_targets(config: RewardTrainConfig, data: RatedImages, out: Path, log=print) -> torch.Tensor:
     """`(N, D, K)` teacher distributions marginalised over `num_rationales` sampled rationales, for every data
-    row; computed once and cached beside the data, in `teacher_targets/<digest of the key>.pt` (keyed by teacher,
-    its files, data, N, temperature and seed), so RISD and OPD runs on the same data share them. The teacher's
-    files (name, size, modification time) are in the key: a teacher retrained into the same folder gets new
-    targets, never its predecessor's."""
+    row (`risd.unlabelled`'s images included); computed once and cached beside the data, in `teacher_targets/<digest
+    of the key>.pt` (keyed by teacher, its files, data, unlabelled images, N, temperature and seed), so RISD and OPD
+    runs on the same data share them. The teacher's files (name, size, modification time) are in the key: a teacher
+    retrained into the same folder gets new targets, never its predecessor's."""
     teacher_dir = Path(config.risd.teacher).resolve()
     files = sorted((f.name, f.stat()) for f in teacher_dir.iterdir() if f.is_file()) if teacher_dir.is_dir() else []
     key = {"teacher": str(teacher_dir), "data": str(Path(config.data).resolve()),
            "teacher_files": [[name, stat.st_size, stat.st_mtime_ns] for name, stat in files],
            "num_rationales": config.risd.num_rationales, "temperature": config.risd.temperature,
            "seed": config.seed}
+    if config.risd.unlabelled:  # only when set, so that the targets of runs without it keep their digest
+        key["unlabelled"] = str(Path(config.risd.unlabelled).resolve())
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(config.data).parent / "teacher_targets" / f"{digest}.pt"
     if cache.is_file():
@@ -169,6 +171,9 @@ def train_reward_model(config: RewardTrainConfig, resume: str | None = None, log
         save_environment(out / "environment.json")
     set_seed(config.seed)
     data = RatedImages(config.data)
+    if config.risd.unlabelled:
+        log(f"{data.add_unlabelled(config.risd.unlabelled)} unlabelled images from {config.risd.unlabelled} join "
+            f"the {config.data} rows (the teacher's targets only)")
     model = build_initial_model(config, model).to(accelerator.device)
     if config.vision_init:
         log(f"vision tower: {copy_vision_tower(model, config.vision_init)} tensors from {config.vision_init}")
