@@ -25,6 +25,9 @@ JSONL file (absolute paths are allowed too).
 - `source` (optional): where the image came from, e.g. `"render"`, `"corrupt:blur"`, `"sft_sample"`.
 - `split` (optional): `"train"`, `"validation"` or `"test"`.
 
+**Unlabelled images** (`RatedImages.add_unlabelled`, RISD / OPD's `risd.unlabelled`): lines with `image` and `prompt`
+only, e.g. the `samples.jsonl` that `zr-align tinyworld sample` writes; a teacher's targets are their only labels.
+
 **Preference pairs** (`pairs.jsonl`), one line per pair of images for the same prompt:
 
 ```json

@@ -98,8 +98,9 @@ def teacher_targets(config: RewardTrainConfig, data: RatedImages, out: Path, log
            "teacher_files": [[name, stat.st_size, stat.st_mtime_ns] for name, stat in files],
            "num_rationales": config.risd.num_rationales, "temperature": config.risd.temperature,
            "seed": config.seed}
-    if config.risd.unlabelled:  # only when set, so that the targets of runs without it keep their digest
-        key["unlabelled"] = str(Path(config.risd.unlabelled).resolve())
+    if config.risd.unlabelled:  # only when set, so that runs without it keep their digest; a rewritten file is new
+        index = Path(config.risd.unlabelled).resolve()
+        key["unlabelled"] = [str(index), index.stat().st_size, index.stat().st_mtime_ns]
     digest = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     cache = Path(config.data).parent / "teacher_targets" / f"{digest}.pt"
     if cache.is_file():
