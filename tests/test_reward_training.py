@@ -132,6 +132,7 @@ def test_distillation_learns_unlabelled_images_too(sft_teacher, data, tmp_path):
     import shutil
 
     from zr_align.reward_training.trainer import grouped_batch
+    from zr_align.runs import step_generator
 
     own = tmp_path / "data"
     shutil.copytree(data.parent, own, ignore=shutil.ignore_patterns("teacher_targets"))
@@ -162,8 +163,9 @@ def test_distillation_learns_unlabelled_images_too(sft_teacher, data, tmp_path):
     by_prompt = {}
     for i, item in enumerate(data_all.items):
         by_prompt.setdefault(item["prompt"], []).append(i)
-    drawn = {i for step in range(20) for i in grouped_batch(by_prompt, config, torch.Generator().manual_seed(step))}
-    assert drawn & set(range(16, 22))  # the unlabelled rows are trained on
+    drawn = {i for step in range(config.max_steps)
+             for i in grouped_batch(by_prompt, config, step_generator(config.seed, step, 0))}
+    assert drawn & set(range(16, 22))  # the run above trained on unlabelled rows (and its loss needed no labels)
     batch = collate([data_all[i] for i in (0, 17)])
     assert batch["labels"] is None and batch["mean"] is None and batch["images"].shape[0] == 2
     assert collate([data_all[0], data_all[1]])["labels"] is not None
