@@ -118,6 +118,14 @@ def _number(value: Any, what: str, where: str) -> float:
     return float(value)
 
 
+def _image_and_prompt(record: dict, root: Path, where: str) -> Path:
+    """A rated or unlabelled line's image path, after checking it has an `image` and a string `prompt`."""
+    _require(record, ("image", "prompt"), where)
+    if not isinstance(record["prompt"], str):
+        raise ValueError(f"{where}: prompt must be a string, got {record['prompt']!r}")
+    return _image_path(root, record["image"], "image", where)
+
+
 class RatedImages(Dataset):
     """Images rated on rubric dimensions, with per-dimension soft labels over the score bins (Z-Reward's score distributions).
 
@@ -172,10 +180,7 @@ class RatedImages(Dataset):
 
     def _parse(self, number: int, record: dict, root: Path) -> dict:
         where = f"{self.path} line {number}"
-        _require(record, ("image", "prompt"), where)
-        if not isinstance(record["prompt"], str):
-            raise ValueError(f"{where}: prompt must be a string, got {record['prompt']!r}")
-        image = _image_path(root, record["image"], "image", where)
+        image = _image_and_prompt(record, root, where)
         ratings, means, stds, scores = (_dim_map(record, f, where) for f in ("ratings", "mean", "std", "score"))
         labels, human_mean = {}, {}
         for dim in self.dimensions:
@@ -242,10 +247,7 @@ class RatedImages(Dataset):
         records = read_jsonl(path)
         for number, record in records:
             where = f"{path} line {number}"
-            _require(record, ("image", "prompt"), where)
-            if not isinstance(record["prompt"], str):
-                raise ValueError(f"{where}: prompt must be a string, got {record['prompt']!r}")
-            self.items.append({"path": _image_path(path.parent, record["image"], "image", where),
+            self.items.append({"path": _image_and_prompt(record, path.parent, where),
                                "prompt": record["prompt"], "labels": None, "mean": None, "rationale": None,
                                "source": record.get("source", "unlabelled"), "split": record.get("split")})
         return len(records)
