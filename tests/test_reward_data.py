@@ -298,6 +298,60 @@ def test_swapped_sft_samples_come_from_a_prompt_one_attribute_away(tmp_path):
         make_reward_data(tmp_path / "bad", "train", sft_swap=1.5, **args)
 
 
+def test_decoder_roundtrip_sends_drawn_images_through_the_vae_and_leaves_the_rest(tmp_path):
+    from zr_align.tiny.diffusion import tiny_pipeline
+    from zr_align.tinyworld.sample import decode_roundtrip, load_pipeline
+
+    tiny_pipeline("sd", tmp_path / "sft")
+    args = dict(images_per_prompt=4, seed=0, sft_model=str(tmp_path / "sft"), sft_fraction=0.25, sample_steps=2,
+                recipe="perception", num_prompts=6)
+    runs = {name: make_reward_data(tmp_path / name, "validation", decoder_roundtrip=share, **args)
+            for name, share in (("base", 0.0), ("all", 1.0), ("half", 0.5))}
+    rated = {name: [json.loads(line) for line in (tmp_path / name / "rated.jsonl").read_text().splitlines()]
+             for name in runs}
+    pixels = {name: [np.asarray(Image.open(tmp_path / name / r["image"])) for r in rated[name]] for name in runs}
+    vae = load_pipeline(tmp_path / "sft").vae
+    drawn = [i for i, r in enumerate(rated["base"]) if not r["source"].startswith("sft_sample")]
+    assert len(drawn) == 18 and "decoder_roundtrip" not in runs["base"] and runs["all"]["decoder_roundtrip"] == 1.0
+    assert runs["all"]["images_by_source"]["decoded"] == 18
+    expected = decode_roundtrip(vae, np.stack([pixels["base"][i] for i in drawn]))
+    assert any(not np.array_equal(e, pixels["base"][i]) for e, i in zip(expected, drawn))  # the VAE changes them
+    for i, row in enumerate(rated["all"]):
+        base = rated["base"][i]
+        assert row["prompt"] == base["prompt"]
+        if i in drawn:  # the same drawn image, decoded, and labelled by what the judge reads on the decoded one
+            assert row["source"] == base["source"] + "+decoded"
+            assert np.array_equal(pixels["all"][i], expected[drawn.index(i)])
+            assert row["rationale"]["alignment"] == rationale_text(judge(pixels["all"][i], row["prompt"]),
+                                                                   "alignment")
+        else:  # the generator's samples are untouched
+            assert row["source"] == base["source"] == "sft_sample" and np.array_equal(pixels["all"][i],
+                                                                                      pixels["base"][i])
+    decoded = [i for i, r in enumerate(rated["half"]) if r["source"].endswith("+decoded")]
+    assert 4 <= len(decoded) <= 14 and set(decoded) <= set(drawn)
+    for i in set(range(len(rated["half"]))) - set(decoded):  # its own random stream: the rest is the base build
+        assert np.array_equal(pixels["half"][i], pixels["base"][i]) and rated["half"][i] == rated["base"][i]
+    with pytest.raises(ValueError, match=r"decoder_roundtrip needs the SFT model's VAE \(sft_model, --sft-model"):
+        make_reward_data(tmp_path / "bad", "train", 2, 0, decoder_roundtrip=0.5)
+    with pytest.raises(ValueError, match=r"decoder_roundtrip must be in \[0, 1\], got 2"):
+        make_reward_data(tmp_path / "bad", "train", decoder_roundtrip=2, **args)
+
+
+def test_the_shipped_decoder_keeps_what_a_render_shows():
+    """A render through the shipped SFT model's VAE: soft edges, the same object (size, colour, position)."""
+    from zr_align.tinyworld.sample import decode_roundtrip, load_pipeline
+
+    prompts = split_prompts(0).test[:8]
+    renders = np.stack([render(p, seed=i).image for i, p in enumerate(prompts)])
+    decoded = decode_roundtrip(load_pipeline("models/tinyworld/sft").vae, renders, batch_size=3)
+    assert decoded.shape == renders.shape and decoded.dtype == np.uint8
+    gap = np.abs(decoded.astype(int) - renders.astype(int))
+    assert 0.2 < gap.mean() < 8 and gap.max() >= 10  # changed a little (most at the edges), not redrawn
+    for prompt, image in zip(prompts, decoded):
+        correct = judge(image, prompt).correct
+        assert correct["size"] and correct["color"] and correct["position"], (prompt, correct)
+
+
 def test_generator_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         make_reward_data(tmp_path, "dev", 4, 0)
@@ -449,3 +503,10 @@ def test_build_rewards_cli_takes_the_recipe_and_ships_one_model(capsys):
     assert main(["tinyworld", "build-rewards", "--sft-swap", "-1", "--work-dir", "/nonexistent/never"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "zr-align tinyworld: error: sft_swap must be in [0, 1], got -1.0; e.g. 0.3"
+    assert main(["tinyworld", "build-rewards", "--decoder-roundtrip", "1.5", "--work-dir", "/nonexistent/never"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "zr-align tinyworld: error: decoder_roundtrip must be in [0, 1], got 1.5; e.g. 0.3"
+    assert main(["tinyworld", "build-rewards", "--decoder-roundtrip", "0.5", "--sft-model", "/nonexistent/sft",
+                 "--work-dir", "/nonexistent/never"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("zr-align tinyworld: error: decoder_roundtrip needs the SFT model's VAE") and "\n" not in err

@@ -145,6 +145,9 @@ def _add_build_rewards(sub) -> None:
                    help="share of those drawn in a colour between two of the palette's or with rounded corners")
     p.add_argument("--sft-swap", type=float, default=0.0,
                    help="share of the SFT samples drawn from a train prompt one attribute away from the rated one")
+    p.add_argument("--decoder-roundtrip", type=float, default=0.0,
+                   help="share of the drawn training images passed through the SFT model's VAE before they are "
+                        "judged (the generator's decoder look)")
     p.add_argument("--teacher-init", help="the teacher SFT run's start instead of its config's, e.g. "
                                           "tinyworld:teacher (the spatial rotary layout)")
 
@@ -157,6 +160,7 @@ def _run_build_rewards(args) -> int:
                         seed=args.seed, docs=args.docs or None, reuse=args.reuse, baselines=args.baselines,
                         artefact_rates=rates, sft_fraction=args.sft_fraction, free_layout=args.free_layout,
                         free_look=args.free_look, sft_swap=args.sft_swap, teacher_init=args.teacher_init,
+                        decoder_roundtrip=args.decoder_roundtrip,
                         ship=("student",) if args.student_only else ("teacher",) if args.teacher_only
                         else ("teacher", "student"))
     return 0

@@ -156,22 +156,23 @@ def build_reward_models(
     free_layout: float = 0.0,
     free_look: float = 0.0,
     sft_swap: float = 0.0,
+    decoder_roundtrip: float = 0.0,
     teacher_init: str | None = None,
 ) -> dict:
-    """Data, every reward model of `RUNS` (only the `SHIPPED` ones without `baselines`), the table per pair kind
-    on the test-split evaluation set, and the shipped teacher (the better of teacher_sft and gdso on the
-    *validation* set) and RISD student. `artefact_rates`: the training data's artefact mix (default
-    `reward_data.ARTEFACT_RATES`, the shipped one); `sft_fraction` its share of SFT-generator samples and
-    `free_layout` its share of objects drawn at any size and place, `free_look` the share of those drawn between
-    the palette's colours or the prototype shapes (`reward_data.perception_image`), `sft_swap` the share of the
-    SFT samples drawn from a prompt one attribute away from the rated one (`make_reward_data`);
-    `teacher_init` the teacher SFT run's `init` instead of its config's (e.g. "tinyworld:teacher", the spatial
-    rotary layout). `ship`: which of the two are copied to `out_dir` (the members of
-    the reward ensemble ship their student only)."""
-    # before an hour of work, not at its end
-    _check_recipe(ship, teacher_init, sft_fraction, artefact_rates, free_layout, free_look, sft_swap)
-    work, out = Path(work_dir), Path(out_dir)
+    """Data, every reward model of `RUNS` (only the `SHIPPED` ones without `baselines`), the table per pair kind on
+    the test-split evaluation set, and the shipped teacher (the better of teacher_sft and gdso on the *validation*
+    set) and RISD student. `artefact_rates`: the training data's artefact mix (default `reward_data.ARTEFACT_RATES`,
+    the shipped one); `sft_fraction` its share of SFT-generator samples and `free_layout` its share of objects drawn
+    at any size and place, `free_look` the share of those drawn between the palette's colours or the prototype
+    shapes (`reward_data.perception_image`), `sft_swap` the share of the SFT samples drawn from a prompt one
+    attribute away from the rated one, `decoder_roundtrip` the share of drawn images passed through the SFT model's
+    VAE before they are judged (`make_reward_data`); `teacher_init` the teacher SFT run's `init` instead of its
+    config's (e.g. "tinyworld:teacher", the spatial rotary layout). `ship`: which of the two are copied to `out_dir`
+    (the members of the reward ensemble ship their student only)."""
     sft = sft_model if sft_model and Path(sft_model, "model_index.json").is_file() else None
+    _check_recipe(ship, teacher_init, sft_fraction, artefact_rates, free_layout, free_look, sft_swap,
+                  decoder_roundtrip, sft is not None)  # before an hour of work, not at its end
+    work, out = Path(work_dir), Path(out_dir)
     log(f"reward data (SFT samples from {sft})")
     clock = time.perf_counter()
     minutes = {}  # wall minutes per stage of this call (a reused stage costs ~0), reported beside the table
@@ -183,7 +184,7 @@ def build_reward_models(
 
     data_stats = make_data(work / "data", sft, images_per_prompt, seed, reuse, sft_fraction=sft_fraction,
                            artefact_rates=artefact_rates, free_layout=free_layout, free_look=free_look,
-                           sft_swap=sft_swap)
+                           sft_swap=sft_swap, decoder_roundtrip=decoder_roundtrip)
     lap("data")
     runs = planned_runs(baselines, ship)
     times, hook = {}, reading_hook(work / "data" / "eval_validation")

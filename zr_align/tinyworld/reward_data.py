@@ -187,6 +187,7 @@ def make_reward_data(
     free_layout: float = 0.0,
     free_look: float = 0.0,
     sft_swap: float = 0.0,
+    decoder_roundtrip: float = 0.0,
 ) -> dict:
     """Generate rated images and preference pairs for the prompts of one split (files: see the module docstring).
 
@@ -216,37 +217,57 @@ def make_reward_data(
         free_layout, free_look (`float`, *optional*, default to 0): the "perception" recipe's [`perception_image`].
         sft_swap (`float`, *optional*, defaults to 0): share of the SFT samples drawn from a prompt of the split one
             attribute away from the rated one ([`_sft_prompts`]; source `sft_sample+swap`).
+        decoder_roundtrip (`float`, *optional*, defaults to 0): share of the drawn images passed through
+            `sft_model`'s VAE before they are judged ([`_roundtrip`]; tag `+decoded`; its own random stream, so
+            the other images are a build's without it): the generator's decoder look on drawn content.
 
     Returns:
         `dict`: the contents of `stats.json`.
 
     Raises:
-        `ValueError`: for an unknown split or out-of-range counts and fractions.
+        `ValueError`: for an unknown split or out-of-range counts and fractions, or a roundtrip without a model.
     """
     _check_arguments(split, recipe, images_per_prompt, sft_fraction, double_fraction, artefact_rates, free_layout,
-                     free_look, sft_swap)
-    perception = {"artefact_rates": artefact_rates, "free_layout": free_layout, "free_look": free_look}
-    split_id, prompts = SPLITS.index(split), _choose_prompts(split, split_seed, num_prompts, seed)
+                     free_look, sft_swap, decoder_roundtrip, sft_model is not None)
+    prompts = _choose_prompts(split, split_seed, num_prompts, seed)
     pairs_per_prompt = _pairs_per_prompt(images_per_prompt, pairs_per_prompt)
     panel = panel or AnnotatorPanel(seed=seed)
-    n_clean, n_corrupt, n_sft = _image_plan(images_per_prompt, sft_fraction, sft_model is not None, recipe)
-    sft = _sft_samples(sft_model, prompts, n_sft, seed, sample_steps, sft_swap)  # (image, source), prompt-major
+    plan = _image_plan(images_per_prompt, sft_fraction, sft_model is not None, recipe)
+    pipe = _load_generator(sft_model) if plan[2] or decoder_roundtrip else None
+    sft = _sft_samples(pipe, prompts, plan[2], seed, sample_steps, sft_swap)  # (image, source), prompt-major
     out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    kinds, tally = _KindCycle.seeded(seed, split_id), _Tally()
-    for p, prompt in enumerate(prompts):
-        rng = np.random.default_rng([seed, split_id, p])
-        images = _prompt_images(prompt, rng, n_clean, n_corrupt, recipe, kinds, double_fraction, perception)
-        images += sft[p * n_sft:(p + 1) * n_sft]
-        names, ratings, overall = _rate_images(images, prompt, p, split, panel, rng, out_dir, tally)
-        _draw_pairs(prompt, names, ratings, overall, pairs_per_prompt, panel, rng, tally)
-
-    options = {"free_layout": free_layout, "free_look": free_look, "sft_swap": sft_swap}  # recorded when used
+    drawing = {"recipe": recipe, "double_fraction": double_fraction,
+               "perception": {"artefact_rates": artefact_rates, "free_layout": free_layout, "free_look": free_look}}
+    tally = _draw_split(out_dir, split, prompts, seed, plan, sft, (pipe, decoder_roundtrip), panel, pairs_per_prompt,
+                        **drawing)
+    options = {"free_layout": free_layout, "free_look": free_look, "sft_swap": sft_swap,
+               "decoder_roundtrip": decoder_roundtrip}  # recorded when used
     stats = _stats(tally, panel, split=split, recipe=recipe, seed=seed, split_seed=split_seed, sft_model=sft_model,
                    prompts=len(prompts), images_per_prompt=images_per_prompt, pairs_per_prompt=pairs_per_prompt,
                    **{k: v for k, v in options.items() if v})
     _write_files(out_dir, tally, stats)
     return stats
+
+
+def _draw_split(out_dir: Path, split: str, prompts: list[str], seed: int, plan: tuple[int, int, int], sft: list,
+                roundtrip: tuple, panel: AnnotatorPanel, pairs_per_prompt: int, *, recipe: str,
+                double_fraction: float, perception: dict) -> "_Tally":
+    """Draw, judge, rate and pair every prompt's images: `plan` (clean, drawn, sampled per prompt), the
+    generator's samples `sft` appended; `roundtrip` (pipeline, share): the share of drawn images decoded by its VAE
+    ([`_roundtrip`], with its own random stream)."""
+    (pipe, share), (n_clean, n_corrupt, n_sft) = roundtrip, plan
+    split_id = SPLITS.index(split)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    kinds, tally = _KindCycle.seeded(seed, split_id), _Tally()
+    for p, prompt in enumerate(prompts):
+        rng = np.random.default_rng([seed, split_id, p])
+        images = _prompt_images(prompt, rng, n_clean, n_corrupt, recipe, kinds, double_fraction, perception)
+        if share:
+            images = _roundtrip(images, pipe.vae, share, [seed, _ROUNDTRIP_STREAM, split_id, p])
+        images += sft[p * n_sft:(p + 1) * n_sft]
+        names, ratings, overall = _rate_images(images, prompt, p, split, panel, rng, out_dir, tally)
+        _draw_pairs(prompt, names, ratings, overall, pairs_per_prompt, panel, rng, tally)
+    return tally
 
 
 def _prompt_images(prompt: str, rng: np.random.Generator, n_clean: int, n_corrupt: int, recipe: str,
@@ -274,8 +295,9 @@ def _pairs_per_prompt(images_per_prompt: int, pairs_per_prompt: int | None) -> i
     return pairs
 
 
-# The random stream of `_sft_prompts`, apart from every prompt's stream `(seed, split, prompt index)`.
+# The random streams of `_sft_prompts` and `_roundtrip`, apart from every prompt's stream `(seed, split, prompt index)`.
 _SWAP_STREAM = 1_000_000
+_ROUNDTRIP_STREAM = 1_000_001
 
 
 def _sft_prompts(prompts: list[str], n_sft: int, seed: int, swap: float) -> list[str]:
@@ -296,23 +318,47 @@ def _sft_prompts(prompts: list[str], n_sft: int, seed: int, swap: float) -> list
     return out
 
 
-def _sft_samples(sft_model: str | None, prompts: list[str], n_sft: int, seed: int, steps: int,
+def _load_generator(sft_model: str | None):
+    """The TinyWorld pipeline whose samples and VAE the data use."""
+    from .sample import load_pipeline
+
+    return load_pipeline(sft_model)
+
+
+def _roundtrip(images: list[tuple[np.ndarray, str]], vae, share: float, stream: list[int]):
+    """`images` (image, source) with each passed through `vae` with probability `share` (source `+decoded`), the
+    coins drawn from their own `stream`."""
+    from .sample import decode_roundtrip
+
+    rng = np.random.default_rng(stream)
+    chosen = [i for i in range(len(images)) if rng.random() < share]
+    if not chosen:
+        return images
+    decoded = decode_roundtrip(vae, np.stack([images[i][0] for i in chosen]))
+    out = list(images)
+    for i, image in zip(chosen, decoded):
+        out[i] = (image, images[i][1] + "+decoded")
+    return out
+
+
+def _sft_samples(pipe, prompts: list[str], n_sft: int, seed: int, steps: int,
                  swap: float = 0.0) -> list[tuple[np.ndarray, str]]:
-    """`n_sft` samples per prompt of the TinyWorld pipeline `sft_model` (prompt-major), each with its source:
+    """`n_sft` samples per prompt of the TinyWorld pipeline `pipe` (prompt-major), each with its source:
     "sft_sample", or "sft_sample+swap" when drawn from another prompt ([`_sft_prompts`])."""
     if not n_sft:
         return []
-    from .sample import generate, load_pipeline
+    from .sample import generate
 
     drawn = _sft_prompts(prompts, n_sft, seed, swap)
-    images = generate(load_pipeline(sft_model), drawn, seed=seed, steps=steps)
+    images = generate(pipe, drawn, seed=seed, steps=steps)
     return [(image, "sft_sample" if drawn[i] == prompts[i // n_sft] else "sft_sample+swap")
             for i, image in enumerate(images)]
 
 
 def _check_arguments(split: str, recipe: str, images_per_prompt: int, sft_fraction: float,
                      double_fraction: float, artefact_rates: dict[str, float] | None, free_layout: float,
-                     free_look: float, sft_swap: float = 0.0) -> None:
+                     free_look: float, sft_swap: float = 0.0, decoder_roundtrip: float = 0.0,
+                     has_model: bool = True) -> None:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     if recipe not in RECIPES:
@@ -321,11 +367,12 @@ def _check_arguments(split: str, recipe: str, images_per_prompt: int, sft_fracti
         raise ValueError(f"images_per_prompt must be >= 2 (pairs need two images), got {images_per_prompt}")
     if not 0.0 <= double_fraction <= 1.0:
         raise ValueError(f"double_fraction must be in [0, 1], got {double_fraction}")
-    check_mix(sft_fraction, artefact_rates, free_layout, free_look, sft_swap)
+    check_mix(sft_fraction, artefact_rates, free_layout, free_look, sft_swap, decoder_roundtrip, has_model)
 
 
 def check_mix(sft_fraction: float, artefact_rates: dict[str, float] | None = None, free_layout: float = 0.0,
-              free_look: float = 0.0, sft_swap: float = 0.0) -> None:
+              free_look: float = 0.0, sft_swap: float = 0.0, decoder_roundtrip: float = 0.0,
+              has_model: bool = True) -> None:
     """Refuse a training-data mix of `make_reward_data` that it cannot draw (one line naming the value and a fix);
     callers that work for a while before drawing it (`recipes.build_rewards`) check first.
 
@@ -334,9 +381,13 @@ def check_mix(sft_fraction: float, artefact_rates: dict[str, float] | None = Non
     """
     if not 0.0 <= sft_fraction < 1.0:
         raise ValueError(f"sft_fraction must be in [0, 1), got {sft_fraction}; e.g. 0.12 (the shipped share)")
-    for name, rate in (("free_layout", free_layout), ("free_look", free_look), ("sft_swap", sft_swap)):
+    for name, rate in (("free_layout", free_layout), ("free_look", free_look), ("sft_swap", sft_swap),
+                       ("decoder_roundtrip", decoder_roundtrip)):
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {rate}; e.g. 0.3")
+    if decoder_roundtrip and not has_model:
+        raise ValueError("decoder_roundtrip needs the SFT model's VAE (sft_model, --sft-model: a diffusers pipeline folder); "
+                         "build one with zr-align tinyworld build or set it to 0")
     artefacts = [k for k in CORRUPTIONS if k not in WRONG_ATTRIBUTE]
     for kind in artefact_rates or {}:
         if kind not in artefacts:

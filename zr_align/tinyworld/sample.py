@@ -45,6 +45,20 @@ def generate(pipe, prompts: list[str], seed: int = 0, steps: int = 20, batch_siz
     return torch.cat(outputs) if output_type == "latent" else np.concatenate(outputs)
 
 
+@torch.no_grad()
+def decode_roundtrip(vae, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """uint8 `(N, H, W, 3)` images passed through a pipeline's VAE: encoded, the posterior's mean decoded, rounded
+    back to uint8 as the pipeline rounds its samples. A render takes the generator's decoder look (soft edges, its
+    background and palette) and keeps its content (docs/tinyworld_rewards.md, "Renders through the generator's
+    decoder")."""
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).permute(0, 3, 1, 2)
+        y = vae.decode(vae.encode(x.float() / 127.5 - 1).latent_dist.mean).sample
+        outputs.append(((y / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(outputs) if outputs else np.zeros((0, *images.shape[1:]), np.uint8)
+
+
 def write_samples(images: np.ndarray, prompts: list[str], out_dir) -> Path:
     """PNGs `00000.png`, ... and `samples.jsonl` lines `{"image": "00000.png", "prompt": ...}`."""
     from PIL import Image
