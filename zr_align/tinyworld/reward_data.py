@@ -386,8 +386,8 @@ def check_mix(sft_fraction: float, artefact_rates: dict[str, float] | None = Non
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {rate}; e.g. 0.3")
     if decoder_roundtrip and not has_model:
-        raise ValueError("decoder_roundtrip needs the SFT model's VAE (sft_model, --sft-model: a diffusers pipeline folder); "
-                         "build one with zr-align tinyworld build or set it to 0")
+        raise ValueError("decoder_roundtrip needs the SFT model's VAE (sft_model, --sft-model: a diffusers "
+                         "pipeline folder); build one with zr-align tinyworld build or set it to 0")
     artefacts = [k for k in CORRUPTIONS if k not in WRONG_ATTRIBUTE]
     for kind in artefact_rates or {}:
         if kind not in artefacts:
