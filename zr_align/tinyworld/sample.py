@@ -54,8 +54,9 @@ def decode_roundtrip(vae, images: np.ndarray, batch_size: int = 64) -> np.ndarra
     outputs = []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).permute(0, 3, 1, 2)
-        y = vae.decode(vae.encode(x.float() / 127.5 - 1).latent_dist.mean).sample
-        outputs.append(((y / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        x = (x.to(vae.device, torch.float32) / 127.5 - 1).to(vae.dtype)
+        y = vae.decode(vae.encode(x).latent_dist.mean).sample.float()
+        outputs.append(((y / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
     return np.concatenate(outputs) if outputs else np.zeros((0, *images.shape[1:]), np.uint8)
 
 
