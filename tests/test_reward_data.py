@@ -315,13 +315,14 @@ def test_decoder_roundtrip_sends_drawn_images_through_the_vae_and_leaves_the_res
     assert len(drawn) == 18 and "decoder_roundtrip" not in runs["base"] and runs["all"]["decoder_roundtrip"] == 1.0
     assert runs["all"]["images_by_source"]["decoded"] == 18
     expected = decode_roundtrip(vae, np.stack([pixels["base"][i] for i in drawn]))
-    assert any(not np.array_equal(e, pixels["base"][i]) for e, i in zip(expected, drawn))  # the VAE changes them
+    assert max(np.abs(e.astype(int) - pixels["base"][i]).max() for e, i in zip(expected, drawn)) > 20  # changed
     for i, row in enumerate(rated["all"]):
         base = rated["base"][i]
         assert row["prompt"] == base["prompt"]
         if i in drawn:  # the same drawn image, decoded, and labelled by what the judge reads on the decoded one
             assert row["source"] == base["source"] + "+decoded"
-            assert np.array_equal(pixels["all"][i], expected[drawn.index(i)])
+            # decoded in other batches: the float sums may differ in the last bit, so one level of rounding
+            assert np.abs(pixels["all"][i].astype(int) - expected[drawn.index(i)]).max() <= 1
             assert row["rationale"]["alignment"] == rationale_text(judge(pixels["all"][i], row["prompt"]),
                                                                    "alignment")
         else:  # the generator's samples are untouched
