@@ -310,11 +310,11 @@ def test_decoder_roundtrip_sends_drawn_images_through_the_vae_and_leaves_the_res
     rated = {name: [json.loads(line) for line in (tmp_path / name / "rated.jsonl").read_text().splitlines()]
              for name in runs}
     pixels = {name: [np.asarray(Image.open(tmp_path / name / r["image"])) for r in rated[name]] for name in runs}
-    vae = load_pipeline(tmp_path / "sft").vae
+    pipe = load_pipeline(tmp_path / "sft")
     drawn = [i for i, r in enumerate(rated["base"]) if not r["source"].startswith("sft_sample")]
     assert len(drawn) == 18 and "decoder_roundtrip" not in runs["base"] and runs["all"]["decoder_roundtrip"] == 1.0
     assert runs["all"]["images_by_source"]["decoded"] == 18
-    expected = decode_roundtrip(vae, np.stack([pixels["base"][i] for i in drawn]))
+    expected = decode_roundtrip(pipe, np.stack([pixels["base"][i] for i in drawn]))
     assert max(np.abs(e.astype(int) - pixels["base"][i]).max() for e, i in zip(expected, drawn)) > 20  # changed
     for i, row in enumerate(rated["all"]):
         base = rated["base"][i]
@@ -344,7 +344,7 @@ def test_the_shipped_decoder_keeps_what_a_render_shows():
 
     prompts = split_prompts(0).test[:8]
     renders = np.stack([render(p, seed=i).image for i, p in enumerate(prompts)])
-    decoded = decode_roundtrip(load_pipeline("models/tinyworld/sft").vae, renders, batch_size=3)
+    decoded = decode_roundtrip(load_pipeline("models/tinyworld/sft"), renders, batch_size=3)
     assert decoded.shape == renders.shape and decoded.dtype == np.uint8
     gap = np.abs(decoded.astype(int) - renders.astype(int))
     assert 0.2 < gap.mean() < 8 and gap.max() >= 10  # changed a little (most at the edges), not redrawn

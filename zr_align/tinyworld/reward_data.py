@@ -57,6 +57,7 @@ from .judge import Verdict, judge
 from .render import Rendered, draw, render
 from .render import free_look as draw_look
 from .render import free_layout as render_free_layout
+from .sample import decode_roundtrip, generate, load_pipeline
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 RECIPES: tuple[str, ...] = ("mixed", "perception")
@@ -233,7 +234,7 @@ def make_reward_data(
     pairs_per_prompt = _pairs_per_prompt(images_per_prompt, pairs_per_prompt)
     panel = panel or AnnotatorPanel(seed=seed)
     plan = _image_plan(images_per_prompt, sft_fraction, sft_model is not None, recipe)
-    pipe = _load_generator(sft_model) if plan[2] or decoder_roundtrip else None
+    pipe = load_pipeline(sft_model) if plan[2] or decoder_roundtrip else None  # its samples and its VAE
     sft = _sft_samples(pipe, prompts, plan[2], seed, sample_steps, sft_swap)  # (image, source), prompt-major
     out_dir = Path(out_dir)
     drawing = {"recipe": recipe, "double_fraction": double_fraction,
@@ -263,7 +264,7 @@ def _draw_split(out_dir: Path, split: str, prompts: list[str], seed: int, plan: 
         rng = np.random.default_rng([seed, split_id, p])
         images = _prompt_images(prompt, rng, n_clean, n_corrupt, recipe, kinds, double_fraction, perception)
         if share:
-            images = _roundtrip(images, pipe.vae, share, [seed, _ROUNDTRIP_STREAM, split_id, p])
+            images = _roundtrip(images, pipe, share, [seed, _ROUNDTRIP_STREAM, split_id, p])
         images += sft[p * n_sft:(p + 1) * n_sft]
         names, ratings, overall = _rate_images(images, prompt, p, split, panel, rng, out_dir, tally)
         _draw_pairs(prompt, names, ratings, overall, pairs_per_prompt, panel, rng, tally)
@@ -318,23 +319,14 @@ def _sft_prompts(prompts: list[str], n_sft: int, seed: int, swap: float) -> list
     return out
 
 
-def _load_generator(sft_model: str | None):
-    """The TinyWorld pipeline whose samples and VAE the data use."""
-    from .sample import load_pipeline
-
-    return load_pipeline(sft_model)
-
-
-def _roundtrip(images: list[tuple[np.ndarray, str]], vae, share: float, stream: list[int]):
-    """`images` (image, source) with each passed through `vae` with probability `share` (source `+decoded`), the
-    coins drawn from their own `stream`."""
-    from .sample import decode_roundtrip
-
+def _roundtrip(images: list[tuple[np.ndarray, str]], pipe, share: float, stream: list[int]):
+    """`images` (image, source) with each passed through `pipe`'s VAE with probability `share` (source `+decoded`),
+    the coins drawn from their own `stream`."""
     rng = np.random.default_rng(stream)
     chosen = [i for i in range(len(images)) if rng.random() < share]
     if not chosen:
         return images
-    decoded = decode_roundtrip(vae, np.stack([images[i][0] for i in chosen]))
+    decoded = decode_roundtrip(pipe, np.stack([images[i][0] for i in chosen]))
     out = list(images)
     for i, image in zip(chosen, decoded):
         out[i] = (image, images[i][1] + "+decoded")
@@ -347,8 +339,6 @@ def _sft_samples(pipe, prompts: list[str], n_sft: int, seed: int, steps: int,
     "sft_sample", or "sft_sample+swap" when drawn from another prompt ([`_sft_prompts`])."""
     if not n_sft:
         return []
-    from .sample import generate
-
     drawn = _sft_prompts(prompts, n_sft, seed, swap)
     images = generate(pipe, drawn, seed=seed, steps=steps)
     return [(image, "sft_sample" if drawn[i] == prompts[i // n_sft] else "sft_sample+swap")

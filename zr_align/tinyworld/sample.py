@@ -46,17 +46,17 @@ def generate(pipe, prompts: list[str], seed: int = 0, steps: int = 20, batch_siz
 
 
 @torch.no_grad()
-def decode_roundtrip(vae, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """uint8 `(N, H, W, 3)` images passed through a pipeline's VAE: encoded, the posterior's mean decoded, rounded
-    back to uint8 as the pipeline rounds its samples. A render takes the generator's decoder look (soft edges, its
-    background and palette) and keeps its content (docs/tinyworld_rewards.md, "Renders through the generator's
-    decoder")."""
-    outputs = []
+def decode_roundtrip(pipe, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """uint8 `(N, H, W, 3)` images passed through a pipeline's VAE: encoded, the posterior's mean decoded, then
+    post-processed and rounded as [`generate`] rounds the pipeline's samples. A render takes the generator's decoder
+    look (soft edges, its background and palette) and keeps its content (docs/tinyworld_rewards.md, "Renders
+    through the generator's decoder")."""
+    vae, outputs = pipe.vae, []
     for start in range(0, len(images), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size])).permute(0, 3, 1, 2)
-        x = (x.to(vae.device, torch.float32) / 127.5 - 1).to(vae.dtype)
-        y = vae.decode(vae.encode(x).latent_dist.mean).sample.float()
-        outputs.append(((y / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+        x = (x.to(vae.device, torch.float32) / 127.5 - 1).to(vae.dtype)  # as the VAE was trained (`model.py`)
+        decoded = pipe.image_processor.postprocess(vae.decode(vae.encode(x).latent_dist.mean).sample, "np")
+        outputs.append((decoded * 255).round().astype(np.uint8))
     return np.concatenate(outputs) if outputs else np.zeros((0, *images.shape[1:]), np.uint8)
 
 
