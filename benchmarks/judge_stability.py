@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from zr_align.tinyworld.judge import judge
-from zr_align.tinyworld.reward_data import RATIONALE_DIMENSIONS, rationale_text
+from zr_align.tinyworld.rationale import RATIONALE_DIMENSIONS, rationale_text
 from zr_align.tinyworld.reward_eval import rationale_checks, readings
 
 

@@ -17,12 +17,9 @@ from zr_align.rewards.loading import load_image
 from zr_align.scores import DEFAULT_BINS, ScoreDistribution
 from zr_align.tinyworld.grammar import split_prompts
 from zr_align.tinyworld.judge import judge
+from zr_align.tinyworld.rationale import RATIONALE_WORDS, rationale_text
 from zr_align.tinyworld.render import render
-from zr_align.tinyworld.reward_data import (
-    RATIONALE_WORDS,
-    make_reward_data,
-    rationale_text,
-)
+from zr_align.tinyworld.reward_data import make_reward_data
 
 DIMS = ("alignment", "realism", "aesthetics", "plausibility")
 
@@ -217,20 +214,6 @@ def test_generator_mix_ties_and_rationales(generated):
     words = {w for line in rated for text in line["rationale"].values() for w in text.split()}
     assert words <= set(RATIONALE_WORDS)
     assert {"yes", "no"} <= words
-
-
-def test_rationale_text_reads_the_verdict():
-    prompt = "a large red circle on the left"
-    image = render("a large blue circle on the left", seed=3).image
-    verdict = judge(image, prompt)
-    assert rationale_text(verdict, "alignment") == "size large yes color blue no shape circle yes position left yes"
-    assert rationale_text(verdict, "realism") == "blur no noise no shift no"
-    assert rationale_text(verdict, "plausibility") == "fragments no crop no"
-    assert rationale_text(verdict, "aesthetics") == "faded no clutter no"
-    empty = judge(np.full((64, 64, 3), 230, np.uint8), prompt)
-    assert rationale_text(empty, "alignment") == "object no"
-    with pytest.raises(ValueError, match="no rationale for dimension 'style'"):
-        rationale_text(verdict, "style")
 
 
 def test_splits_are_disjoint(tmp_path):

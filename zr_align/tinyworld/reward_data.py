@@ -17,19 +17,8 @@ Every random choice comes from generators seeded by `(seed, split, prompt)`, so 
 byte-identical files. Prompts come from `grammar.split_prompts(split_seed)`: train, validation and test prompts
 are disjoint, and the held-out evaluation pairs are those of the test split.
 
-Rationales: a short, deterministic check list read off the judge's verdict, one per dimension, e.g.
-
-| dimension    | text                                                                       |
-|--------------|----------------------------------------------------------------------------|
-| alignment    | `size large yes color blue no shape circle yes position left yes`          |
-| realism      | `blur no noise yes shift no`                                               |
-| plausibility | `fragments no crop yes`                                                    |
-| aesthetics   | `faded no clutter yes`                                                     |
-
-Alignment names what the judge *observed* for each attribute and whether it matches the prompt (here: a blue
-object where the prompt asked for another colour); a corner position reads `corner`, an off-palette colour
-`other`. The other dimensions name each artefact check with `yes` when the artefact is present. Without an
-object, alignment, plausibility and aesthetics read `object no`. Every word is in `RATIONALE_WORDS`.
+Rationales: each rated image carries the judge's check list per rubric dimension (format:
+[`rationale.rationale_text`]).
 """
 
 from __future__ import annotations
@@ -45,15 +34,13 @@ from .annotators import AnnotatorPanel, Ratings
 from .corrupt import CORRUPTIONS, WIDE_SEVERITIES, WRONG_ATTRIBUTE, combine_order, corrupt
 from .grammar import (
     ATTRIBUTES,
-    COLORS,
-    SHAPES,
-    SIZES,
     VALUES,
     Attributes,
     parse_prompt,
     split_prompts,
 )
-from .judge import Verdict, judge
+from .judge import judge
+from .rationale import RATIONALE_DIMENSIONS, rationale_text
 from .render import Rendered, draw, render
 from .render import free_look as draw_look
 from .render import free_layout as render_free_layout
@@ -68,47 +55,6 @@ RECIPES: tuple[str, ...] = ("mixed", "perception")
 # shift better (AUC 0.80 -> 0.90) but did not make fine-tuning better (docs/tinyworld_demo_validation.md, session 10).
 ARTEFACT_RATES: dict[str, float] = {"blur": 0.25, "noise": 0.25, "color_shift": 0.2, "crop": 0.1, "fragments": 0.1,
                                     "low_contrast": 0.12, "clutter": 0.12}
-
-# The word each position value reads as in a rationale; the judge's corner cells all read "corner".
-POSITION_WORDS: dict[str, str] = {"on the left": "left", "on the right": "right", "at the top": "top",
-                                  "at the bottom": "bottom", "in the center": "center"}
-# Dimension -> (word, artefact of `judge.ARTEFACTS`) for each check of that dimension, in rationale order.
-ARTEFACT_CHECKS: dict[str, tuple[tuple[str, str], ...]] = {
-    "realism": (("blur", "blur"), ("noise", "noise"), ("shift", "color_shift")),
-    "plausibility": (("fragments", "fragments"), ("crop", "crop")),
-    "aesthetics": (("faded", "low_contrast"), ("clutter", "clutter")),
-}
-RATIONALE_DIMENSIONS: tuple[str, ...] = ("alignment", *ARTEFACT_CHECKS)
-# Every word a rationale can contain (feed them to a word-level tokenizer).
-RATIONALE_WORDS: tuple[str, ...] = tuple(dict.fromkeys([
-    *ATTRIBUTES, *SIZES, *COLORS, "other", *SHAPES, *POSITION_WORDS.values(), "corner", "yes", "no", "object",
-    *(word for checks in ARTEFACT_CHECKS.values() for word, _ in checks),
-]))
-
-
-def _word(attribute: str, value: str | None) -> str:
-    if attribute == "position":
-        return POSITION_WORDS.get(value, "corner")
-    return value  # sizes, colours ("other" when off-palette) and shapes are single words already
-
-
-def rationale_text(verdict: Verdict, dimension: str) -> str:
-    """The judge's check list for one rubric dimension (format in the module docstring).
-
-    Raises:
-        `ValueError`: for a dimension other than alignment, realism, plausibility or aesthetics.
-    """
-    if dimension not in RATIONALE_DIMENSIONS:
-        raise ValueError(f"no rationale for dimension {dimension!r}; allowed: {', '.join(RATIONALE_DIMENSIONS)}")
-    has_object = verdict.observed["size"] is not None
-    if dimension != "realism" and not has_object:
-        return "object no"
-    if dimension == "alignment":
-        return " ".join(f"{a} {_word(a, verdict.observed[a])} {'yes' if verdict.correct[a] else 'no'}"
-                        for a in ATTRIBUTES)
-    return " ".join(f"{word} {'yes' if verdict.artefacts[artefact] else 'no'}"
-                    for word, artefact in ARTEFACT_CHECKS[dimension])
-
 
 def _image_plan(images_per_prompt: int, sft_fraction: float, with_sft: bool, recipe: str) -> tuple[int, int, int]:
     """(clean, corrupted, sft) images per prompt: "mixed", about a third of the non-SFT images clean, at least one;
@@ -507,5 +453,4 @@ def _summarise_sources(sources: dict[str, int]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-__all__ = ["ARTEFACT_CHECKS", "ARTEFACT_RATES", "check_mix", "RECIPES", "perception_image", "POSITION_WORDS", "RATIONALE_DIMENSIONS", "RATIONALE_WORDS", "SPLITS",
-           "make_reward_data", "rationale_text"]
+__all__ = ["ARTEFACT_RATES", "check_mix", "RECIPES", "perception_image", "SPLITS", "make_reward_data"]

@@ -30,8 +30,8 @@ import torch
 from .corrupt import corrupt
 from .grammar import ATTRIBUTES, split_prompts
 from .judge import judge, overall
+from .rationale import ARTEFACT_CHECKS, RATIONALE_DIMENSIONS, rationale_text
 from .render import Rendered, render
-from .reward_data import ARTEFACT_CHECKS, RATIONALE_DIMENSIONS, rationale_text
 
 KINDS: tuple[str, ...] = ("clean_vs_one", "one_vs_two", "quality", "generator")
 # The quality pairs' artefacts: one corruption per artefact check of the judge. `object_cast`, a second form of

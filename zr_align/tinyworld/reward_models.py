@@ -22,7 +22,7 @@ from ..rewards.zreward import ZRewardConfig, ZRewardModel
 from ..rubrics import Rubric
 from ..tiny.qwen import QWEN_SPECIAL_TOKENS, qwen_processor_config
 from ..tiny.tokenizer import word_level_tokenizer
-from .reward_data import RATIONALE_WORDS
+from .rationale import RATIONALE_WORDS
 
 # name -> (text hidden, text layers, heads, vision width, vision depth)
 SIZES = {
