@@ -463,6 +463,24 @@ def test_ship_models_copies_the_student_only_for_an_ensemble_member(tmp_path):
         assert not (tmp_path / "build").exists()
 
 
+def test_the_shipped_teacher_is_the_better_on_validation_or_the_one_named(tmp_path, capsys):
+    from zr_align.recipes.build_rewards import build_reward_models, pick_teacher
+
+    scores = {"teacher_sft": 0.93, "gdso": 0.92}
+    assert pick_teacher(scores) == "teacher_sft"
+    assert pick_teacher({"teacher_sft": 0.91, "gdso": 0.92}, "validation") == "gdso"
+    assert pick_teacher(scores, "gdso") == "gdso" and pick_teacher(scores, "teacher_sft") == "teacher_sft"
+    with pytest.raises(ValueError, match="teacher_choice must be one of validation, teacher_sft, gdso, got 'grpo'"):
+        pick_teacher(scores, "grpo")
+    with pytest.raises(ValueError, match="teacher_choice must be one of"):  # refused before any data or training
+        build_reward_models(tmp_path / "build", tmp_path / "never", sft_model=None, docs=None, teacher_choice="best")
+    assert not (tmp_path / "build").exists()
+    assert main(["tinyworld", "build-rewards", "--teacher-choice", "best", "--work-dir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("zr-align tinyworld: error: teacher_choice must be one of validation, teacher_sft, gdso, "
+                   "got 'best'") and not (tmp_path / "w").exists()
+
+
 def test_a_teacher_only_build_trains_no_student():
     from zr_align.recipes.build_rewards import RUNS, planned_runs
 

@@ -150,6 +150,9 @@ def _add_build_rewards(sub) -> None:
                         "judged (the generator's decoder look)")
     p.add_argument("--teacher-init", help="the teacher SFT run's start instead of its config's, e.g. "
                                           "tinyworld:teacher (the spatial rotary layout)")
+    p.add_argument("--teacher-choice", default="validation",
+                   help="the teacher that ships (and the students start from): 'validation', the better on the "
+                        "build's validation pairs, or the one named, 'teacher_sft' or 'gdso'")
 
 
 def _run_build_rewards(args) -> int:
@@ -160,7 +163,7 @@ def _run_build_rewards(args) -> int:
                         seed=args.seed, docs=args.docs or None, reuse=args.reuse, baselines=args.baselines,
                         artefact_rates=rates, sft_fraction=args.sft_fraction, free_layout=args.free_layout,
                         free_look=args.free_look, sft_swap=args.sft_swap, teacher_init=args.teacher_init,
-                        decoder_roundtrip=args.decoder_roundtrip,
+                        decoder_roundtrip=args.decoder_roundtrip, teacher_choice=args.teacher_choice,
                         ship=("student",) if args.student_only else ("teacher",) if args.teacher_only
                         else ("teacher", "student"))
     return 0

@@ -10,8 +10,8 @@ the comparison table on held-out pairs by kind (GDSO and RISD of the Z-Reward pa
    (`reward_eval.make_eval_set`).
 2. `configs/reward/tinyworld_*.yaml` in the order of `RUNS`: teacher_sft (its reading accuracy on validation
    images logged every `eval_every` steps) -> gdso, grpo; reward_dance; then the better teacher on the
-   validation pairs is chosen, and the students start from it: student_sft, risd, opd at one budget, and
-   risd_long, the shipped student.
+   validation pairs is chosen (or the one `teacher_choice` names), and the students start from it: student_sft,
+   risd, opd at one budget, and risd_long, the shipped student.
 3. Every model evaluated on the test pairs; the table goes to `docs/tinyworld_rewards.md` and `.json`.
 4. The chosen teacher and risd_long are copied to `models/tinyworld/teacher` and `.../student` (or one of them:
    `ship`; `make tinyworld` takes the student from this recipe and the teacher from a build with free layouts,
@@ -45,6 +45,8 @@ RUNS = [
     ("risd_long", "tinyworld_risd_long.yaml"),  # the shipped student
 ]
 TEACHERS = ("teacher_sft", "gdso", "grpo")
+# How the shipped teacher is chosen (`pick_teacher`).
+TEACHER_CHOICES = ("validation", "teacher_sft", "gdso")
 STUDENTS = ("student_sft", "risd", "opd", "risd_long")  # they start from the chosen teacher
 SHIPPED = ("teacher_sft", "gdso", "risd_long")  # the runs behind models/tinyworld/{teacher,student}
 
@@ -158,6 +160,7 @@ def build_reward_models(
     sft_swap: float = 0.0,
     decoder_roundtrip: float = 0.0,
     teacher_init: str | None = None,
+    teacher_choice: str = "validation",
 ) -> dict:
     """Data, every reward model of `RUNS` (only the `SHIPPED` ones without `baselines`), the table per pair kind on
     the test-split evaluation set, and the shipped teacher (the better of teacher_sft and gdso on the *validation*
@@ -168,9 +171,10 @@ def build_reward_models(
     attribute away from the rated one, `decoder_roundtrip` the share of drawn images passed through the SFT model's
     VAE before they are judged (`make_reward_data`); `teacher_init` the teacher SFT run's `init` instead of its
     config's (e.g. "tinyworld:teacher", the spatial rotary layout). `ship`: which of the two are copied to `out_dir`
-    (the members of the reward ensemble ship their student only)."""
+    (the members of the reward ensemble ship their student only). `teacher_choice`: "validation" (the better teacher
+    on the build's validation pairs) or the run that ships, "teacher_sft" or "gdso" (`pick_teacher`)."""
     sft = sft_model if sft_model and Path(sft_model, "model_index.json").is_file() else None
-    _check_recipe(ship, teacher_init, sft_fraction, artefact_rates, free_layout, free_look, sft_swap,
+    _check_recipe(ship, teacher_init, teacher_choice, sft_fraction, artefact_rates, free_layout, free_look, sft_swap,
                   decoder_roundtrip, sft is not None)  # before an hour of work, not at its end
     work, out = Path(work_dir), Path(out_dir)
     log(f"reward data (SFT samples from {sft})")
@@ -196,7 +200,7 @@ def build_reward_models(
             lap(f"training {name}")
 
     train([run for run in runs if run[0] not in STUDENTS], None)  # `RUNS` lists the students last
-    shipped_teacher = choose_teacher(work, num_rationales, log)  # the students start from it
+    shipped_teacher = choose_teacher(work, num_rationales, log, teacher_choice)  # the students start from it
     lap("choosing the teacher")
     train([run for run in runs if run[0] in STUDENTS], shipped_teacher)
 
@@ -250,8 +254,9 @@ def ship_models(work: Path, out: Path, teacher_run: str, ship: tuple[str, ...] =
         shutil.copytree(work / source / "model", out / target)
 
 
-def _check_recipe(ship: tuple[str, ...], teacher_init: str | None, *mix) -> None:
-    """Refuse what ships, the teacher's start or the data mix (`reward_data.check_mix`'s arguments) in one line."""
+def _check_recipe(ship: tuple[str, ...], teacher_init: str | None, teacher_choice: str, *mix) -> None:
+    """Refuse what ships, the teacher's start and choice, or the data mix (`reward_data.check_mix`'s arguments) in
+    one line."""
     from ..tinyworld.reward_data import check_mix
     from ..tinyworld.reward_models import parse_init
 
@@ -259,6 +264,8 @@ def _check_recipe(ship: tuple[str, ...], teacher_init: str | None, *mix) -> None
     check_mix(*mix)
     if teacher_init is not None and parse_init(teacher_init)[0] != "teacher":
         raise ValueError(f"teacher_init {teacher_init!r} is a student; use tinyworld:teacher[:LAYOUT]")
+    if teacher_choice not in TEACHER_CHOICES:
+        raise ValueError(f"teacher_choice must be one of {', '.join(TEACHER_CHOICES)}, got {teacher_choice!r}")
 
 
 def _check_ship(ship: tuple[str, ...]) -> None:
@@ -301,8 +308,9 @@ def artefact_mix(changes: list[str]) -> dict[str, float] | None:
     return rates
 
 
-def choose_teacher(work: Path, num_rationales: int, log) -> str:
-    """teacher_sft or gdso, whichever ranks the validation pairs better (greedy, all kinds)."""
+def choose_teacher(work: Path, num_rationales: int, log, choice: str = "validation") -> str:
+    """The teacher that ships and that the students start from: teacher_sft or gdso by `pick_teacher`, after the
+    validation pairs of both are logged (greedy, all kinds)."""
     from ..reward_training.evaluate import load_scorer
     from ..tinyworld.reward_eval import evaluate_kinds, score_eval_images
 
@@ -310,7 +318,17 @@ def choose_teacher(work: Path, num_rationales: int, log) -> str:
     scores = {name: evaluate_kinds(score_eval_images(load_scorer(work / name / "model"), validation), validation)["all"]
               for name in ("teacher_sft", "gdso")}
     log(f"validation accuracy of the teachers: {scores}")
-    return max(scores, key=scores.get)
+    return pick_teacher(scores, choice)
+
+
+def pick_teacher(scores: dict[str, float], choice: str = "validation") -> str:
+    """`choice` "validation": the teacher with the higher validation accuracy in `scores` (teacher_sft on a tie);
+    "teacher_sft" or "gdso": that one, whatever the scores. Why name one: the build's validation set holds 90-120
+    pairs per kind, where teachers this close trade places by chance; on a set six times larger GDSO ranked above its
+    SFT start in every build of the teacher-only recipe (docs/tinyworld_rewards.md, session 25)."""
+    if choice not in TEACHER_CHOICES:
+        raise ValueError(f"teacher_choice must be one of {', '.join(TEACHER_CHOICES)}, got {choice!r}")
+    return max(scores, key=scores.get) if choice == "validation" else choice
 
 
 def format_report(report: dict, images_per_prompt: int, steps_scale: float, seed: int) -> str:
