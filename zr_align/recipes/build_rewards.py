@@ -178,14 +178,8 @@ def build_reward_models(
                   decoder_roundtrip, sft is not None)  # before an hour of work, not at its end
     work, out = Path(work_dir), Path(out_dir)
     log(f"reward data (SFT samples from {sft})")
-    clock = time.perf_counter()
-    minutes = {}  # wall minutes per stage of this call (a reused stage costs ~0), reported beside the table
-
-    def lap(stage: str) -> None:
-        nonlocal clock
-        minutes[stage] = minutes.get(stage, 0.0) + round((time.perf_counter() - clock) / 60, 2)
-        clock = time.perf_counter()
-
+    clock = _StageClock()
+    lap, minutes = clock.lap, clock.minutes
     data_stats = make_data(work / "data", sft, images_per_prompt, seed, reuse, sft_fraction=sft_fraction,
                            artefact_rates=artefact_rates, free_layout=free_layout, free_look=free_look,
                            sft_swap=sft_swap, decoder_roundtrip=decoder_roundtrip)
@@ -221,6 +215,20 @@ def build_reward_models(
         Path(folder, "tinyworld_rewards.md").write_text(format_report(report, images_per_prompt, steps_scale, seed))
     ship_models(work, out, shipped_teacher, ship)
     return report
+
+
+class _StageClock:
+    """Wall minutes per stage of one build (a reused stage costs ~0), reported beside the table."""
+
+    def __init__(self):
+        self.minutes: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        """Add the minutes since the last lap to `stage`."""
+        now = time.perf_counter()
+        self.minutes[stage] = self.minutes.get(stage, 0.0) + round((now - self._start) / 60, 2)
+        self._start = now
 
 
 def make_data(data_dir: Path, sft: str | None, images_per_prompt: int, seed: int, reuse: bool, **recipe) -> dict:
