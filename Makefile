@@ -59,17 +59,18 @@ test-slow: $(STAMP) $(DS_STAMP)
 # The two other students of the demo's reward ensemble (models/tinyworld/ensemble/; docs/tinyworld_demo_validation.md,
 # "A reward ensemble") are built the same way, each with its own teacher, about 45 min each at one thread: one
 # with object casts in the artefact mix (before the refinement), one from the refined model's samples (after it).
-# The shipped teacher comes last (about 30 min on an idle machine, teacher SFT and GDSO only; session 19's rerun did
-# not give the shipped weights bit for bit, docs/tinyworld_rewards.md): the spatial rotary layout, 30% of its data the refined model's
-# samples and 30% objects drawn at any size and place (docs/tinyworld_rewards.md, "A teacher that reads the
-# generator's samples"); the demo's students keep the teachers of their own builds.
+# The shipped teacher comes last (about 57 min at one thread beside another job, teacher SFT and GDSO only): the
+# spatial rotary layout, 30% of its data the refined model's samples (half of them drawn from a prompt one attribute
+# away) and 30% objects drawn at any size and place, half of its drawn images through the SFT model's decoder and
+# object casts in 20% of them; its GDSO teacher ships (docs/tinyworld_rewards.md, "Object casts in the teacher's
+# data", session 25); the demo's students keep the teachers of their own builds.
 tinyworld: $(STAMP)
 	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m zr_align.cli tinyworld build --decoder-steps 0 --out models/tinyworld/sft --work-dir outputs/tinyworld_build
 	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m zr_align.cli tinyworld build-rewards --no-baselines --sft-model models/tinyworld/sft --student-only --out models/tinyworld
 	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m zr_align.cli tinyworld build-rewards --no-baselines --sft-model models/tinyworld/sft --artefact-rate object_cast=0.2 --student-only --work-dir outputs/tinyworld_rewards_cast --out models/tinyworld/ensemble/cast --docs ''
 	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m zr_align.cli tinyworld refine-decoder --model models/tinyworld/sft --steps 1500
 	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m zr_align.cli tinyworld build-rewards --no-baselines --sft-model models/tinyworld/sft --student-only --work-dir outputs/tinyworld_rewards_sharp --out models/tinyworld/ensemble/sharp --docs ''
-	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m zr_align.cli tinyworld build-rewards --no-baselines --sft-model models/tinyworld/sft --teacher-only --sft-fraction 0.3 --free-layout 0.3 --teacher-init tinyworld:teacher --work-dir outputs/tinyworld_rewards_reader --out models/tinyworld --docs ''
+	TQDM_DISABLE=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(PY) -m zr_align.cli tinyworld build-rewards --no-baselines --sft-model models/tinyworld/sft --teacher-only --sft-fraction 0.3 --free-layout 0.3 --teacher-init tinyworld:teacher --decoder-roundtrip 0.5 --sft-swap 0.5 --artefact-rate object_cast=0.2 --teacher-choice gdso --work-dir outputs/tinyworld_rewards_reader --out models/tinyworld --docs ''
 	$(PY) benchmarks/tinyworld_sft.py --model models/tinyworld/sft --grid docs/tinyworld_sft_samples.png > docs/tinyworld_sft.json
 
 # After `make tinyworld`: the baselines too (GRPO, RewardDance, direct student SFT, 2000-step RISD and OPD; about
