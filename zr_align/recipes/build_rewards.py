@@ -272,8 +272,7 @@ def _check_recipe(ship: tuple[str, ...], teacher_init: str | None, teacher_choic
     check_mix(*mix)
     if teacher_init is not None and parse_init(teacher_init)[0] != "teacher":
         raise ValueError(f"teacher_init {teacher_init!r} is a student; use tinyworld:teacher[:LAYOUT]")
-    if teacher_choice not in TEACHER_CHOICES:
-        raise ValueError(f"teacher_choice must be one of {', '.join(TEACHER_CHOICES)}, got {teacher_choice!r}")
+    _check_teacher_choice(teacher_choice)
 
 
 def _check_ship(ship: tuple[str, ...]) -> None:
@@ -333,10 +332,15 @@ def pick_teacher(scores: dict[str, float], choice: str = "validation") -> str:
     """`choice` "validation": the teacher with the higher validation accuracy in `scores` (teacher_sft on a tie);
     "teacher_sft" or "gdso": that one, whatever the scores. Why name one: the build's validation set holds 90-120
     pairs per kind, where teachers this close trade places by chance; on a set six times larger GDSO ranked above its
-    SFT start in every build of the teacher-only recipe (docs/tinyworld_rewards.md, session 25)."""
+    SFT start in each of the four teacher-only builds of session 25's recipes (docs/tinyworld_rewards.md, "Object casts
+    in the teacher's data"), which is why `make tinyworld`'s teacher build names gdso."""
+    _check_teacher_choice(choice)
+    return max(scores, key=scores.get) if choice == "validation" else choice
+
+
+def _check_teacher_choice(choice: str) -> None:
     if choice not in TEACHER_CHOICES:
         raise ValueError(f"teacher_choice must be one of {', '.join(TEACHER_CHOICES)}, got {choice!r}")
-    return max(scores, key=scores.get) if choice == "validation" else choice
 
 
 def format_report(report: dict, images_per_prompt: int, steps_scale: float, seed: int) -> str:
