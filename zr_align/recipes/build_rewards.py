@@ -45,8 +45,9 @@ RUNS = [
     ("risd_long", "tinyworld_risd_long.yaml"),  # the shipped student
 ]
 TEACHERS = ("teacher_sft", "gdso", "grpo")
+CANDIDATE_TEACHERS = ("teacher_sft", "gdso")  # the runs a build may ship as its teacher; teacher_sft wins a tie
 # How the shipped teacher is chosen (`pick_teacher`): on the validation pairs, or one of the runs named.
-TEACHER_CHOICES = ("validation", "teacher_sft", "gdso")
+TEACHER_CHOICES = ("validation", *CANDIDATE_TEACHERS)
 STUDENTS = ("student_sft", "risd", "opd", "risd_long")  # they start from the chosen teacher
 SHIPPED = ("teacher_sft", "gdso", "risd_long")  # the runs behind models/tinyworld/{teacher,student}
 
@@ -323,7 +324,7 @@ def choose_teacher(work: Path, num_rationales: int, log, choice: str = "validati
 
     validation = work / "data" / "eval_validation"
     scores = {name: evaluate_kinds(score_eval_images(load_scorer(work / name / "model"), validation), validation)["all"]
-              for name in TEACHER_CHOICES if name != "validation"}  # teacher_sft first: it wins a tie
+              for name in CANDIDATE_TEACHERS}
     log(f"validation accuracy of the teachers: {scores}")
     return pick_teacher(scores, choice)
 
