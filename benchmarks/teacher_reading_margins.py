@@ -2,13 +2,15 @@
 the judge's own measurement sits to the threshold that decides that check (CPU, a few minutes).
 
     python benchmarks/teacher_reading_margins.py [--teacher models/tinyworld/teacher] \
-        [--eval-dir outputs/reward_ordering/test] [--sources sft_sample] [--confusion position] [--json OUT.json]
+        [--eval-dir outputs/reward_ordering/test] [--sources sft_sample] [--confusion position] [--json OUT.json] \
+        [--by-distance]
 
 A check whose measurement is within a hair of the judge's threshold (a bounding-box centre 1 px from a third
 of the canvas, a shape half-way between two prototypes) is a coin toss for any reader of a 64 px image that went
 through a VAE; a miss far from the threshold is a failure to see. The table gives, per check, the accuracy on all
 images, the number of misses, how many of those are borderline (the bands below), and the accuracy on the images
-that are not borderline.
+that are not borderline; `--by-distance` adds the accuracy per band of that distance, with each band's share of
+the images.
 """
 
 from __future__ import annotations
@@ -58,6 +60,26 @@ MARGINS = {
     "blur": (lambda m: abs(m["sharpness"] - BLUR_SHARPNESS), 0.05, "sharpness"),
     "shift": (_shift_gap, 0.2, "relative distance to either threshold"),
 }
+# check -> the edges of the distance bands of `--by-distance` (in the units of MARGINS)
+DISTANCE_EDGES = {"size": (1, 2, 3), "position": (1, 2, 3), "shape": (0.05, 0.1, 0.2, 0.3), "blur": (0.05, 0.1, 0.2),
+                  "shift": (0.2, 0.4, 0.6)}
+
+
+def _by_distance(table: dict) -> None:
+    """Accuracy per band of the judge's distance to its threshold: how reading falls off near the threshold, and
+    how many of the images sit there."""
+    print("\n| check | distance to the threshold | images | share | accuracy |\n|---|---|---|---|---|")
+    for check, edges in DISTANCE_EDGES.items():
+        pairs = table.get(check, {}).get("gaps", [])
+        if not pairs:
+            continue
+        gaps, hits = np.array([g for g, _ in pairs]), np.array([h for _, h in pairs])
+        bounds = (0.0, *edges, math.inf)
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            inside = (gaps >= lo) & (gaps < hi)
+            band = f"< {hi:g}" if lo == 0 else (f">= {lo:g}" if hi == math.inf else f"{lo:g} - {hi:g}")
+            accuracy = f"{hits[inside].mean():.3f}" if inside.any() else "-"
+            print(f"| {check} | {band} {MARGINS[check][2]} | {inside.sum()} | {inside.mean():.3f} | {accuracy} |")
 
 
 def main():
@@ -66,6 +88,8 @@ def main():
     parser.add_argument("--eval-dir", default="outputs/reward_ordering/test")
     parser.add_argument("--sources", nargs="+", default=["sft_sample"], help="image sources (prefixes) to read")
     parser.add_argument("--json")
+    parser.add_argument("--by-distance", action="store_true",
+                        help="also the accuracy per band of the judge's distance to its threshold")
     parser.add_argument("--confusion", nargs="*", default=["position"],
                         help="checks whose misses are also counted as (judge's, teacher's) pairs")
     args = parser.parse_args()
@@ -82,6 +106,7 @@ def main():
             if check in MARGINS and "extent" in measured:
                 gap = float(MARGINS[check][0](measured))
                 clear = gap >= MARGINS[check][1]
+                entry.setdefault("gaps", []).append((gap, bool(hit)))
                 entry["clear_n"] += clear
                 entry["clear_hits"] += clear and hit
                 if not hit:
@@ -104,6 +129,8 @@ def main():
     for check in args.confusion:
         pairs = Counter(f"{m['judge']} -> {m['teacher']}" for m in table.get(check, {}).get("misses", []))
         print(f"\n{check} misses, judge's -> teacher's: " + ", ".join(f"{k} {v}" for k, v in pairs.most_common(8)))
+    if args.by_distance:
+        _by_distance(table)
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=1))
 
