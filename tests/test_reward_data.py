@@ -321,6 +321,29 @@ def test_decoder_roundtrip_sends_drawn_images_through_the_vae_and_leaves_the_res
         make_reward_data(tmp_path / "bad", "train", decoder_roundtrip=2, **args)
 
 
+def test_raw_artefacts_keep_their_images_out_of_the_decoder_and_the_other_coins_as_they_were(tmp_path):
+    from zr_align.tiny.diffusion import tiny_pipeline
+
+    tiny_pipeline("sd", tmp_path / "sft")
+    args = dict(images_per_prompt=6, seed=1, sft_model=str(tmp_path / "sft"), sft_fraction=0.0, recipe="perception",
+                num_prompts=8, artefact_rates={"blur": 0.5, "noise": 0.3})
+    runs = {name: make_reward_data(tmp_path / name, "validation", decoder_roundtrip=share, raw_artefacts=raw, **args)
+            for name, share, raw in (("base", 0.0, ()), ("half", 0.5, ()), ("raw", 0.5, ("blur",)))}
+    rated = {name: [json.loads(line) for line in (tmp_path / name / "rated.jsonl").read_text().splitlines()]
+             for name in runs}
+    blurred = {i for i, r in enumerate(rated["base"]) if "+blur" in r["source"]}
+    decoded = {name: {i for i, r in enumerate(rated[name]) if r["source"].endswith("+decoded")} for name in runs}
+    assert 10 <= len(blurred) <= 38 and decoded["half"] & blurred and decoded["half"] - blurred  # both kinds drawn
+    assert decoded["raw"] == decoded["half"] - blurred  # the same coins; the blurred images keep theirs unspent
+    for i in blurred | set(range(len(rated["raw"]))) - decoded["raw"]:  # left as drawn: the base build's row
+        assert rated["raw"][i] == rated["base"][i]
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "raw" / rated["raw"][i]["image"])),
+                              np.asarray(Image.open(tmp_path / "base" / rated["base"][i]["image"])))
+    assert runs["raw"]["raw_artefacts"] == ["blur"] and "raw_artefacts" not in runs["half"]
+    with pytest.raises(ValueError, match=r"raw_artefacts: wrong_shape is not an artefact corruption; allowed: blur"):
+        make_reward_data(tmp_path / "bad", "train", decoder_roundtrip=0.5, raw_artefacts=("wrong_shape",), **args)
+
+
 def test_the_shipped_decoder_keeps_what_a_render_shows():
     """A render through the shipped SFT model's VAE: soft edges, the same object (size, colour, position)."""
     from zr_align.tinyworld.sample import decode_roundtrip, load_pipeline
@@ -512,3 +535,7 @@ def test_build_rewards_cli_takes_the_recipe_and_ships_one_model(capsys):
                  "--work-dir", "/nonexistent/never"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("zr-align tinyworld: error: decoder_roundtrip needs the SFT model's VAE") and "\n" not in err
+    assert main(["tinyworld", "build-rewards", "--raw-artefact", "wrong_size", "--work-dir", "/nonexistent/never"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("zr-align tinyworld: error: raw_artefacts: wrong_size is not an artefact corruption; allowed:")
+    assert "\n" not in err

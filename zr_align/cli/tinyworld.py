@@ -148,6 +148,9 @@ def _add_build_rewards(sub) -> None:
     p.add_argument("--decoder-roundtrip", type=float, default=0.0,
                    help="share of the drawn training images passed through the SFT model's VAE before they are "
                         "judged (the generator's decoder look)")
+    p.add_argument("--raw-artefact", action="append", default=[], metavar="KIND",
+                   help="an artefact whose images skip the decoder roundtrip (repeatable), e.g. blur: the decoder "
+                        "sharpens blurred renders")
     p.add_argument("--teacher-init", help="the teacher SFT run's start instead of its config's, e.g. "
                                           "tinyworld:teacher (the spatial rotary layout)")
     p.add_argument("--teacher-choice", default="validation",
@@ -163,7 +166,8 @@ def _run_build_rewards(args) -> int:
                         seed=args.seed, docs=args.docs or None, reuse=args.reuse, baselines=args.baselines,
                         artefact_rates=rates, sft_fraction=args.sft_fraction, free_layout=args.free_layout,
                         free_look=args.free_look, sft_swap=args.sft_swap, teacher_init=args.teacher_init,
-                        decoder_roundtrip=args.decoder_roundtrip, teacher_choice=args.teacher_choice,
+                        decoder_roundtrip=args.decoder_roundtrip, raw_artefacts=tuple(args.raw_artefact),
+                        teacher_choice=args.teacher_choice,
                         ship=("student",) if args.student_only else ("teacher",) if args.teacher_only
                         else ("teacher", "student"))
     return 0

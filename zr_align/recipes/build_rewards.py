@@ -160,30 +160,32 @@ def build_reward_models(
     free_look: float = 0.0,
     sft_swap: float = 0.0,
     decoder_roundtrip: float = 0.0,
+    raw_artefacts: tuple[str, ...] = (),
     teacher_init: str | None = None,
     teacher_choice: str = "validation",
 ) -> dict:
-    """Data, every reward model of `RUNS` (only the `SHIPPED` ones without `baselines`), the table per pair kind on
-    the test-split evaluation set, and the shipped teacher (the better of teacher_sft and gdso on the *validation*
-    set) and RISD student. `artefact_rates`: the training data's artefact mix (default `reward_data.ARTEFACT_RATES`,
-    the shipped one); `sft_fraction` its share of SFT-generator samples and `free_layout` its share of objects drawn
-    at any size and place, `free_look` the share of those drawn between the palette's colours or the prototype
-    shapes (`reward_data.perception_image`), `sft_swap` the share of the SFT samples drawn from a prompt one
-    attribute away from the rated one, `decoder_roundtrip` the share of drawn images passed through the SFT model's
-    VAE before they are judged (`make_reward_data`); `teacher_init` the teacher SFT run's `init` instead of its
-    config's (e.g. "tinyworld:teacher", the spatial rotary layout). `ship`: which of the two are copied to `out_dir`
-    (the members of the reward ensemble ship their student only). `teacher_choice`: "validation" (the better teacher
-    on the build's validation pairs) or the run that ships, "teacher_sft" or "gdso" (`pick_teacher`)."""
+    """Data, every reward model of `RUNS` (only the `SHIPPED` ones without `baselines`), the table per pair kind on the
+    test-split evaluation set, and the shipped teacher (the better of teacher_sft and gdso on the *validation* set) and
+    RISD student. `artefact_rates`: the training data's artefact mix (default `reward_data.ARTEFACT_RATES`, the shipped
+    one); `sft_fraction` its share of SFT-generator samples and `free_layout` its share of objects drawn at any size and
+    place, `free_look` the share of those drawn between the palette's colours or the prototype shapes
+    (`reward_data.perception_image`), `sft_swap` the share of the SFT samples drawn from a prompt one attribute away
+    from the rated one, `decoder_roundtrip` the share of drawn images passed through the SFT model's VAE before they are
+    judged (`make_reward_data`) but for those with an artefact of `raw_artefacts`; `teacher_init` the teacher SFT run's
+    `init` instead of its config's (e.g. "tinyworld:teacher", the spatial rotary layout). `ship`: which of the two are
+    copied to `out_dir` (the members of the reward ensemble ship their student only). `teacher_choice`: "validation"
+    (the better teacher on the build's validation pairs) or the run that ships, "teacher_sft" or "gdso"
+    (`pick_teacher`)."""
     sft = sft_model if sft_model and Path(sft_model, "model_index.json").is_file() else None
     _check_recipe(ship, teacher_init, teacher_choice, sft_fraction, artefact_rates, free_layout, free_look, sft_swap,
-                  decoder_roundtrip, sft is not None)  # before an hour of work, not at its end
+                  decoder_roundtrip, sft is not None, raw_artefacts=raw_artefacts)  # before an hour of work
     work, out = Path(work_dir), Path(out_dir)
     log(f"reward data (SFT samples from {sft})")
     clock = _StageClock()
     lap, minutes = clock.lap, clock.minutes
     data_stats = make_data(work / "data", sft, images_per_prompt, seed, reuse, sft_fraction=sft_fraction,
                            artefact_rates=artefact_rates, free_layout=free_layout, free_look=free_look,
-                           sft_swap=sft_swap, decoder_roundtrip=decoder_roundtrip)
+                           sft_swap=sft_swap, decoder_roundtrip=decoder_roundtrip, raw_artefacts=raw_artefacts)
     lap("data")
     runs = planned_runs(baselines, ship)
     times, hook = {}, reading_hook(work / "data" / "eval_validation")
@@ -263,14 +265,15 @@ def ship_models(work: Path, out: Path, teacher_run: str, ship: tuple[str, ...] =
         shutil.copytree(work / source / "model", out / target)
 
 
-def _check_recipe(ship: tuple[str, ...], teacher_init: str | None, teacher_choice: str, *mix) -> None:
+def _check_recipe(ship: tuple[str, ...], teacher_init: str | None, teacher_choice: str, *mix,
+                  raw_artefacts: tuple[str, ...] = ()) -> None:
     """Refuse what ships, the teacher's start and choice, or the data mix (`reward_data.check_mix`'s arguments) in
     one line."""
     from ..tinyworld.reward_data import check_mix
     from ..tinyworld.reward_models import parse_init
 
     _check_ship(ship)
-    check_mix(*mix)
+    check_mix(*mix, raw_artefacts=raw_artefacts)
     if teacher_init is not None and parse_init(teacher_init)[0] != "teacher":
         raise ValueError(f"teacher_init {teacher_init!r} is a student; use tinyworld:teacher[:LAYOUT]")
     _check_teacher_choice(teacher_choice)

@@ -135,6 +135,7 @@ def make_reward_data(
     free_look: float = 0.0,
     sft_swap: float = 0.0,
     decoder_roundtrip: float = 0.0,
+    raw_artefacts: tuple[str, ...] = (),
 ) -> dict:
     """Generate rated images and preference pairs for the prompts of one split (files: see the module docstring).
 
@@ -167,6 +168,10 @@ def make_reward_data(
         decoder_roundtrip (`float`, *optional*, defaults to 0): share of the drawn images passed through
             `sft_model`'s VAE before they are judged ([`_roundtrip`]; tag `+decoded`; its own random stream, so
             the other images are a build's without it): the generator's decoder look on drawn content.
+        raw_artefacts (`tuple[str]`, *optional*): artefact kinds whose images are never decoded (their coins are
+            still drawn, so the other images are decoded as without it). "blur": the decoder sharpens a blurred
+            render, so the judge calls most decoded blurred renders sharp and a reader trained on them learns
+            that a soft image is not blurred (docs/tinyworld_rewards.md, session 27).
 
     Returns:
         `dict`: the contents of `stats.json`.
@@ -175,7 +180,7 @@ def make_reward_data(
         `ValueError`: for an unknown split or out-of-range counts and fractions, or a roundtrip without a model.
     """
     _check_arguments(split, recipe, images_per_prompt, sft_fraction, double_fraction, artefact_rates, free_layout,
-                     free_look, sft_swap, decoder_roundtrip, sft_model is not None)
+                     free_look, sft_swap, decoder_roundtrip, sft_model is not None, raw_artefacts)
     prompts = _choose_prompts(split, split_seed, num_prompts, seed)
     pairs_per_prompt = _pairs_per_prompt(images_per_prompt, pairs_per_prompt)
     panel = panel or AnnotatorPanel(seed=seed)
@@ -185,10 +190,10 @@ def make_reward_data(
     out_dir = Path(out_dir)
     drawing = {"recipe": recipe, "double_fraction": double_fraction,
                "perception": {"artefact_rates": artefact_rates, "free_layout": free_layout, "free_look": free_look}}
-    tally = _draw_split(out_dir, split, prompts, seed, plan, sft, (pipe, decoder_roundtrip), panel, pairs_per_prompt,
-                        **drawing)
+    roundtrip = (pipe, decoder_roundtrip, tuple(raw_artefacts))
+    tally = _draw_split(out_dir, split, prompts, seed, plan, sft, roundtrip, panel, pairs_per_prompt, **drawing)
     options = {"free_layout": free_layout, "free_look": free_look, "sft_swap": sft_swap,
-               "decoder_roundtrip": decoder_roundtrip}  # recorded when used
+               "decoder_roundtrip": decoder_roundtrip, "raw_artefacts": list(raw_artefacts)}  # recorded when used
     stats = _stats(tally, panel, split=split, recipe=recipe, seed=seed, split_seed=split_seed, sft_model=sft_model,
                    prompts=len(prompts), images_per_prompt=images_per_prompt, pairs_per_prompt=pairs_per_prompt,
                    **{k: v for k, v in options.items() if v})
@@ -200,9 +205,9 @@ def _draw_split(out_dir: Path, split: str, prompts: list[str], seed: int, plan: 
                 roundtrip: tuple, panel: AnnotatorPanel, pairs_per_prompt: int, *, recipe: str,
                 double_fraction: float, perception: dict) -> "_Tally":
     """Draw, judge, rate and pair every prompt's images: `plan` (clean, drawn, sampled per prompt), the
-    generator's samples `sft` appended; `roundtrip` (pipeline, share): the share of drawn images decoded by its VAE
-    ([`_roundtrip`], with its own random stream)."""
-    (pipe, share), (n_clean, n_corrupt, n_sft) = roundtrip, plan
+    generator's samples `sft` appended; `roundtrip` (pipeline, share, raw kinds): the share of drawn images decoded
+    by its VAE but for those with an artefact of the raw kinds ([`_roundtrip`], with its own random stream)."""
+    (pipe, share, raw), (n_clean, n_corrupt, n_sft) = roundtrip, plan
     split_id = SPLITS.index(split)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     kinds, tally = _KindCycle.seeded(seed, split_id), _Tally()
@@ -210,7 +215,7 @@ def _draw_split(out_dir: Path, split: str, prompts: list[str], seed: int, plan: 
         rng = np.random.default_rng([seed, split_id, p])
         images = _prompt_images(prompt, rng, n_clean, n_corrupt, recipe, kinds, double_fraction, perception)
         if share:
-            images = _roundtrip(images, pipe, share, [seed, _ROUNDTRIP_STREAM, split_id, p])
+            images = _roundtrip(images, pipe, share, [seed, _ROUNDTRIP_STREAM, split_id, p], raw)
         images += sft[p * n_sft:(p + 1) * n_sft]
         names, ratings, overall = _rate_images(images, prompt, p, split, panel, rng, out_dir, tally)
         _draw_pairs(prompt, names, ratings, overall, pairs_per_prompt, panel, rng, tally)
@@ -265,11 +270,15 @@ def _sft_prompts(prompts: list[str], n_sft: int, seed: int, swap: float) -> list
     return out
 
 
-def _roundtrip(images: list[tuple[np.ndarray, str]], pipe, share: float, stream: list[int]):
+def _roundtrip(images: list[tuple[np.ndarray, str]], pipe, share: float, stream: list[int],
+               raw: tuple[str, ...] = ()):
     """`images` (image, source) with each passed through `pipe`'s VAE with probability `share` (source `+decoded`),
-    the coins drawn from their own `stream`."""
+    the coins drawn from their own `stream`, one per image; an image with an artefact of `raw` (`+kind` in its
+    source) stays as drawn whatever its coin."""
     rng = np.random.default_rng(stream)
-    chosen = [i for i in range(len(images)) if rng.random() < share]
+    coins = rng.random(len(images)) if images else []
+    chosen = [i for i, coin in enumerate(coins)
+              if coin < share and not set(images[i][1].split("+")) & set(raw)]
     if not chosen:
         return images
     decoded = decode_roundtrip(pipe, np.stack([images[i][0] for i in chosen]))
@@ -294,7 +303,7 @@ def _sft_samples(pipe, prompts: list[str], n_sft: int, seed: int, steps: int,
 def _check_arguments(split: str, recipe: str, images_per_prompt: int, sft_fraction: float,
                      double_fraction: float, artefact_rates: dict[str, float] | None, free_layout: float,
                      free_look: float, sft_swap: float = 0.0, decoder_roundtrip: float = 0.0,
-                     has_model: bool = True) -> None:
+                     has_model: bool = True, raw_artefacts: tuple[str, ...] = ()) -> None:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
     if recipe not in RECIPES:
@@ -303,12 +312,13 @@ def _check_arguments(split: str, recipe: str, images_per_prompt: int, sft_fracti
         raise ValueError(f"images_per_prompt must be >= 2 (pairs need two images), got {images_per_prompt}")
     if not 0.0 <= double_fraction <= 1.0:
         raise ValueError(f"double_fraction must be in [0, 1], got {double_fraction}")
-    check_mix(sft_fraction, artefact_rates, free_layout, free_look, sft_swap, decoder_roundtrip, has_model)
+    check_mix(sft_fraction, artefact_rates, free_layout, free_look, sft_swap, decoder_roundtrip, has_model,
+              raw_artefacts=raw_artefacts)
 
 
 def check_mix(sft_fraction: float, artefact_rates: dict[str, float] | None = None, free_layout: float = 0.0,
               free_look: float = 0.0, sft_swap: float = 0.0, decoder_roundtrip: float = 0.0,
-              has_model: bool = True) -> None:
+              has_model: bool = True, *, raw_artefacts: tuple[str, ...] = ()) -> None:
     """Refuse a training-data mix of `make_reward_data` that it cannot draw (one line naming the value and a fix);
     callers that work for a while before drawing it (`recipes.build_rewards`) check first.
 
@@ -328,6 +338,9 @@ def check_mix(sft_fraction: float, artefact_rates: dict[str, float] | None = Non
     for kind in artefact_rates or {}:
         if kind not in artefacts:
             raise ValueError(f"artefact_rates: {kind} is not an artefact corruption; allowed: {', '.join(artefacts)}")
+    for kind in raw_artefacts:
+        if kind not in artefacts:
+            raise ValueError(f"raw_artefacts: {kind} is not an artefact corruption; allowed: {', '.join(artefacts)}")
 
 
 def _choose_prompts(split: str, split_seed: int, num_prompts: int | None, seed: int) -> list[str]:
