@@ -165,13 +165,9 @@ def make_reward_data(
         free_layout, free_look (`float`, *optional*, default to 0): the "perception" recipe's [`perception_image`].
         sft_swap (`float`, *optional*, defaults to 0): share of the SFT samples drawn from a prompt of the split one
             attribute away from the rated one ([`_sft_prompts`]; source `sft_sample+swap`).
-        decoder_roundtrip (`float`, *optional*, defaults to 0): share of the drawn images passed through
-            `sft_model`'s VAE before they are judged ([`_roundtrip`]; tag `+decoded`; its own random stream, so
-            the other images are a build's without it): the generator's decoder look on drawn content.
-        raw_artefacts (`tuple[str]`, *optional*): artefact kinds whose images are never decoded (their coins are
-            still drawn, so the other images are decoded as without it). "blur": the decoder sharpens a blurred
-            render, so the judge calls most decoded blurred renders sharp and a reader trained on them learns
-            that a soft image is not blurred (docs/tinyworld_rewards.md, session 27).
+        decoder_roundtrip (`float`, *optional*, defaults to 0): share of the drawn images passed through `sft_model`'s
+            VAE before they are judged ([`_roundtrip`]; tag `+decoded`): the generator's decoder look on them.
+        raw_artefacts (`tuple[str]`, *optional*): artefact kinds whose images skip it ([`_roundtrip`]), e.g. ("blur",).
 
     Returns:
         `dict`: the contents of `stats.json`.
@@ -187,17 +183,15 @@ def make_reward_data(
     plan = _image_plan(images_per_prompt, sft_fraction, sft_model is not None, recipe)
     pipe = load_pipeline(sft_model) if plan[2] or decoder_roundtrip else None  # its samples and its VAE
     sft = _sft_samples(pipe, prompts, plan[2], seed, sample_steps, sft_swap)  # (image, source), prompt-major
-    out_dir = Path(out_dir)
-    drawing = {"recipe": recipe, "double_fraction": double_fraction,
-               "perception": {"artefact_rates": artefact_rates, "free_layout": free_layout, "free_look": free_look}}
-    roundtrip = (pipe, decoder_roundtrip, tuple(raw_artefacts))
-    tally = _draw_split(out_dir, split, prompts, seed, plan, sft, roundtrip, panel, pairs_per_prompt, **drawing)
+    look = {"artefact_rates": artefact_rates, "free_layout": free_layout, "free_look": free_look}
+    tally = _draw_split(Path(out_dir), split, prompts, seed, plan, sft, (pipe, decoder_roundtrip, raw_artefacts), panel,
+                        pairs_per_prompt, recipe=recipe, double_fraction=double_fraction, perception=look)
     options = {"free_layout": free_layout, "free_look": free_look, "sft_swap": sft_swap,
                "decoder_roundtrip": decoder_roundtrip, "raw_artefacts": list(raw_artefacts)}  # recorded when used
     stats = _stats(tally, panel, split=split, recipe=recipe, seed=seed, split_seed=split_seed, sft_model=sft_model,
                    prompts=len(prompts), images_per_prompt=images_per_prompt, pairs_per_prompt=pairs_per_prompt,
                    **{k: v for k, v in options.items() if v})
-    _write_files(out_dir, tally, stats)
+    _write_files(Path(out_dir), tally, stats)
     return stats
 
 
@@ -273,8 +267,10 @@ def _sft_prompts(prompts: list[str], n_sft: int, seed: int, swap: float) -> list
 def _roundtrip(images: list[tuple[np.ndarray, str]], pipe, share: float, stream: list[int],
                raw: tuple[str, ...] = ()):
     """`images` (image, source) with each passed through `pipe`'s VAE with probability `share` (source `+decoded`),
-    the coins drawn from their own `stream`, one per image; an image with an artefact of `raw` (`+kind` in its
-    source) stays as drawn whatever its coin."""
+    the coins drawn from their own `stream`, one per image (so the other images are a build's without it); an image
+    with an artefact of `raw` (`+kind` in its source) stays as drawn whatever its coin: the decoder sharpens a
+    blurred render, so the judge would call it sharp and a reader learn that soft is sharp (docs/tinyworld_rewards.md,
+    sessions 27-28)."""
     rng = np.random.default_rng(stream)
     coins = rng.random(len(images)) if images else []
     chosen = [i for i, coin in enumerate(coins)
